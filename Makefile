@@ -1,0 +1,43 @@
+# Every target installs what it needs into .venv first (python3 -m venv + the pinned requirements.lock).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-chaos lint bench bench-long lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cekura-worker demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-chaos: $(STAMP)
+	CHAOS_JOBS=$${CHAOS_JOBS:-400} $(PY) -m pytest -q -m chaos
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+
+bench: $(STAMP)
+	$(PY) -m bench --mode short
+
+bench-long: $(STAMP)
+	$(PY) -m bench --mode long
+
+# Re-pin requirements.lock after changing pyproject.toml (needs uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --extra dev --extra bench -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,270 @@
+"""The actors: start a Cekura operation, poll its progress by re-sending themselves with a delay, cancel it.
+
+Every actor is safe to run twice. Each step first *claims* the job in Redis (`JobStore.claim`): a duplicate
+or out-of-date message finds the claim taken or its `seq` superseded and does nothing. A step that doesn't
+end the job records itself and the next step's due time (`advance`), then sends the next message; a step that
+ends it writes the outcome and the result event in one atomic `finish`. If a process dies between those, the
+reconciler re-sends the job's message once it is overdue.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import dramatiq
+import structlog
+
+from actors import names
+from actors.kinds import KINDS, JobKind, Outcome, Params
+from worker import metrics
+from worker.app import Runtime, runtime
+from worker.backoff import poll_delay, retry_delay
+from worker.errors import CekuraError, PermanentError, RateLimited
+from worker.redact import redact, register
+from worker.store import Claim, Phase
+
+log = structlog.get_logger(__name__)
+
+#: Hard limit on one message's run time; HTTP timeouts end every call well before it.
+DEFAULT_TIME_LIMIT_MS = 120_000
+
+#: Extra random delay spread over messages released together after a rate-limit cooldown.
+DEFAULT_COOLDOWN_SPREAD_MS = 1000
+
+_QUEUE = runtime().settings.cekura_queue
+
+
+@dramatiq.actor(actor_name=names.START, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
+def start(job_id: str, reserved: bool = False) -> None:
+    """Call the kind's start endpoint once, record the progress id and schedule the first poll."""
+    rt = runtime()
+    claim = rt.store.claim(job_id, Phase.START, 0, reserved=reserved)
+    if not _proceed(claim, job_id, Phase.START, 0):
+        return
+    assert claim.job is not None
+    job, kind = claim.job, KINDS[claim.job["kind"]]
+    structlog.contextvars.bind_contextvars(kind=kind.name)
+    raw = json.loads(job["params"])
+    if kind.secret_fields:
+        secrets = rt.store.secrets(job_id)
+        register(secrets.values())
+        raw.update(secrets)
+    params = kind.validate(raw)
+    seq = int(job["seq"])
+    try:
+        started = rt.cekura.start(kind, params)
+    except CekuraError as exc:
+        metrics.CEKURA_CALLS.labels("start", str(exc.status_code or "error")).inc()
+        _failed_call(rt, job_id, kind, Phase.START, seq, job, exc)
+        return
+    metrics.CEKURA_CALLS.labels("start", "ok").inc()
+    delay_ms = _delay_ms(poll_delay(1, rt.settings), claim)
+    fields: dict[str, Any] = {"progress_id": started.progress_id, "errors": 0, "error": "", "started_ms": claim.now_ms}
+    if started.session_id is not None:
+        fields["session_id"] = started.session_id
+    verdict, session = rt.store.advance(job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
+    structlog.contextvars.bind_contextvars(progress_id=started.progress_id)
+    if verdict == "ok":
+        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+        log.info("job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000)
+    elif verdict == "finished" and kind.cancel_path and started.session_id is not None:
+        # Cancelled while the start call was in flight: stop the operation Cekura just began.
+        log.info("job_cancelled_during_start", session_id=started.session_id)
+        cancel_remote.send(job_id, kind.name, started.session_id)
+
+
+@dramatiq.actor(actor_name=names.POLL, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
+def poll(job_id: str, seq: int, reserved: bool = False) -> None:
+    """Poll progress once; finish the job on a terminal status, else re-send this actor with the next delay."""
+    rt = runtime()
+    claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved)
+    if not _proceed(claim, job_id, Phase.POLL, seq):
+        return
+    assert claim.job is not None
+    job, kind = claim.job, KINDS[claim.job["kind"]]
+    progress_id = job.get("progress_id", "")
+    polls = int(job.get("polls", "0")) + 1
+    structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=progress_id, poll=polls)
+    params = kind.validate(json.loads(job["params"]))
+    try:
+        data = rt.cekura.progress(kind, params, progress_id)
+    except CekuraError as exc:
+        metrics.CEKURA_CALLS.labels("progress", str(exc.status_code or "error")).inc()
+        _failed_call(rt, job_id, kind, Phase.POLL, seq, job, exc, polls=polls)
+        return
+    metrics.CEKURA_CALLS.labels("progress", "ok").inc()
+    status = data["status"]
+    stage = data.get(kind.stage_field) if kind.stage_field else None
+    outcome = kind.outcome(status)
+    if outcome is not None:
+        error = ""
+        if outcome in (Outcome.FAILED, Outcome.CANCELLED):
+            error = str(data.get("error") or f"Cekura reported status {status!r}")
+        _finish(rt, job_id, Phase.POLL, seq, job, outcome, cekura_status=status, result=data, error=error, polls=polls)
+        return
+    delay_ms = _delay_ms(poll_delay(polls + 1, rt.settings), claim)
+    fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
+    if isinstance(stage, str):
+        fields["current_stage"] = stage
+    verdict, changed = rt.store.advance(job_id, Phase.POLL, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
+    if verdict != "ok":
+        log.debug("poll_superseded", verdict=verdict)
+        return
+    poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+    if changed == "1":
+        if status not in kind.running:
+            log.warning("unexpected_cekura_status", cekura_status=status, hint="treated as still running")
+        log.info("job_progress", cekura_status=status, current_stage=stage, next_poll_s=delay_ms / 1000)
+    else:
+        log.debug("job_polled", cekura_status=status, next_poll_s=delay_ms / 1000)
+
+
+@dramatiq.actor(actor_name=names.CANCEL_REMOTE, queue_name=_QUEUE, max_retries=5, time_limit=DEFAULT_TIME_LIMIT_MS)
+def cancel_remote(job_id: str, kind_name: str, session_id: int) -> None:
+    """Ask Cekura to stop a cancelled job's operation (scenario agent: `cancel-agent` with the session id)."""
+    rt = runtime()
+    kind = KINDS[kind_name]
+    structlog.contextvars.bind_contextvars(kind=kind_name)
+    try:
+        answer = rt.cekura.cancel(kind, session_id)
+    except PermanentError as exc:
+        metrics.CEKURA_CALLS.labels("cancel", str(exc.status_code or "error")).inc()
+        log.warning("cekura_cancel_refused", session_id=session_id, error=redact(str(exc)))
+        return
+    except CekuraError as exc:  # transient: Dramatiq's Retries middleware tries again with backoff
+        metrics.CEKURA_CALLS.labels("cancel", str(exc.status_code or "error")).inc()
+        log.warning("cekura_cancel_retrying", session_id=session_id, error=redact(str(exc)))
+        raise
+    metrics.CEKURA_CALLS.labels("cancel", "ok").inc()
+    log.info("cekura_cancelled", session_id=session_id, success=answer.get("success"))
+
+
+def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
+    """Act on a claim that is not `ok`; True when the caller should go on with the Cekura call."""
+    if claim.verdict == "ok":
+        return True
+    if claim.verdict == "wait":
+        metrics.RATE_LIMIT_WAITS.labels(claim.wait_reason).inc()
+        delay = claim.wait_ms
+        if claim.wait_reason == "cooldown":
+            delay += random.randint(0, DEFAULT_COOLDOWN_SPREAD_MS)
+        reserved = claim.wait_reason == "rate_limit"
+        if phase is Phase.START:
+            start.send_with_options(args=(job_id, reserved), delay=delay)
+        else:
+            poll.send_with_options(args=(job_id, seq, reserved), delay=delay)
+        log.debug("cekura_call_deferred", reason=claim.wait_reason, delay_ms=delay)
+    elif claim.verdict == "expired":
+        rt = runtime()
+        job = rt.store.get(job_id) or {}
+        kind = KINDS.get(job.get("kind", ""))
+        structlog.contextvars.bind_contextvars(kind=job.get("kind"), progress_id=job.get("progress_id"))
+        deadline_s = (int(job.get("deadline_ms", 0)) - int(job.get("submitted_ms", 0))) / 1000
+        expect = Phase.POLL if phase is Phase.POLL else None
+        _finish(
+            rt,
+            job_id,
+            expect,
+            seq,
+            job,
+            Outcome.TIMED_OUT,
+            kind_name=kind.name if kind else job.get("kind", ""),
+            cekura_status=job.get("cekura_status", ""),
+            error=f"deadline of {deadline_s:g}s passed before Cekura reported a terminal status",
+            polls=int(job.get("polls", 0)),
+        )
+    else:
+        log.debug("message_ignored", verdict=claim.verdict, phase=phase.value, seq=seq)
+    return False
+
+
+def _failed_call(
+    rt: Runtime,
+    job_id: str,
+    kind: JobKind,
+    phase: Phase,
+    seq: int,
+    job: dict[str, str] | Any,
+    exc: CekuraError,
+    *,
+    polls: int | None = None,
+) -> None:
+    """Retry a transient failure with backoff (a 429 slows the whole fleet), or fail the job on a permanent one."""
+    reason = redact(str(exc))
+    done_polls = int(job.get("polls", 0)) if polls is None else polls - 1
+    if isinstance(exc, PermanentError):
+        _finish(rt, job_id, phase, seq, job, Outcome.FAILED, cekura_status=job.get("cekura_status", ""),
+                error=reason, polls=done_polls)
+        return
+    errors = int(job.get("errors", 0))
+    if isinstance(exc, RateLimited):
+        rt.store.cool_down(exc.retry_after_s)
+        delay_s = exc.retry_after_s + random.uniform(0, DEFAULT_COOLDOWN_SPREAD_MS / 1000)
+        metrics.RETRIES.labels(kind.name, "rate_limited").inc()
+    else:
+        errors += 1
+        if errors >= rt.settings.cekura_max_consecutive_errors:
+            _finish(rt, job_id, phase, seq, job, Outcome.FAILED, cekura_status=job.get("cekura_status", ""),
+                    error=f"gave up after {errors} consecutive transient errors; last: {reason}", polls=done_polls)
+            return
+        delay_s = retry_delay(errors, rt.settings)
+        metrics.RETRIES.labels(kind.name, "transient").inc()
+    delay_ms = int(delay_s * 1000)
+    next_state = "queued" if phase is Phase.START else "polling"
+    verdict, _ = rt.store.advance(
+        job_id, phase, seq, next_state=next_state, delay_ms=delay_ms, fields={"errors": errors, "error": reason}
+    )
+    if verdict != "ok":
+        return
+    if phase is Phase.START:
+        start.send_with_options(args=(job_id,), delay=delay_ms)
+    else:
+        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+    log.warning("cekura_call_retrying", reason=reason, attempt=errors, delay_s=round(delay_s, 3))
+
+
+def _finish(
+    rt: Runtime,
+    job_id: str,
+    expect: Phase | None,
+    seq: int,
+    job: dict[str, str] | Any,
+    outcome: Outcome,
+    *,
+    kind_name: str | None = None,
+    cekura_status: str = "",
+    result: dict[str, Any] | None = None,
+    error: str = "",
+    polls: int = 0,
+) -> None:
+    fields = {
+        "status": outcome.value,
+        "cekura_status": cekura_status,
+        "result": redact(json.dumps(result, separators=(",", ":"))) if result is not None else "",
+        "error": redact(error),
+        "polls": polls,
+    }
+    done = rt.store.finish(job_id, expect.value if expect else "any", seq, fields)
+    if done.verdict != "ok":
+        log.debug("finish_skipped", verdict=done.verdict)
+        return
+    kind = kind_name or job.get("kind", "")
+    duration = max(0.0, time.time() - int(job.get("submitted_ms", 0) or 0) / 1000)
+    metrics.JOBS_FINISHED.labels(kind, outcome.value).inc()
+    metrics.JOB_DURATION.labels(kind, outcome.value).observe(duration)
+    level = log.info if outcome in (Outcome.COMPLETED, Outcome.NEEDS_INPUT) else log.warning
+    level("job_finished", outcome=outcome.value, cekura_status=cekura_status, polls=polls,
+          duration_s=round(duration, 3), error=fields["error"] or None)
+
+
+def _delay_ms(delay_s: float, claim: Claim) -> int:
+    """The next poll delay in ms, never past the job's deadline (so it times out on time)."""
+    assert claim.job is not None
+    remaining = int(claim.job.get("deadline_ms", 0)) - claim.now_ms
+    return max(1, min(int(delay_s * 1000), remaining))
+
+
+__all__ = ["cancel_remote", "poll", "start", "Params"]

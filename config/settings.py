@@ -1,0 +1,145 @@
+"""Every setting of cekura-worker, read once from the environment (and an optional `.env` file).
+
+Each field's name is its environment variable, lower-cased, so `CEKURA_POLL_MAX_S` is `cekura_poll_max_s`.
+Nothing else in the project reads `os.environ`: code takes a `Settings` (tests build one directly) or calls
+`get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Typed, validated settings with safe development defaults and no default for secrets."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    # Cekura API
+    cekura_api_key: SecretStr | None = None
+    cekura_api_url: str = "https://api.cekura.ai"
+    cekura_http_timeout_s: float = Field(10.0, gt=0, le=120)
+    cekura_max_response_bytes: int = Field(1_048_576, ge=1024)
+    cekura_ca_bundle: str | None = None
+    cekura_rate_limit_rps: float = Field(0.0, ge=0)  # 0: no fleet-wide cap
+    cekura_rate_limit_burst: int = Field(10, ge=1)
+
+    # Redis and streams
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_ca_bundle: str | None = None  # CA file for rediss:// (verification always stays on)
+    cekura_key_prefix: str = Field("cekura", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    cekura_queue: str = Field("cekura", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    cekura_requests_stream: str = "cekura:requests"
+    cekura_results_stream: str = "cekura:results"
+    cekura_progress_stream: str = "cekura:progress"
+    cekura_progress_events: bool = False
+    cekura_results_maxlen: int = Field(100_000, ge=100)
+    cekura_request_max_bytes: int = Field(65_536, ge=256, le=16_777_216)
+    cekura_intake_group: str = "cekura-worker"
+
+    # Polling
+    cekura_poll_initial_s: float = Field(2.0, gt=0, le=3600)
+    cekura_poll_max_s: float = Field(30.0, gt=0, le=3600)
+    cekura_poll_factor: float = Field(1.5, ge=1.0, le=10.0)
+    cekura_poll_jitter: float = Field(0.1, ge=0.0, lt=1.0)
+
+    # Transient failures (network, 5xx, 429)
+    cekura_retry_initial_s: float = Field(1.0, gt=0, le=600)
+    cekura_retry_max_s: float = Field(60.0, gt=0, le=3600)
+    cekura_max_consecutive_errors: int = Field(30, ge=1)
+
+    # Jobs
+    cekura_job_deadline_s: float = Field(3600.0, gt=0)
+    cekura_job_deadline_max_s: float = Field(86_400.0, gt=0)
+    cekura_job_ttl_s: int = Field(86_400, ge=60)
+
+    # Reliability
+    cekura_reconcile_interval_s: float = Field(5.0, gt=0, le=600)
+    cekura_reconcile_grace_s: float = Field(30.0, gt=0, le=3600)
+    cekura_lease_s: float = Field(60.0, gt=0, le=3600)
+
+    # Worker processes
+    cekura_processes: int = Field(2, ge=1, le=64)
+    cekura_threads: int = Field(8, ge=1, le=256)
+    cekura_idle_wake_ms: int = Field(1000, ge=10, le=60_000)
+    cekura_shutdown_timeout_s: float = Field(20.0, gt=0, le=300)
+    cekura_heartbeat_interval_s: float = Field(5.0, gt=0, le=300)
+    cekura_metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    # Logs
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cekura_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://api.cekura.ai")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.cekura_poll_max_s < self.cekura_poll_initial_s:
+            raise ValueError("cekura_poll_max_s must be at least cekura_poll_initial_s")
+        if self.cekura_job_deadline_s > self.cekura_job_deadline_max_s:
+            raise ValueError("cekura_job_deadline_s must not exceed cekura_job_deadline_max_s")
+        return self
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """The Redis URL with any password replaced by `***`, for logs and status output."""
+        return redact_url(self.redis_url.get_secret_value())
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this deployment's prefix."""
+        return ":".join((self.cekura_key_prefix, *parts))
+
+
+def redact_url(url: str) -> str:
+    """Replace the password of a URL with `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into a `ConfigError` that names each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return load_settings()

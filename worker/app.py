@@ -1,0 +1,87 @@
+"""Process wiring: `setup()` builds the broker, the job store and the Cekura client once, then imports the actors.
+
+Dramatiq binds actors to the global broker when their module is imported, so `setup()` is the one place
+that sets the broker first; worker processes, the CLI and `tests/conftest.py` all go through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import dramatiq
+import redis
+from dramatiq.middleware import Retries, TimeLimit
+
+from config.settings import Settings, get_settings
+from worker import logging as service_logging
+from worker import redact
+from worker.broker import CekuraBroker
+from worker.cekura import CekuraClient
+from worker.connection import connect
+from worker.store import JobStore
+
+
+@dataclass
+class Runtime:
+    """Everything a worker process shares between its threads."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    broker: CekuraBroker
+    _cekura: CekuraClient | None = field(default=None, repr=False)
+
+    @property
+    def cekura(self) -> CekuraClient:
+        """The Cekura client, built on first use (producers never need it, nor the API key)."""
+        if self._cekura is None:
+            self._cekura = CekuraClient(self.settings)
+        return self._cekura
+
+
+_runtime: Runtime | None = None
+
+
+def register_secrets(settings: Settings) -> None:
+    """Teach the redactor this deployment's secrets: the API key and the Redis password."""
+    password = urlsplit(settings.redis_url.get_secret_value()).password
+    key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
+    redact.register([key, password])
+
+
+def build_broker(settings: Settings, client: redis.Redis) -> CekuraBroker:
+    """The Dramatiq broker with the lean middleware the actors use (each actor declares its own limits)."""
+    from worker.middleware import JobContext
+
+    middleware = [JobContext(), TimeLimit(), Retries(min_backoff=1000, max_backoff=60_000)]
+    return CekuraBroker(client=client, middleware=middleware, namespace=settings.key("dramatiq"))
+
+
+def setup(settings: Settings | None = None, *, configure_logging: bool = True) -> Runtime:
+    """Configure this process for `settings` and return its runtime; safe to call again with new settings."""
+    global _runtime
+    settings = settings or get_settings()
+    if configure_logging:
+        service_logging.configure(settings)
+    register_secrets(settings)
+    client = connect(settings)
+    same_redis = _runtime is not None and _runtime.settings.redis_url == settings.redis_url
+    if _runtime is not None and same_redis:
+        broker = _runtime.broker  # actors stay bound to the broker they were declared on
+    else:
+        broker = build_broker(settings, client)
+        dramatiq.set_broker(broker)
+    if _runtime is not None and _runtime._cekura is not None:
+        _runtime._cekura.close()
+    _runtime = Runtime(settings=settings, redis=client, store=JobStore(client, settings), broker=broker)
+    importlib.import_module("actors.jobs")
+    return _runtime
+
+
+def runtime() -> Runtime:
+    """The runtime `setup()` built for this process."""
+    if _runtime is None:
+        raise RuntimeError("worker.app.setup() has not been called in this process")
+    return _runtime

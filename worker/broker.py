@@ -1,0 +1,153 @@
+"""The Dramatiq broker: Dramatiq's Redis broker with delayed messages kept in Redis, in a sorted set.
+
+Stock Dramatiq stores a delayed message in a `<queue>.DQ` list; a worker prefetches up to threads × 1000 of
+them into memory, holds them until their eta, then re-enqueues a copy and acks the original. Every poll of a
+Cekura job is a delayed message, so that path is this service's hot path, and it has known costs: a crash
+between copy and ack duplicates the message (Dramatiq #431), a lost connection drops the held messages until
+the process restarts (#527), messages past the prefetch window wait behind far-future ones, and an idle
+consumer only looks again after its idle timeout (up to a second late).
+
+`CekuraBroker` keeps the Dramatiq model (actors, messages, `send_with_options(delay=...)`, acks, dead
+workers' messages requeued by Dramatiq's maintenance) and changes only where a delayed message waits: in
+`<queue>.ZQ`, a sorted set scored by eta. `fetch.lua` moves due messages onto the queue and pops a batch in
+one atomic round trip, and the consumer sleeps exactly until the next eta (or until this process enqueues
+something sooner), so polls run on time without holding anything in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+
+#: How many due delayed messages one fetch moves onto the queue at most.
+DEFAULT_PROMOTE_LIMIT = 1000
+
+#: Milliseconds without a heartbeat after which a worker's unacked messages go back to the queue.
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 20_000
+
+_SCRIPTS_DIR = Path(__file__).with_name("scripts")
+_PRELUDE = (_SCRIPTS_DIR / "_now.lua").read_text()
+
+
+class CekuraBroker(RedisBroker):
+    """A `RedisBroker` whose delay queue is a Redis sorted set instead of an in-memory heap."""
+
+    def __init__(self, *, client: redis.Redis, middleware: list[Middleware] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_MS)
+        super().__init__(client=client, middleware=middleware, **kwargs)
+        self._fetch_script = client.register_script(_PRELUDE + (_SCRIPTS_DIR / "fetch.lua").read_text())
+        self._schedule_script = client.register_script((_SCRIPTS_DIR / "schedule.lua").read_text())
+        #: Set to wake this process's consumer early: something was enqueued that is due before it planned to look.
+        self.wakeup = threading.Event()
+        #: When (epoch ms) this process's consumer next looks at Redis on its own.
+        self.next_look_ms = 0
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _ZSetConsumer
+
+    def declare_queue(self, queue_name: str) -> None:
+        # No delay queue: delayed messages are fetched by the queue's own consumer.
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        if delay is None or delay <= 0:
+            message = super().enqueue(message)
+            self.wakeup.set()
+            return message
+        eta = current_millis() + int(delay)
+        message = message.copy(options={"redis_message_id": str(uuid4()), "due_ms": eta})
+        self.emit_before("enqueue", message, delay)
+        self._schedule_script(
+            keys=[self.namespace],
+            args=[message.queue_name, message.options["redis_message_id"], eta, message.encode()],
+        )
+        self.emit_after("enqueue", message, delay)
+        if eta < self.next_look_ms:
+            self.wakeup.set()
+        return message
+
+    def flush(self, queue_name: str) -> None:
+        super().flush(queue_name)
+        self.client.delete(f"{self.namespace}:{queue_name}.ZQ")
+
+    def run_maintenance(self) -> None:
+        """Requeue dead workers' unacked messages now, instead of on Dramatiq's one-in-a-thousand lottery."""
+        dispatch = self.scripts["dispatch"]
+        for queue_name in self.queues:
+            args = [
+                "qsize",
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                1,
+                self._max_unpack_size(),
+            ]
+            dispatch(args=args, keys=[self.namespace])
+
+    def fetch(self, queue_name: str, count: int) -> tuple[int, list[bytes]]:
+        """Promote due delayed messages and pop up to `count`; returns (next eta in ms or -1, message data)."""
+        reply = self._fetch_script(
+            keys=[self.namespace],
+            args=[queue_name, self.broker_id, current_millis(), count, DEFAULT_PROMOTE_LIMIT],
+        )
+        return int(float(reply[0])), reply[1:]
+
+
+class _ZSetConsumer(_RedisConsumer):
+    """Fetches through `CekuraBroker.fetch` and sleeps until the next eta, an ack, or a local enqueue."""
+
+    broker: CekuraBroker
+
+    def ack(self, message: MessageProxy) -> None:
+        full = self.outstanding_message_count >= self.prefetch
+        super().ack(message)
+        if full:
+            self.broker.wakeup.set()
+
+    def nack(self, message: MessageProxy) -> None:
+        super().nack(message)
+        self.broker.wakeup.set()
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            if self.message_cache:
+                return self._pop()
+            next_due = -1
+            if self.outstanding_message_count < self.prefetch:
+                self.broker.wakeup.clear()
+                next_due, self.message_cache = self.broker.fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count
+                )
+                if self.message_cache:
+                    return self._pop()
+            now = current_millis()
+            look = now + self.timeout
+            if next_due >= 0:
+                look = min(look, next_due)
+            self.broker.next_look_ms = look
+            if look > now:
+                self.broker.wakeup.wait((look - now) / 1000)
+            return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _pop(self) -> MessageProxy:
+        message = Message.decode(self.message_cache.pop(0))
+        self.queued_message_ids.add(message.message_id)
+        return MessageProxy(message)

@@ -1,0 +1,201 @@
+"""The `cekura-worker` command: run workers, submit and inspect jobs, serve the simulator, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from config.settings import Settings, get_settings
+from worker.errors import ConfigError, InvalidRequest
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`; the value is read as JSON when it parses (42, true, [1,2], "quoted"), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, sort_keys=False), flush=True)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import logging as service_logging
+    from worker.supervisor import run
+
+    service_logging.configure(settings)
+    return run(settings, processes=args.processes or settings.cekura_processes,
+               threads=args.threads or settings.cekura_threads)
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+
+    params = dict(args.params_json or {})
+    params.update(dict(args.param or []))
+    with Client(settings) as client:
+        job_id = client.submit(args.kind, params, job_id=args.job_id, metadata=args.metadata, deadline_s=args.deadline)
+        if not args.wait:
+            _print_json({"job_id": job_id})
+            return EXIT_OK
+        event = client.wait(job_id, timeout=args.timeout)
+    _print_json(event)
+    return EXIT_OK if event["status"] in ("completed", "needs_input") else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+
+    with Client(settings) as client:
+        if args.job_id:
+            view = client.status(args.job_id)
+            if view is None:
+                print(f"no job {args.job_id} is known (never submitted, or its record expired)", file=sys.stderr)
+                return EXIT_FAILED
+            _print_json(view)
+            return EXIT_OK
+        from worker.summary import render_table, summarize
+
+        summary = summarize(client.redis, settings)
+    if args.format == "json":
+        _print_json(summary)
+    else:
+        print(render_table(summary), flush=True)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+
+    with Client(settings) as client:
+        outcome = client.cancel(args.job_id)
+    print(outcome.message, flush=True)
+    return EXIT_OK if outcome.result != "unknown" else EXIT_FAILED
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+
+    with Client(settings) as client:
+        try:
+            for event in client.results(after=args.after, follow=args.follow):
+                _print_json(event)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.health import check
+
+    ok, reason = check(settings)
+    print(reason, flush=True)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cekura-worker",
+        description="Run Cekura's asynchronous API jobs reliably: Redis in, Dramatiq workers, one result event per job. "
+        "Settings come from environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the worker processes (and the request-stream intake and reconciler)")
+    p.add_argument("--processes", type=int, help="worker processes (default CEKURA_PROCESSES)")
+    p.add_argument("--threads", type=int, help="threads per process (default CEKURA_THREADS)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="submit a job; prints its job_id (or, with --wait, its result event)")
+    p.add_argument("kind", help="agent.auto_fetch | agent.toggle_mock_tools | scenario.agent | metric.clean_description")
+    p.add_argument("--param", "-p", action="append", type=_parse_param, metavar="KEY=VALUE",
+                   help="a param; VALUE is read as JSON when it parses (42, true, [1,2]), else as text")
+    p.add_argument("--params-json", type=_json_object, metavar="JSON", help="all params as one JSON object")
+    p.add_argument("--job-id", help="idempotency key: 1-128 of A-Za-z0-9._:- (generated when absent)")
+    p.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object echoed in the result")
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="job deadline (default CEKURA_JOB_DEADLINE_S)")
+    p.add_argument("--wait", action="store_true", help="wait for the result event and print it")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after SECONDS")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="a job's state as JSON, or with no JOB_ID a summary of the service")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="summary format")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a job (a running scenario-agent job is cancelled at Cekura too)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("results", help="print result events as JSON lines")
+    p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")
+    p.add_argument("--after", default="0", metavar="ID", help='stream id to start after ("0": all, "$": new only)')
+    p.set_defaults(func=cmd_results)
+
+    sub.add_parser(
+        "simulate", help="serve the Cekura API simulator on loopback (see `cekura-worker simulate --help`)",
+        add_help=False,
+    )
+
+    p = sub.add_parser("healthcheck", help="exit 0 if Redis answers and this host's workers beat; else 1 with a reason")
+    p.set_defaults(func=cmd_healthcheck)
+
+    p = sub.add_parser("demo", help="run one job of each kind against the simulator and print the results")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from worker.simulator import main as simulate
+
+        simulate(argv[1:])
+        return EXIT_OK
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        return int(args.func(args, settings))
+    except ConfigError as exc:
+        print(f"cekura-worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidRequest as exc:
+        print(f"cekura-worker: rejected: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TimeoutError as exc:
+        print(f"cekura-worker: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

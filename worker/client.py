@@ -1,0 +1,152 @@
+"""The Python client for producers: submit, check, cancel and read results, with nothing but Redis.
+
+    from worker.client import Client
+    client = Client()                      # settings from the environment (REDIS_URL, ...)
+    job_id = client.submit("agent.auto_fetch", {"agent_id": 42}, metadata={"ticket": "T-1"})
+    client.status(job_id)                  # dict, readable while the job runs and for a day after
+    event = client.wait(job_id, timeout=60)
+
+It validates exactly as the request stream does and raises `InvalidRequest` with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from config.settings import Settings, get_settings
+from worker import requests, submission
+from worker.broker import CekuraBroker
+from worker.connection import connect
+from worker.redact import redact
+from worker.store import JobStore
+
+_JSON_FIELDS = ("params", "metadata", "result")
+_MS_FIELDS = {"submitted_ms": "submitted_at", "deadline_ms": "deadline_at", "next_poll_ms": "next_poll_at",
+              "started_ms": "started_at"}
+_INTERNAL = {"lease", "updated_ms", "seq"}
+
+
+class Client:
+    """Submits jobs and reads their state and results; safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.redis = client or connect(self.settings)
+        self.store = JobStore(self.redis, self.settings)
+        # A broker only to enqueue start messages; producers never import the actors.
+        self.broker = CekuraBroker(client=self.redis, middleware=[], namespace=self.settings.key("dramatiq"))
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        kind: str,
+        params: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        deadline_s: float | None = None,
+    ) -> str:
+        """Submit a job and return its id; the same `job_id` again returns the existing job."""
+        request = requests.build(
+            kind, params, job_id=job_id, metadata=metadata, deadline_s=deadline_s, settings=self.settings
+        )
+        return submission.submit(self.store, self.broker, request).job_id
+
+    def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Submit several jobs (each a dict of `submit`'s arguments); all are validated before any is sent."""
+        built = [
+            requests.build(
+                item.get("kind"),
+                item.get("params", {}),
+                job_id=item.get("job_id"),
+                metadata=item.get("metadata"),
+                deadline_s=item.get("deadline_s"),
+                settings=self.settings,
+            )
+            for item in items
+        ]
+        return [submission.submit(self.store, self.broker, request).job_id for request in built]
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """The job's current state, or None if unknown (never submitted, or expired after CEKURA_JOB_TTL_S)."""
+        requests.check_job_id(job_id)
+        raw = self.store.get(job_id)
+        return None if raw is None else job_view(raw)
+
+    def cancel(self, job_id: str) -> submission.Cancelled:
+        """Cancel a job; the answer says whether it was cancelled, had already finished, or is unknown."""
+        return submission.cancel(self.store, self.broker, job_id)
+
+    def results(self, *, after: str = "0", follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, str]]:
+        """Result events after stream id `after` ("0" from the start, "$" only new ones); `follow` keeps waiting.
+
+        For at-least-once processing downstream, read the stream with your own consumer group instead.
+        """
+        stream = self.settings.cekura_results_stream
+        last = after
+        if last == "$":
+            info = self.redis.xrevrange(stream, count=1)
+            last = info[0][0].decode() if info else "0"
+        while True:
+            reply = self.redis.xread({stream: last}, count=500, block=block_ms if follow else None)
+            if not reply:
+                if follow:
+                    continue
+                return
+            for entry_id, fields in reply[0][1]:
+                last = entry_id.decode()
+                yield {"id": last, **{k.decode(): v.decode() for k, v in fields.items()}}
+
+    def wait(self, job_id: str, *, timeout: float = 60.0) -> dict[str, str]:
+        """Block until the job's result event exists and return it (raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            raw = self.store.get(job_id)
+            if raw is None:
+                raise KeyError(f"no job {job_id}")
+            if raw.get("state") == "finished":
+                return result_view(job_id, raw)
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s")
+
+
+def _iso(ms: str) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
+    """A job hash as a readable dict: JSON fields parsed, times in ISO 8601, internals dropped."""
+    view: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _INTERNAL:
+            continue
+        if key in _JSON_FIELDS and value:
+            view[key] = json.loads(value)
+        elif key in _MS_FIELDS:
+            view[_MS_FIELDS[key]] = _iso(value) if value and value != "0" else None
+        elif key in ("polls", "errors", "session_id") and value.lstrip("-").isdigit():
+            view[key] = int(value)
+        else:
+            view[key] = redact(value)
+    return view
+
+
+def result_view(job_id: str, raw: Mapping[str, str]) -> dict[str, str]:
+    """The result-event fields of a finished job, read from its record."""
+    names = ("kind", "status", "cekura_status", "progress_id", "result", "error", "polls", "submitted_at",
+             "finished_at", "metadata")
+    return {"job_id": job_id, **{name: raw.get(name, "") for name in names}}

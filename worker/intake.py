@@ -1,0 +1,177 @@
+"""The request stream: any producer XADDs `request=<json>` to `CEKURA_REQUESTS_STREAM`; every worker process
+reads it through one consumer group, so each entry is handled once across the fleet.
+
+An entry is acknowledged (and deleted, so the stream doesn't grow) only after its job is recorded or its
+`rejected` event published. Entries left pending by a consumer that died are claimed with XAUTOCLAIM after
+`DEFAULT_CLAIM_IDLE_MS` and handled by a live one.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+import structlog
+
+from worker import metrics, requests, submission
+from worker.app import Runtime
+from worker.errors import InvalidRequest
+from worker.store import iso_now
+
+log = structlog.get_logger(__name__)
+
+#: How long an entry may stay pending with a consumer before another consumer takes it over.
+DEFAULT_CLAIM_IDLE_MS = 30_000
+
+#: How long one XREADGROUP blocks waiting for entries.
+DEFAULT_BLOCK_MS = 1000
+
+#: Entries read per call.
+DEFAULT_BATCH = 100
+
+
+def consumer_name() -> str:
+    """This process's consumer name in the group: host and pid, unique in the fleet."""
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Intake(threading.Thread):
+    """Reads the request stream in a consumer group and turns entries into jobs, cancellations or rejections."""
+
+    def __init__(self, rt: Runtime, *, name: str | None = None, claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS) -> None:
+        super().__init__(name="cekura-intake", daemon=True)
+        self.rt = rt
+        self.stream = rt.settings.cekura_requests_stream
+        self.group = rt.settings.cekura_intake_group
+        self.consumer = name or consumer_name()
+        self.claim_idle_ms = claim_idle_ms
+        self._stop = threading.Event()
+        # Blocking reads need a socket timeout longer than the block.
+        self.client = redis.Redis(connection_pool=rt.redis.connection_pool)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        failures = 0
+        next_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                self.ensure_group()
+                if time.monotonic() >= next_claim:
+                    self.claim_abandoned()
+                    next_claim = time.monotonic() + self.claim_idle_ms / 2000
+                self.read_once(block_ms=DEFAULT_BLOCK_MS)
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("intake_redis_error", error=str(exc), retry_in_s=delay)
+                self._stop.wait(delay)
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("intake_group_created", stream=self.stream, group=self.group)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_once(self, *, block_ms: int | None = None) -> int:
+        """Handle one batch of new entries; returns how many."""
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=DEFAULT_BATCH, block=block_ms
+        )
+        handled = 0
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.handle(entry_id, fields)
+                handled += 1
+        return handled
+
+    def claim_abandoned(self) -> int:
+        """Take over entries another consumer left pending too long, and handle them."""
+        handled = 0
+        cursor = "0-0"
+        while True:
+            reply = self.client.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=cursor, count=DEFAULT_BATCH
+            )
+            cursor, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if fields is None:  # deleted while pending
+                    self.client.xack(self.stream, self.group, entry_id)
+                    continue
+                log.info("intake_entry_reclaimed", entry_id=_text(entry_id))
+                self.handle(entry_id, fields)
+                handled += 1
+            if cursor in (b"0-0", "0-0"):
+                return handled
+
+    def handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+        entry = _text(entry_id)
+        raw = fields.get(b"request", fields.get("request"))
+        try:
+            request = requests.parse(raw, self.rt.settings)
+            if isinstance(request, requests.CancelRequest):
+                outcome = submission.cancel(self.rt.store, self.rt.broker, request.job_id)
+                log.info("cancel_request_handled", entry_id=entry, job_id=request.job_id, result=outcome.result)
+            else:
+                submission.submit(self.rt.store, self.rt.broker, request)
+        except InvalidRequest as exc:
+            self.reject(entry, raw, str(exc))
+        except redis.RedisError:
+            raise  # not acknowledged: retried by this consumer or, if it dies, claimed by another
+        except Exception as exc:  # a bug must not wedge the stream: reject the entry, keep the trace
+            log.exception("intake_entry_failed", entry_id=entry)
+            self.reject(entry, raw, f"internal error while handling the request ({type(exc).__name__})")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+
+    def reject(self, entry_id: str, raw: Any, reason: str) -> None:
+        job_id, kind = _identify(raw)
+        now = iso_now()
+        fields = {
+            "job_id": job_id,
+            "kind": kind,
+            "status": "rejected",
+            "cekura_status": "",
+            "progress_id": "",
+            "result": "",
+            "error": f"{reason} (request entry {entry_id})",
+            "polls": "0",
+            "submitted_at": now,
+            "finished_at": now,
+            "metadata": "{}",
+            "request_id": entry_id,
+        }
+        if self.rt.store.reject(entry_id, fields):
+            metrics.JOBS_REJECTED.inc()
+            log.warning("request_rejected", entry_id=entry_id, job_id=job_id or None, reason=reason)
+
+
+def _identify(raw: Any) -> tuple[str, str]:
+    """The job id and kind of a rejected request, when they can be read safely."""
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        return "", ""
+    if not isinstance(value, dict):
+        return "", ""
+    job_id = value.get("job_id")
+    kind = value.get("kind")
+    safe_id = job_id if isinstance(job_id, str) and requests.JOB_ID_PATTERN.fullmatch(job_id) else ""
+    safe_kind = kind if isinstance(kind, str) and len(kind) <= 64 and kind.isprintable() else ""
+    return safe_id, safe_kind
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,68 @@
+"""Structured logs: one JSON object per line on stdout (or readable console lines), configured once per process.
+
+Dramatiq's and other libraries' stdlib log records go through structlog's `ProcessorFormatter`, so every line
+has the same shape: `timestamp` (ISO 8601 UTC), `level`, `event`, `logger`, plus the job context that
+`worker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import json
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from config.settings import Settings
+from worker.redact import redact
+
+
+def _redact_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def configure(settings: Settings) -> None:
+    """Route structlog and stdlib logging to stdout in the configured format and level."""
+    level = getattr(logging, settings.log_level)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        _redact_values,
+    ]
+    renderer: Processor
+    if settings.log_format == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Dramatiq logs every message at DEBUG; keep it at INFO unless asked, and quiet the HTTP stack.
+    logging.getLogger("dramatiq").setLevel(max(level, logging.INFO))
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

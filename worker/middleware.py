@@ -1,0 +1,30 @@
+"""Dramatiq middleware: job context on every log line of a message, and per-message metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.middleware import Middleware
+
+from worker import metrics
+
+
+class JobContext(Middleware):
+    """Binds `job_id`, `actor` and `message_id` for the duration of each message, and measures poll lateness."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        job_id = message.args[0] if message.args else None
+        structlog.contextvars.bind_contextvars(job_id=job_id, actor=message.actor_name, message_id=message.message_id)
+        due_ms = message.options.get("due_ms")
+        if due_ms is not None:
+            metrics.POLL_LATENESS.observe(max(0.0, time.time() - due_ms / 1000))
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: Any = None
+    ) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    after_skip_message = after_process_message

@@ -1,0 +1,60 @@
+"""One worker process: a Dramatiq `Worker` on the Cekura queue plus the intake, reconciler and heartbeat threads.
+
+SIGTERM (or SIGINT) stops it gracefully: intake stops reading, worker threads finish the message in hand
+(HTTP calls are bounded by `CEKURA_HTTP_TIMEOUT_S`), prefetched messages go back to Redis, and the process
+exits within `CEKURA_SHUTDOWN_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import dramatiq
+import structlog
+
+from config.settings import get_settings
+from worker.app import setup
+from worker.heartbeat import Heartbeat
+from worker.intake import Intake
+from worker.reconciler import Reconciler
+
+log = structlog.get_logger(__name__)
+
+
+def threads_alive(worker: dramatiq.Worker) -> bool:
+    """True while every worker thread and consumer thread of `worker` is running."""
+    threads = [*worker.workers, *worker.consumers.values()]
+    return bool(threads) and all(thread.is_alive() for thread in threads)
+
+
+def main(threads: int) -> None:
+    """Run until SIGTERM/SIGINT. The entry point of each process the supervisor starts."""
+    settings = get_settings()
+    rt = setup(settings)
+    cekura = rt.cekura  # fail fast (ConfigError) when CEKURA_API_KEY is missing
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        log.info("worker_stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    worker = dramatiq.Worker(rt.broker, worker_threads=threads, worker_timeout=settings.cekura_idle_wake_ms)
+    worker.start()
+    services = [Intake(rt), Reconciler(rt), Heartbeat(rt.redis, settings, lambda: threads_alive(worker))]
+    for service in services:
+        service.start()
+    log.info("worker_started", threads=threads, queue=settings.cekura_queue, redis=settings.redis_url_redacted,
+             cekura_api_url=settings.cekura_api_url)
+    stopping.wait()
+    for service in services:
+        service.stop()
+    worker.stop(timeout=int(settings.cekura_shutdown_timeout_s * 1000))
+    for service in services:
+        service.join(timeout=2)
+    cekura.close()
+    log.info("worker_stopped")

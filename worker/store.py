@@ -1,0 +1,246 @@
+"""Job state in Redis, changed only through the Lua scripts in `worker/scripts/`.
+
+Each job is a hash `<prefix>:job:<job_id>`; active jobs also sit in the sorted set `<prefix>:schedule`, scored by
+when their next step is due (the reconciler's view). Every state change that matters for correctness is one
+script, i.e. one atomic step: a job's final state and its result event are written together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from redis.commands.core import Script
+
+from config.settings import Settings
+
+#: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
+DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
+
+#: How many overdue jobs one reconciler pass takes.
+DEFAULT_RECONCILE_BATCH = 500
+
+_SCRIPTS_DIR = Path(__file__).with_name("scripts")
+_PRELUDE = (_SCRIPTS_DIR / "_now.lua").read_text()
+
+
+class Phase(StrEnum):
+    """Which step of a job a message drives."""
+
+    START = "start"
+    POLL = "poll"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to "may I make this job's next Cekura call?"."""
+
+    verdict: str  # ok | wait | expired | stale | gone
+    now_ms: int = 0
+    wait_ms: int = 0
+    wait_reason: str = ""
+    job: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The answer to a finish request: `ok` means this call published the result event."""
+
+    verdict: str  # ok | done | stale | gone
+    entry_id: str = ""
+    prior_state: str = ""
+    session_id: str = ""
+    kind: str = ""
+    status: str = ""
+
+
+_CLAIM_FIELDS = (
+    "seq",
+    "kind",
+    "params",
+    "progress_id",
+    "session_id",
+    "polls",
+    "errors",
+    "deadline_ms",
+    "cekura_status",
+    "current_stage",
+    "submitted_ms",
+)
+
+
+def iso_now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. `2026-11-23T12:00:00.123Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _load(name: str, client: redis.Redis) -> Script:
+    return client.register_script(_PRELUDE + (_SCRIPTS_DIR / f"{name}.lua").read_text())
+
+
+class JobStore:
+    """Reads and changes job state; the only code that knows the Redis layout of a job."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.schedule_key = settings.key("schedule")
+        self.rate_key = settings.key("ratelimit", "tat")
+        self.cooldown_key = settings.key("ratelimit", "cooldown")
+        self.job_prefix = settings.key("job") + ":"
+        self._submit = _load("submit", client)
+        self._claim = _load("claim", client)
+        self._advance = _load("advance", client)
+        self._finish = _load("finish", client)
+        self._reconcile = _load("reconcile", client)
+        self._reject = _load("reject", client)
+
+    def job_key(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def secret_key(self, job_id: str) -> str:
+        return self.job_prefix + job_id + ":secret"
+
+    # -- submission -------------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        job_id: str,
+        kind: str,
+        params: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        deadline_s: float,
+        secrets: Mapping[str, str],
+    ) -> tuple[bool, str]:
+        """Record a job unless it exists; returns (created, state)."""
+        fields = {
+            "job_id": job_id,
+            "kind": kind,
+            "params": json.dumps(params, separators=(",", ":")),
+            "metadata": json.dumps(metadata, separators=(",", ":")),
+            "submitted_at": iso_now(),
+        }
+        args: list[Any] = [
+            job_id,
+            int(self.settings.cekura_reconcile_grace_s * 1000),
+            int(deadline_s * 1000),
+            json.dumps(secrets) if secrets else "",
+        ]
+        for item in fields.items():
+            args.extend(item)
+        created, state = self._submit(keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args)
+        return bool(created), _text(state)
+
+    def secrets(self, job_id: str) -> dict[str, str]:
+        raw = self.client.get(self.secret_key(job_id))
+        return cast(dict[str, str], json.loads(raw)) if raw else {}
+
+    # -- the job's steps --------------------------------------------------------------------------------------
+
+    def claim(self, job_id: str, phase: Phase, seq: int, *, reserved: bool = False) -> Claim:
+        s = self.settings
+        reply = self._claim(
+            keys=[self.job_key(job_id), self.schedule_key, self.rate_key, self.cooldown_key],
+            args=[
+                phase.value,
+                seq,
+                int(s.cekura_lease_s * 1000),
+                int(s.cekura_reconcile_grace_s * 1000),
+                job_id,
+                s.cekura_rate_limit_rps,
+                s.cekura_rate_limit_burst,
+                "1" if reserved else "0",
+            ],
+        )
+        verdict = _text(reply[0])
+        if verdict == "ok":
+            job = {name: _text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None}
+            return Claim(verdict, now_ms=int(reply[1]), job=job)
+        if verdict == "wait":
+            return Claim(verdict, wait_ms=int(reply[1]), wait_reason=_text(reply[2]))
+        return Claim(verdict)
+
+    def advance(
+        self,
+        job_id: str,
+        phase: Phase,
+        seq: int,
+        *,
+        next_state: str,
+        delay_ms: int,
+        fields: Mapping[str, Any],
+    ) -> tuple[str, str]:
+        """Record a non-final step and schedule the next one as seq + 1; returns (verdict, detail)."""
+        s = self.settings
+        args: list[Any] = [
+            phase.value,
+            seq,
+            seq + 1,
+            next_state,
+            delay_ms,
+            int(s.cekura_reconcile_grace_s * 1000),
+            job_id,
+            s.cekura_results_maxlen if s.cekura_progress_events else 0,
+        ]
+        for name, value in fields.items():
+            args.extend((name, value))
+        reply = self._advance(keys=[self.job_key(job_id), self.schedule_key, s.cekura_progress_stream], args=args)
+        return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else ""
+
+    def finish(self, job_id: str, expect: str, seq: int, fields: Mapping[str, Any]) -> Finish:
+        """End the job and publish its result event atomically, unless it already ended or moved on."""
+        s = self.settings
+        args: list[Any] = [job_id, expect, seq, s.cekura_results_maxlen, s.cekura_job_ttl_s]
+        for name, value in fields.items():
+            args.extend((name, value))
+        args.extend(("finished_at", iso_now()))
+        reply = self._finish(
+            keys=[self.job_key(job_id), self.schedule_key, s.cekura_results_stream, self.secret_key(job_id)],
+            args=args,
+        )
+        verdict = _text(reply[0])
+        if verdict == "ok":
+            return Finish(verdict, _text(reply[1]), _text(reply[2]), _text(reply[3]), _text(reply[4]))
+        if verdict == "done":
+            return Finish(verdict, status=_text(reply[1]))
+        return Finish(verdict)
+
+    def cool_down(self, seconds: float) -> None:
+        """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""
+        until = int(self.client.time()[0] * 1000 + seconds * 1000)
+        current = self.client.get(self.cooldown_key)
+        if current is None or int(current) < until:
+            self.client.set(self.cooldown_key, until, px=int(seconds * 1000) + 1000)
+
+    # -- reconciler and intake --------------------------------------------------------------------------------
+
+    def take_overdue(self, limit: int = DEFAULT_RECONCILE_BATCH) -> list[tuple[str, str, int]]:
+        """Overdue active jobs as (job_id, state, seq), each handed to exactly one caller."""
+        bump_ms = int(self.settings.cekura_reconcile_grace_s * 1000)
+        flat = self._reconcile(keys=[self.schedule_key], args=[limit, bump_ms, self.job_prefix])
+        return [(_text(flat[i]), _text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def reject(self, marker: str, fields: Mapping[str, str]) -> str | None:
+        """Publish a `rejected` event once per marker; returns the entry id, or None if already published."""
+        s = self.settings
+        args: list[Any] = [s.cekura_results_maxlen, DEFAULT_REJECT_MARKER_TTL_S]
+        for item in fields.items():
+            args.extend(item)
+        entry = self._reject(keys=[s.cekura_results_stream, self.settings.key("rejected", marker)], args=args)
+        return _text(entry) if entry else None
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, str] | None:
+        raw = self.client.hgetall(self.job_key(job_id))
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None

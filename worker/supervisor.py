@@ -1,0 +1,92 @@
+"""`cekura-worker run`: starts N worker processes, restarts one that dies, and stops them all on SIGTERM.
+
+Processes are spawned (not forked) so each builds its own Redis connections and Prometheus multiprocess
+files. When `CEKURA_METRICS_PORT` is set the supervisor serves `/metrics`, merged across the processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import structlog
+
+from config.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+#: Pause before restarting a worker process that died, so a crash loop doesn't spin.
+DEFAULT_RESTART_DELAY_S = 1.0
+
+#: Extra seconds past CEKURA_SHUTDOWN_TIMEOUT_S before stragglers are killed.
+DEFAULT_KILL_GRACE_S = 3.0
+
+
+def _child(threads: int) -> None:
+    from worker.process import main
+
+    main(threads)
+
+
+def run(settings: Settings, *, processes: int, threads: int) -> int:
+    """Supervise `processes` worker processes with `threads` threads each until SIGTERM/SIGINT; returns 0."""
+    if settings.cekura_metrics_port is not None:
+        # Must be in the environment before any process imports prometheus_client.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cekura-metrics-"))
+        from worker.exposition import serve_metrics
+
+        serve_metrics(settings)
+
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("supervisor_stopping", signal=signal.Signals(signum).name)
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def spawn(slot: int) -> BaseProcess:
+        process = context.Process(target=_child, args=(threads,), name=f"cekura-worker-{slot}", daemon=False)
+        process.start()
+        log.info("worker_process_started", slot=slot, pid=process.pid)
+        return process
+
+    children = [spawn(slot) for slot in range(processes)]
+    while not stopping:
+        time.sleep(0.2)
+        for slot, process in enumerate(children):
+            if not process.is_alive() and not stopping:
+                log.error("worker_process_died", slot=slot, pid=process.pid, exitcode=process.exitcode)
+                _mark_dead(process.pid)
+                time.sleep(DEFAULT_RESTART_DELAY_S)
+                if not stopping:
+                    children[slot] = spawn(slot)
+
+    for process in children:
+        if process.is_alive() and process.pid:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.cekura_shutdown_timeout_s + DEFAULT_KILL_GRACE_S
+    for process in children:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("worker_process_killed", pid=process.pid, reason="did not stop in time")
+            process.kill()
+            process.join()
+    log.info("supervisor_stopped")
+    return 0
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

@@ -35,12 +35,18 @@ _INTERNAL = {"lease", "updated_ms", "seq"}
 class Client:
     """Submits jobs and reads their state and results; safe to share between threads."""
 
-    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        broker: CekuraBroker | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
         self.redis = client or connect(self.settings)
         self.store = JobStore(self.redis, self.settings)
         # A broker only to enqueue start messages; producers never import the actors.
-        self.broker = CekuraBroker(client=self.redis, middleware=[], namespace=self.settings.key("dramatiq"))
+        self.broker = broker or CekuraBroker(client=self.redis, middleware=[], namespace=self.settings.key("dramatiq"))
 
     def close(self) -> None:
         self.redis.close()

@@ -36,10 +36,10 @@ class Heartbeat(threading.Thread):
         self.alive = alive
         self.key = workers_key(settings)
         self.member = member()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def beat(self) -> None:
         if self.alive():
@@ -53,7 +53,7 @@ class Heartbeat(threading.Thread):
                 self.beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat_redis_error", error=str(exc))
-            if self._stop.wait(self.settings.cekura_heartbeat_interval_s):
+            if self._stopping.wait(self.settings.cekura_heartbeat_interval_s):
                 break
         try:
             self.client.zrem(self.key, self.member)

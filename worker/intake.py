@@ -51,17 +51,17 @@ class Intake(threading.Thread):
         self.group = rt.settings.cekura_intake_group
         self.consumer = name or consumer_name()
         self.claim_idle_ms = claim_idle_ms
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         # Blocking reads need a socket timeout longer than the block.
         self.client = redis.Redis(connection_pool=rt.redis.connection_pool)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         failures = 0
         next_claim = 0.0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 self.ensure_group()
                 if time.monotonic() >= next_claim:
@@ -73,7 +73,7 @@ class Intake(threading.Thread):
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("intake_redis_error", error=str(exc), retry_in_s=delay)
-                self._stop.wait(delay)
+                self._stopping.wait(delay)
 
     def ensure_group(self) -> None:
         try:

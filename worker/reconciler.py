@@ -31,14 +31,14 @@ class Reconciler(threading.Thread):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(name="cekura-reconciler", daemon=True)
         self.rt = rt
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         interval = self.rt.settings.cekura_reconcile_interval_s
-        while not self._stop.wait(interval * random.uniform(0.8, 1.2)):
+        while not self._stopping.wait(interval * random.uniform(0.8, 1.2)):
             try:
                 self.rt.broker.run_maintenance()
                 reconcile_once(self.rt)

@@ -1,0 +1,53 @@
+"""Each job kind reaches each of its outcomes through a real worker, real Redis and the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import dramatiq
+import pytest
+
+from worker.client import Client
+
+RESULT_FIELDS = {
+    "job_id", "kind", "status", "cekura_status", "progress_id", "result", "error", "polls",
+    "submitted_at", "finished_at", "metadata",
+}
+
+CASES = [
+    ("agent.auto_fetch", {"agent_id": 5}, "completed", "completed"),
+    ("agent.auto_fetch", {"agent_id": 901}, "failed", "failed"),
+    ("agent.auto_fetch", {"agent_id": 400}, "failed", ""),
+    ("agent.toggle_mock_tools", {"agent_id": 6, "enabled": True}, "completed", "completed"),
+    ("agent.toggle_mock_tools", {"agent_id": 6, "enabled": False, "api_key": "prov-key-xyz"}, "completed", "completed"),
+    ("agent.toggle_mock_tools", {"agent_id": 950, "enabled": True}, "failed", "failed"),
+    ("agent.toggle_mock_tools", {"agent_id": 405, "enabled": True}, "failed", ""),
+    ("scenario.agent", {"user_message": "more detail", "scenarios": [1, 2]}, "completed", "completed"),
+    ("scenario.agent", {"user_message": "x [needs_clarification]"}, "needs_input", "needs_clarification"),
+    ("scenario.agent", {"user_message": "x [needs_agent_clarification]"}, "needs_input", "needs_agent_clarification"),
+    ("scenario.agent", {"user_message": "x [cancelled]"}, "cancelled", "cancelled"),
+    ("scenario.agent", {"user_message": "x [failed]"}, "failed", "failed"),
+    ("metric.clean_description", {"agent": 1, "metric_description": "d", "eval_type": "rating"}, "completed", "completed"),
+    ("metric.clean_description", {"agent": 1, "metric_description": "[fail]", "eval_type": "enum"}, "failed", "failed"),
+]
+
+
+@pytest.mark.parametrize(("kind", "params", "outcome", "cekura_status"), CASES)
+def test_kind_reaches_outcome(
+    client: Client, worker: dramatiq.Worker, kind: str, params: dict[str, object], outcome: str, cekura_status: str
+) -> None:
+    job_id = client.submit(kind, params, metadata={"case": kind})
+    event = client.wait(job_id, timeout=15)
+    assert event["status"] == outcome, event
+    assert event["cekura_status"] == cekura_status
+    entries = [e for e in client.results() if e["job_id"] == job_id]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert set(entry) - {"id"} == RESULT_FIELDS
+    assert json.loads(entry["metadata"]) == {"case": kind}
+    if outcome == "completed":
+        assert json.loads(entry["result"])["status"] == "completed"
+        assert entry["error"] == ""
+        assert int(entry["polls"]) >= 1
+    if outcome == "failed":
+        assert entry["error"]

@@ -65,11 +65,13 @@ def start(job_id: str, reserved: bool = False) -> None:
     fields: dict[str, Any] = {"progress_id": started.progress_id, "errors": 0, "error": "", "started_ms": claim.now_ms}
     if started.session_id is not None:
         fields["session_id"] = started.session_id
-    verdict, session = rt.store.advance(job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
+    verdict, _ = rt.store.advance(job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
     structlog.contextvars.bind_contextvars(progress_id=started.progress_id)
     if verdict == "ok":
         poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
-        log.info("job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000)
+        log.info(
+            "job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000
+        )
     elif verdict == "finished" and kind.cancel_path and started.session_id is not None:
         # Cancelled while the start call was in flight: stop the operation Cekura just began.
         log.info("job_cancelled_during_start", session_id=started.session_id)
@@ -196,8 +198,17 @@ def _failed_call(
     reason = redact(str(exc))
     done_polls = int(job.get("polls", 0)) if polls is None else polls - 1
     if isinstance(exc, PermanentError):
-        _finish(rt, job_id, phase, seq, job, Outcome.FAILED, cekura_status=job.get("cekura_status", ""),
-                error=reason, polls=done_polls)
+        _finish(
+            rt,
+            job_id,
+            phase,
+            seq,
+            job,
+            Outcome.FAILED,
+            cekura_status=job.get("cekura_status", ""),
+            error=reason,
+            polls=done_polls,
+        )
         return
     errors = int(job.get("errors", 0))
     if isinstance(exc, RateLimited):
@@ -207,8 +218,17 @@ def _failed_call(
     else:
         errors += 1
         if errors >= rt.settings.cekura_max_consecutive_errors:
-            _finish(rt, job_id, phase, seq, job, Outcome.FAILED, cekura_status=job.get("cekura_status", ""),
-                    error=f"gave up after {errors} consecutive transient errors; last: {reason}", polls=done_polls)
+            _finish(
+                rt,
+                job_id,
+                phase,
+                seq,
+                job,
+                Outcome.FAILED,
+                cekura_status=job.get("cekura_status", ""),
+                error=f"gave up after {errors} consecutive transient errors; last: {reason}",
+                polls=done_polls,
+            )
             return
         delay_s = retry_delay(errors, rt.settings)
         metrics.RETRIES.labels(kind.name, "transient").inc()
@@ -256,8 +276,14 @@ def _finish(
     metrics.JOBS_FINISHED.labels(kind, outcome.value).inc()
     metrics.JOB_DURATION.labels(kind, outcome.value).observe(duration)
     level = log.info if outcome in (Outcome.COMPLETED, Outcome.NEEDS_INPUT) else log.warning
-    level("job_finished", outcome=outcome.value, cekura_status=cekura_status, polls=polls,
-          duration_s=round(duration, 3), error=fields["error"] or None)
+    level(
+        "job_finished",
+        outcome=outcome.value,
+        cekura_status=cekura_status,
+        polls=polls,
+        duration_s=round(duration, 3),
+        error=fields["error"] or None,
+    )
 
 
 def _delay_ms(delay_s: float, claim: Claim) -> int:
@@ -267,4 +293,4 @@ def _delay_ms(delay_s: float, claim: Claim) -> int:
     return max(1, min(int(delay_s * 1000), remaining))
 
 
-__all__ = ["cancel_remote", "poll", "start", "Params"]
+__all__ = ["Params", "cancel_remote", "poll", "start"]

@@ -1,6 +1,6 @@
 """The Dramatiq broker: Dramatiq's Redis broker with delayed messages kept in Redis, in a sorted set.
 
-Stock Dramatiq stores a delayed message in a `<queue>.DQ` list; a worker prefetches up to threads × 1000 of
+Stock Dramatiq stores a delayed message in a `<queue>.DQ` list; a worker prefetches up to threads x 1000 of
 them into memory, holds them until their eta, then re-enqueues a copy and acks the original. Every poll of a
 Cekura job is a delayed message, so that path is this service's hot path, and it has known costs: a crash
 between copy and ack duplicates the message (Dramatiq #431), a lost connection drops the held messages until
@@ -63,7 +63,7 @@ class CekuraBroker(RedisBroker):
             self.queues.add(queue_name)
             self.emit_after("declare_queue", queue_name)
 
-    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         if delay is None or delay <= 0:
             message = super().enqueue(message)
             self.wakeup.set()

@@ -51,7 +51,9 @@ class CekuraClient:
             timeout=httpx.Timeout(settings.cekura_http_timeout_s),
             verify=settings.cekura_ca_bundle or True,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.cekura_threads * 2, max_keepalive_connections=settings.cekura_threads * 2),
+            limits=httpx.Limits(
+                max_connections=settings.cekura_threads * 2, max_keepalive_connections=settings.cekura_threads * 2
+            ),
             transport=transport,
             trust_env=False,
         )
@@ -134,13 +136,13 @@ class CekuraClient:
         where = f"{method} {path} answered HTTP {status}"
         if status == 429:
             wait = parse_retry_after(retry_after)
-            return RateLimited(
-                f"{where} (rate limited)", retry_after_s=DEFAULT_RETRY_AFTER_S if wait is None else wait
-            )
+            return RateLimited(f"{where} (rate limited)", retry_after_s=DEFAULT_RETRY_AFTER_S if wait is None else wait)
         if status >= 500:
             return TransientError(f"{where}", status_code=status)
         if status in (404, 405):
-            return PermanentError(f"{where}: operation not available or resource not found: {excerpt}", status_code=status)
+            return PermanentError(
+                f"{where}: operation not available or resource not found: {excerpt}", status_code=status
+            )
         if status == 401:
             return PermanentError(f"{where}: the Cekura API key was refused", status_code=status)
         if status == 403:

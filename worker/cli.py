@@ -46,8 +46,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.supervisor import run
 
     service_logging.configure(settings)
-    return run(settings, processes=args.processes or settings.cekura_processes,
-               threads=args.threads or settings.cekura_threads)
+    return run(
+        settings, processes=args.processes or settings.cekura_processes, threads=args.threads or settings.cekura_threads
+    )
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,8 +125,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cekura-worker",
-        description="Run Cekura's asynchronous API jobs reliably: Redis in, Dramatiq workers, one result event per job. "
-        "Settings come from environment variables (see README).",
+        description="Run Cekura's asynchronous API jobs reliably: Redis in, Dramatiq workers, "
+        "one result event per job. Settings come from environment variables (see README).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -135,9 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="submit a job; prints its job_id (or, with --wait, its result event)")
-    p.add_argument("kind", help="agent.auto_fetch | agent.toggle_mock_tools | scenario.agent | metric.clean_description")
-    p.add_argument("--param", "-p", action="append", type=_parse_param, metavar="KEY=VALUE",
-                   help="a param; VALUE is read as JSON when it parses (42, true, [1,2]), else as text")
+    p.add_argument(
+        "kind", help="agent.auto_fetch | agent.toggle_mock_tools | scenario.agent | metric.clean_description"
+    )
+    p.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        type=_parse_param,
+        metavar="KEY=VALUE",
+        help="a param; VALUE is read as JSON when it parses (42, true, [1,2]), else as text",
+    )
     p.add_argument("--params-json", type=_json_object, metavar="JSON", help="all params as one JSON object")
     p.add_argument("--job-id", help="idempotency key: 1-128 of A-Za-z0-9._:- (generated when absent)")
     p.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object echoed in the result")
@@ -161,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     sub.add_parser(
-        "simulate", help="serve the Cekura API simulator on loopback (see `cekura-worker simulate --help`)",
+        "simulate",
+        help="serve the Cekura API simulator on loopback (see `cekura-worker simulate --help`)",
         add_help=False,
     )
 

@@ -27,8 +27,12 @@ from worker.redact import redact
 from worker.store import JobStore
 
 _JSON_FIELDS = ("params", "metadata", "result")
-_MS_FIELDS = {"submitted_ms": "submitted_at", "deadline_ms": "deadline_at", "next_poll_ms": "next_poll_at",
-              "started_ms": "started_at"}
+_MS_FIELDS = {
+    "submitted_ms": "submitted_at",
+    "deadline_ms": "deadline_at",
+    "next_poll_ms": "next_poll_at",
+    "started_ms": "started_at",
+}
 _INTERNAL = {"lease", "updated_ms", "seq"}
 
 
@@ -153,6 +157,16 @@ def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
 
 def result_view(job_id: str, raw: Mapping[str, str]) -> dict[str, str]:
     """The result-event fields of a finished job, read from its record."""
-    names = ("kind", "status", "cekura_status", "progress_id", "result", "error", "polls", "submitted_at",
-             "finished_at", "metadata")
+    names = (
+        "kind",
+        "status",
+        "cekura_status",
+        "progress_id",
+        "result",
+        "error",
+        "polls",
+        "submitted_at",
+        "finished_at",
+        "metadata",
+    )
     return {"job_id": job_id, **{name: raw.get(name, "") for name in names}}

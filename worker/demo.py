@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 from contextlib import ExitStack, contextmanager
 
 import redis
@@ -34,7 +35,12 @@ DEMO_PREFIX = "cekura-demo"
 DEMO_API_KEY = "demo-key"
 
 STREAM_REQUESTS = [
-    {"kind": "agent.auto_fetch", "params": {"agent_id": 42}, "job_id": "demo-auto-fetch", "metadata": {"via": "stream"}},
+    {
+        "kind": "agent.auto_fetch",
+        "params": {"agent_id": 42},
+        "job_id": "demo-auto-fetch",
+        "metadata": {"via": "stream"},
+    },
     {
         "kind": "scenario.agent",
         "params": {"user_message": "Make the scenario instructions more detailed", "scenarios": [101, 102]},
@@ -42,10 +48,13 @@ STREAM_REQUESTS = [
         "metadata": {"via": "stream"},
     },
 ]
-CLIENT_REQUESTS = [
+CLIENT_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("agent.toggle_mock_tools", {"agent_id": 42, "enabled": True}, "demo-toggle-mock-tools"),
-    ("metric.clean_description", {"agent": 42, "metric_description": "did the agent greet the caller",
-                                  "eval_type": "boolean"}, "demo-clean-description"),
+    (
+        "metric.clean_description",
+        {"agent": 42, "metric_description": "did the agent greet the caller", "eval_type": "boolean"},
+        "demo-clean-description",
+    ),
 ]
 BAD_REQUEST = '{"kind": "agent.auto_fetch", "params": {"agent_id": "forty-two"}, "job_id": "demo-bad-request"}'
 
@@ -71,8 +80,19 @@ def _private_redis() -> Iterator[str]:
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="cekura-demo-redis-")
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -93,7 +113,8 @@ def _private_redis() -> Iterator[str]:
 @contextmanager
 def _worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "4"], env=env,
+        [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "4"],
+        env=env,
         start_new_session=True,
     )
     try:
@@ -198,8 +219,10 @@ def run_demo(base: Settings) -> int:
                 expected.discard(event["job_id"])
                 _show(event)
         if expected:
-            print(f"cekura-worker demo: no result within {DEFAULT_DEMO_TIMEOUT_S:g}s for {sorted(expected)}",
-                  file=sys.stderr)
+            print(
+                f"cekura-worker demo: no result within {DEFAULT_DEMO_TIMEOUT_S:g}s for {sorted(expected)}",
+                file=sys.stderr,
+            )
             return 1
         _say("every job ended in exactly one result event; shutting down")
     _say("demo finished")

@@ -1,12 +1,12 @@
 """The errors cekura-worker raises, as one small tree.
 
-    CekuraWorkerError
-    ├── ConfigError          bad settings: stop at start-up
-    ├── InvalidRequest       a job request that can't be accepted: becomes a `rejected` event
-    └── CekuraError          a call to the Cekura API went wrong
-        ├── PermanentError   400/401/403/404/405, invalid response: the job ends `failed`, never retried
-        └── TransientError   network, timeout, 5xx: back off and try again
-            └── RateLimited  429: the whole fleet waits `retry_after_s`
+CekuraWorkerError
+├── ConfigError          bad settings: stop at start-up
+├── InvalidRequest       a job request that can't be accepted: becomes a `rejected` event
+└── CekuraError          a call to the Cekura API went wrong
+    ├── PermanentError   400/401/403/404/405, invalid response: the job ends `failed`, never retried
+    └── TransientError   network, timeout, 5xx: back off and try again
+        └── RateLimited  429: the whole fleet waits `retry_after_s`
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ are alive, which is what `cekura-worker healthcheck` and `cekura-worker status` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -55,10 +56,8 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat_redis_error", error=str(exc))
             if self._stopping.wait(self.settings.cekura_heartbeat_interval_s):
                 break
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.zrem(self.key, self.member)
-        except redis.RedisError:
-            pass
 
 
 def live_workers(client: redis.Redis, settings: Settings, *, host: str | None = None) -> list[str]:

@@ -7,11 +7,11 @@ has the same shape: `timestamp` (ISO 8601 UTC), `level`, `event`, `logger`, plus
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
 
-import json
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 

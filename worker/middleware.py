@@ -7,6 +7,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from worker import metrics
@@ -15,7 +16,7 @@ from worker import metrics
 class JobContext(Middleware):
     """Binds `job_id`, `actor` and `message_id` for the duration of each message, and measures poll lateness."""
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         job_id = message.args[0] if message.args else None
         structlog.contextvars.bind_contextvars(job_id=job_id, actor=message.actor_name, message_id=message.message_id)
         due_ms = message.options.get("due_ms")
@@ -23,8 +24,14 @@ class JobContext(Middleware):
             metrics.POLL_LATENESS.observe(max(0.0, time.time() - due_ms / 1000))
 
     def after_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         structlog.contextvars.clear_contextvars()
 
-    after_skip_message = after_process_message
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()

@@ -45,11 +45,20 @@ def main(threads: int) -> None:
 
     worker = dramatiq.Worker(rt.broker, worker_threads=threads, worker_timeout=settings.cekura_idle_wake_ms)
     worker.start()
-    services = [Intake(rt), Reconciler(rt), Heartbeat(rt.redis, settings, lambda: threads_alive(worker))]
+    services: list[Intake | Reconciler | Heartbeat] = [
+        Intake(rt),
+        Reconciler(rt),
+        Heartbeat(rt.redis, settings, lambda: threads_alive(worker)),
+    ]
     for service in services:
         service.start()
-    log.info("worker_started", threads=threads, queue=settings.cekura_queue, redis=settings.redis_url_redacted,
-             cekura_api_url=settings.cekura_api_url)
+    log.info(
+        "worker_started",
+        threads=threads,
+        queue=settings.cekura_queue,
+        redis=settings.redis_url_redacted,
+        cekura_api_url=settings.cekura_api_url,
+    )
     stopping.wait()
     for service in services:
         service.stop()

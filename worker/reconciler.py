@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import dramatiq
 import redis
@@ -53,6 +54,7 @@ def reconcile_once(rt: Runtime) -> int:
     while True:
         overdue = rt.store.take_overdue()
         for job_id, state, seq in overdue:
+            message: dramatiq.Message[Any]
             if state == "polling":
                 message = dramatiq.Message(queue, names.POLL, (job_id, seq), {}, {})
             else:

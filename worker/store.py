@@ -138,7 +138,9 @@ class JobStore:
         ]
         for item in fields.items():
             args.extend(item)
-        created, state = self._submit(keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args)
+        created, state = self._submit(
+            keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args
+        )
         return bool(created), _text(state)
 
     def secrets(self, job_id: str) -> dict[str, str]:
@@ -164,7 +166,9 @@ class JobStore:
         )
         verdict = _text(reply[0])
         if verdict == "ok":
-            job = {name: _text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None}
+            job = {
+                name: _text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None
+            }
             return Claim(verdict, now_ms=int(reply[1]), job=job)
         if verdict == "wait":
             return Claim(verdict, wait_ms=int(reply[1]), wait_reason=_text(reply[2]))

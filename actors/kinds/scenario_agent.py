@@ -21,16 +21,16 @@ class ScenarioAgentParams(Params):
     session_id: int | None = None
     context: list[ContextItem] | None = None
     num_scenarios: Annotated[int, Field(ge=1)] = 1
-    knowledge_base: list[int] = []
+    knowledge_base: list[int] = Field(default_factory=list)
     scenarios: list[int] | int | Literal["all"] | None = None
     apply_changes: bool = False
-    updated_scenarios: list[dict[str, Any]] = []
-    agent_selections: dict[str, Annotated[int, Field(ge=1)]] = {}
+    updated_scenarios: list[dict[str, Any]] = Field(default_factory=list)
+    agent_selections: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     agent_resolution_response: str = ""
-    scenarios_needing_agent: list[int] = []
+    scenarios_needing_agent: list[int] = Field(default_factory=list)
     pending_tool_calls: list[dict[str, Any]] | None = None
-    tool_ids: list[str] = []
-    inbound_phone_numbers: list[int] = []
+    tool_ids: list[str] = Field(default_factory=list)
+    inbound_phone_numbers: list[int] = Field(default_factory=list)
 
 
 KIND = JobKind(

@@ -1,0 +1,11 @@
+"""Cekura API simulator: serves the four asynchronous Cekura operations over loopback HTTP, with fault injection.
+
+No machine here reaches api.cekura.ai, so the demo, the integration tests and the benchmarks run against this
+simulator instead; it follows `cekura-openapi.json` (status codes, response shapes, error bodies) and steers job
+outcomes through the conventions documented in `worker.simulator.jobs`.
+"""
+
+from worker.simulator.faults import Faults
+from worker.simulator.server import SimConfig, SimulatorHandle, main, run, start_in_thread
+
+__all__ = ["Faults", "SimConfig", "SimulatorHandle", "main", "run", "start_in_thread"]

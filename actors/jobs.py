@@ -2,9 +2,10 @@
 
 Every actor is safe to run twice. Each step first *claims* the job in Redis (`JobStore.claim`): a duplicate
 or out-of-date message finds the claim taken or its `seq` superseded and does nothing. A step that doesn't
-end the job records itself and the next step's due time (`advance`), then sends the next message; a step that
-ends it writes the outcome and the result event in one atomic `finish`. If a process dies between those, the
-reconciler re-sends the job's message once it is overdue.
+end the job sends its next message with `send_with_options(delay=...)` inside `broker.outbox()`, and
+`advance` writes that message together with the step's state in one atomic script; a step that ends the job
+writes the outcome and the result event in one atomic `finish`. If a worker dies mid-step (or holding a
+message), the reconciler re-sends the job's message once it is overdue.
 """
 
 from __future__ import annotations
@@ -65,10 +66,13 @@ def start(job_id: str, reserved: bool = False) -> None:
     fields: dict[str, Any] = {"progress_id": started.progress_id, "errors": 0, "error": "", "started_ms": claim.now_ms}
     if started.session_id is not None:
         fields["session_id"] = started.session_id
-    verdict, _ = rt.store.advance(job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
+    with rt.broker.outbox() as first_poll:
+        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+    verdict, _ = rt.store.advance(
+        job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=first_poll
+    )
     structlog.contextvars.bind_contextvars(progress_id=started.progress_id)
     if verdict == "ok":
-        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
         log.info(
             "job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000
         )
@@ -111,11 +115,14 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
     if isinstance(stage, str):
         fields["current_stage"] = stage
-    verdict, changed = rt.store.advance(job_id, Phase.POLL, seq, next_state="polling", delay_ms=delay_ms, fields=fields)
+    with rt.broker.outbox() as next_poll:
+        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+    verdict, changed = rt.store.advance(
+        job_id, Phase.POLL, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=next_poll
+    )
     if verdict != "ok":
         log.debug("poll_superseded", verdict=verdict)
         return
-    poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
     if changed == "1":
         if status not in kind.running:
             log.warning("unexpected_cekura_status", cekura_status=status, hint="treated as still running")
@@ -234,15 +241,17 @@ def _failed_call(
         metrics.RETRIES.labels(kind.name, "transient").inc()
     delay_ms = int(delay_s * 1000)
     next_state = "queued" if phase is Phase.START else "polling"
+    with rt.broker.outbox() as retry:
+        if phase is Phase.START:
+            start.send_with_options(args=(job_id,), delay=delay_ms)
+        else:
+            poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
+    fields = {"errors": errors, "error": reason}
     verdict, _ = rt.store.advance(
-        job_id, phase, seq, next_state=next_state, delay_ms=delay_ms, fields={"errors": errors, "error": reason}
+        job_id, phase, seq, next_state=next_state, delay_ms=delay_ms, fields=fields, scheduled=retry
     )
     if verdict != "ok":
         return
-    if phase is Phase.START:
-        start.send_with_options(args=(job_id,), delay=delay_ms)
-    else:
-        poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
     log.warning("cekura_call_retrying", reason=reason, attempt=errors, delay_s=round(delay_s, 3))
 
 

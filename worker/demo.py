@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import redis
 

@@ -10,8 +10,17 @@ import pytest
 from worker.client import Client
 
 RESULT_FIELDS = {
-    "job_id", "kind", "status", "cekura_status", "progress_id", "result", "error", "polls",
-    "submitted_at", "finished_at", "metadata",
+    "job_id",
+    "kind",
+    "status",
+    "cekura_status",
+    "progress_id",
+    "result",
+    "error",
+    "polls",
+    "submitted_at",
+    "finished_at",
+    "metadata",
 }
 
 CASES = [
@@ -27,7 +36,12 @@ CASES = [
     ("scenario.agent", {"user_message": "x [needs_agent_clarification]"}, "needs_input", "needs_agent_clarification"),
     ("scenario.agent", {"user_message": "x [cancelled]"}, "cancelled", "cancelled"),
     ("scenario.agent", {"user_message": "x [failed]"}, "failed", "failed"),
-    ("metric.clean_description", {"agent": 1, "metric_description": "d", "eval_type": "rating"}, "completed", "completed"),
+    (
+        "metric.clean_description",
+        {"agent": 1, "metric_description": "d", "eval_type": "rating"},
+        "completed",
+        "completed",
+    ),
     ("metric.clean_description", {"agent": 1, "metric_description": "[fail]", "eval_type": "enum"}, "failed", "failed"),
 ]
 

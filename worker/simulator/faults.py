@@ -1,9 +1,14 @@
 """Fault injection for the Cekura API simulator, so the worker's retry, back-off and timeout paths get exercised.
 
-Faults apply only to the Cekura operation routes (never to the `/_sim/` control routes). One seeded random draw per
-request picks at most one fault kind, in this order of bands: drop, hang, 5xx error, 429, malformed body, unexpected
-status word (progress routes only). `latency_ms` is added to every answer on those routes, on top of any fault.
-The rate limiter (`rate_limit_rps`) is separate: it is not random and counts admitted requests in a sliding second.
+Faults apply only to the nine Cekura API routes, cancel-agent included, never to the `/_sim/` control routes.
+One seeded random draw per request picks at most one fault kind, in this order of bands: drop, hang, 5xx error,
+429, malformed body, unexpected status word (progress routes only). `latency_ms` is added to every answer on those
+routes, on top of any fault.
+A hung or delayed request is still processed when it arrives and only its answer waits, so a start call that hangs
+past the client's timeout has created its job, as on a real API that commits before answering. Dropped, 5xx, 429 and
+malformed answers never reach the job (no job is started, no poll is counted); an unexpected status word does not
+count as a poll either. The rate limiter (`rate_limit_rps`) is separate: it is not random, it counts admitted
+requests in a sliding second, and its 429s carry the same alternating Retry-After as injected ones.
 """
 
 from __future__ import annotations

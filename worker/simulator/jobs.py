@@ -78,8 +78,11 @@ _QUEUED_FRACTION_AUTO_FETCH = 0.1
 _QUEUED_FRACTION_CLEAN = 0.25
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def _detail(status: int, message: str) -> Reply:
@@ -129,6 +132,8 @@ class Job:
         "kind",
         "mode",
         "outcome",
+        "phase",
+        "phase_body",
         "polls",
         "polls_to_complete",
         "progress_id",
@@ -166,6 +171,8 @@ class Job:
         self.enabled = False
         self.request: JsonObject | None = None
         self.stopped = False  # cancelled through cancel-agent: terminal on the next poll
+        self.phase = -2  # which running answer phase_body holds (see JobStore._phases)
+        self.phase_body = b""
 
     def fraction(self, now: float) -> float:
         """How far along the job is, 1.0 or more meaning due to finish (before outcome conventions)."""
@@ -200,6 +207,12 @@ class JobStore:
             TOGGLE_MOCK_TOOLS: self._toggle_running,
             SCENARIO_AGENT: self._scenario_running,
             CLEAN_DESCRIPTION: self._clean_running,
+        }
+        self._phases: dict[str, Callable[[float], int]] = {
+            AUTO_FETCH: _auto_fetch_phase,
+            TOGGLE_MOCK_TOOLS: _single_phase,
+            SCENARIO_AGENT: _single_phase,
+            CLEAN_DESCRIPTION: _clean_phase,
         }
         self._terminal_renderers: dict[str, Callable[[Job], JsonObject]] = {
             AUTO_FETCH: self._auto_fetch_terminal,
@@ -366,22 +379,28 @@ class JobStore:
         if job.outcome == NEVER:
             fraction = min(fraction, 0.99)
         if fraction < 1.0:
-            return 200, dumps(self._progress_renderers[kind](job, fraction, None))
+            phase = self._phases[kind](fraction)
+            if phase != job.phase:  # running answers only change between phases: render each once
+                job.phase = phase
+                job.phase_body = dumps(self._progress_renderers[kind](job, fraction, None))
+            return 200, job.phase_body
         final = dumps(self._terminal_renderers[kind](job))
         job.final = final
         job.terminal_at = wall
         job.request = None
+        job.phase_body = b""
         return 200, final
 
     # -- renderers --------------------------------------------------------------------------------------------
 
     @staticmethod
     def _auto_fetch_running(job: Job, fraction: float, status: str | None) -> JsonObject:
-        if fraction < _QUEUED_FRACTION_AUTO_FETCH:
+        index = _auto_fetch_phase(fraction)
+        if index < 0:
             index, word = 0, "queued"
             stages = [{"name": name, "status": "pending"} for name in AUTO_FETCH_STAGES]
         else:
-            index, word = min(int(fraction * len(AUTO_FETCH_STAGES)), len(AUTO_FETCH_STAGES) - 1), "in_progress"
+            word = "in_progress"
             stages = [
                 {"name": name, "status": "completed" if i < index else "in_progress" if i == index else "pending"}
                 for i, name in enumerate(AUTO_FETCH_STAGES)
@@ -501,7 +520,7 @@ class JobStore:
 
     @staticmethod
     def _clean_running(job: Job, fraction: float, status: str | None) -> JsonObject:
-        return {"status": status or ("queued" if fraction < _QUEUED_FRACTION_CLEAN else "processing")}
+        return {"status": status or ("queued" if _clean_phase(fraction) == 0 else "processing")}
 
     @staticmethod
     def _clean_terminal(job: Job) -> JsonObject:
@@ -518,6 +537,20 @@ class JobStore:
             "clean_description": clean or "Evaluate the call.",
             "thinking": f"Rewrote the description as a {eval_type} metric (simulated).",
         }
+
+
+def _auto_fetch_phase(fraction: float) -> int:
+    if fraction < _QUEUED_FRACTION_AUTO_FETCH:
+        return -1
+    return min(int(fraction * len(AUTO_FETCH_STAGES)), len(AUTO_FETCH_STAGES) - 1)
+
+
+def _clean_phase(fraction: float) -> int:
+    return 0 if fraction < _QUEUED_FRACTION_CLEAN else 1
+
+
+def _single_phase(fraction: float) -> int:
+    return 0
 
 
 _LIST_OF_INT_FIELDS = ("knowledge_base", "scenarios_needing_agent", "inbound_phone_numbers")

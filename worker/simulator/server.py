@@ -730,6 +730,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["SimConfig", "SimulatorHandle", "main", "run", "start_in_thread"]
-
-if __name__ == "__main__":
-    sys.exit(main())

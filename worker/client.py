@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import structlog
 
 from config.settings import Settings, get_settings
 from worker import requests, submission
@@ -46,6 +47,13 @@ class Client:
         client: redis.Redis | None = None,
         broker: CekuraBroker | None = None,
     ) -> None:
+        if not structlog.is_configured():
+            # Inside someone else's application: log through stdlib logging, which it configures (or not).
+            structlog.configure(
+                processors=[structlog.stdlib.filter_by_level, structlog.stdlib.render_to_log_kwargs],
+                logger_factory=structlog.stdlib.LoggerFactory(),
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
         self.settings = settings or get_settings()
         self.redis = client or connect(self.settings)
         self.store = JobStore(self.redis, self.settings)

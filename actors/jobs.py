@@ -62,6 +62,7 @@ def start(job_id: str, reserved: bool = False) -> None:
         _failed_call(rt, job_id, kind, Phase.START, seq, job, exc)
         return
     metrics.CEKURA_CALLS.labels("start", "ok").inc()
+    metrics.JOBS_STARTED.labels(kind.name).inc()
     delay_ms = _delay_ms(poll_delay(1, rt.settings), claim)
     fields: dict[str, Any] = {"progress_id": started.progress_id, "errors": 0, "error": "", "started_ms": claim.now_ms}
     if started.session_id is not None:

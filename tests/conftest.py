@@ -41,9 +41,13 @@ FAST: dict[str, Any] = {
 }
 
 
+#: How long a simulated job runs unless a test configures otherwise.
+SIM_DURATION_S = 0.3
+
+
 @pytest.fixture(scope="session")
 def sim() -> Iterator[SimulatorHandle]:
-    handle = start_in_thread(SimConfig(api_key=SIM_KEY, duration_s=0.3))
+    handle = start_in_thread(SimConfig(api_key=SIM_KEY, duration_s=SIM_DURATION_S))
     yield handle
     handle.stop()
 
@@ -66,7 +70,10 @@ def make_settings(sim_url: str, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def settings(sim: SimulatorHandle, redis_client: redis.Redis) -> Settings:
+    # Each test starts from the simulator's defaults, whatever the previous test changed.
     sim.reset()
+    sim.clear_faults()
+    sim.configure(duration_s=SIM_DURATION_S, polls_to_complete=None, rate_limit_rps=0)
     return make_settings(sim.url)
 
 

@@ -73,6 +73,12 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
     else:
         broker = build_broker(settings, client)
         dramatiq.set_broker(broker)
+        if _runtime is not None:
+            # Actors are bound to the broker they were declared on: move them to the new one.
+            for name in _runtime.broker.get_declared_actors():
+                actor = _runtime.broker.get_actor(name)
+                actor.broker = broker
+                broker.declare_actor(actor)
     if _runtime is not None and _runtime._cekura is not None:
         _runtime._cekura.close()
     _runtime = Runtime(settings=settings, redis=client, store=JobStore(client, settings), broker=broker)

@@ -167,7 +167,7 @@ class _ZSetConsumer(_RedisConsumer):
     @property
     def low_water(self) -> int:
         """Fetch again only once outstanding messages fall to this many, so fetches come in batches."""
-        return self.prefetch // 2
+        return int(self.prefetch) // 2
 
     def ack(self, message: MessageProxy) -> None:
         with self._acks_lock:

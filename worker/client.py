@@ -55,13 +55,16 @@ class Client:
                 wrapper_class=structlog.stdlib.BoundLogger,
             )
         self.settings = settings or get_settings()
+        self._owns_redis = client is None
         self.redis = client or connect(self.settings)
         self.store = JobStore(self.redis, self.settings)
         # A broker only to enqueue start messages; producers never import the actors.
         self.broker = broker or CekuraBroker(client=self.redis, middleware=[], namespace=self.settings.key("dramatiq"))
 
     def close(self) -> None:
-        self.redis.close()
+        if self._owns_redis:
+            self.redis.close()
+            self.redis.connection_pool.disconnect()
 
     def __enter__(self) -> Client:
         return self

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 JOBS_SUBMITTED = Counter("cekura_jobs_submitted_total", "Jobs accepted (new job ids).", ["kind"])
+JOBS_STARTED = Counter("cekura_jobs_started_total", "Jobs whose Cekura start call succeeded.", ["kind"])
 JOBS_REJECTED = Counter("cekura_jobs_rejected_total", "Requests rejected as malformed.")
 JOBS_FINISHED = Counter("cekura_jobs_finished_total", "Jobs that ended, by outcome.", ["kind", "outcome"])
 CEKURA_CALLS = Counter("cekura_api_calls_total", "Calls to the Cekura API.", ["endpoint", "status"])

@@ -1,0 +1,249 @@
+"""Redis over TLS (`rediss://`): a real `cekura-worker run` runs jobs end to end through the broker and both streams
+of a `redis-server` that speaks only TLS, with certificate verification on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import SecretStr
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from config.settings import Settings, load_settings
+from worker.client import Client
+from worker.connection import connect
+from worker.health import check
+from worker.heartbeat import live_workers
+
+PASSWORD = "secret-pw-for-tls-test"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("openssl") is None or shutil.which("redis-server") is None,
+        reason="needs the openssl CLI and redis-server",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class TlsRedis:
+    port: int
+    ca_file: str
+    other_ca_file: str
+
+    @property
+    def url(self) -> str:
+        return f"rediss://:{PASSWORD}@localhost:{self.port}/0"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _make_ca(directory: Path, name: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+        "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory,
+    )  # fmt: skip
+
+
+def _make_certificates(directory: Path) -> None:
+    """A throwaway CA, a server certificate it signs for localhost, and an unrelated second CA."""
+    _make_ca(directory, "ca")
+    _make_ca(directory, "other-ca")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", "server.key", "-out", "server.csr", cwd=directory,
+    )  # fmt: skip
+    (directory / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", "server.ext", "-out", "server.crt", cwd=directory,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+    directory = tmp_path_factory.mktemp("tls-redis")
+    _make_certificates(directory)
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+            "--tls-auth-clients", "no", "--requirepass", PASSWORD,
+            "--save", "", "--appendonly", "no", "--dir", str(directory),
+        ],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = TlsRedis(port, str(directory / "ca.crt"), str(directory / "other-ca.crt"))
+    try:
+        probe = redis.Redis.from_url(server.url, ssl_ca_certs=server.ca_file, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        probe.close()
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _env(settings: Settings, **values: object) -> dict[str, str]:
+    """This process's environment with `settings` (then `values`) as the service's environment variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEKURA_", "REDIS_", "PROMETHEUS_", "LOG_"))}
+    for name, value in {**settings.model_dump(), **values}.items():
+        if value is not None:
+            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
+    return env
+
+
+@contextmanager
+def _running_workers(env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`cekura-worker run` in its own process group, killed with the whole group on the way out."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "2"],
+            env=dict(env),
+            cwd=log_path.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        with suppress(ProcessLookupError):  # spawned worker processes share the group: none may outlive the test
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for(condition: Callable[[], object], timeout: float, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+
+
+def test_jobs_run_end_to_end_over_tls_redis(
+    tls_redis: TlsRedis, make_tls_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_tls_settings(redis_ca_bundle=tls_redis.ca_file)
+    env = _env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5)
+    log_path = tmp_path / "worker.log"
+    with _running_workers(env, log_path) as supervisor, Client(settings) as client:
+        _wait_for(lambda: live_workers(client.redis, settings), 30, "the worker's heartbeat over TLS", log_path)
+        _wait_for(lambda: check(settings)[0], 10, "the healthcheck over TLS to pass", log_path)
+
+        # One job through the broker (Client.submit enqueues the start message), one through the request stream.
+        direct = client.submit("agent.auto_fetch", {"agent_id": 3}, metadata={"via": "client"})
+        request = {"kind": "scenario.agent", "params": {"user_message": "more detail"}, "job_id": "tls-via-stream"}
+        client.redis.xadd(settings.cekura_requests_stream, {"request": json.dumps(request)})
+        _wait_for(lambda: client.status("tls-via-stream"), 20, "the stream request to be recorded", log_path)
+        for job_id in (direct, "tls-via-stream"):
+            event = client.wait(job_id, timeout=20)
+            assert event["status"] == "completed", (event["error"], log_path.read_text()[-3000:])
+        events = {event["job_id"]: event for event in client.results()}
+        assert set(events) == {direct, "tls-via-stream"}
+        assert json.loads(events[direct]["metadata"]) == {"via": "client"}
+
+        status = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "status"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        os.killpg(supervisor.pid, signal.SIGTERM)
+        assert supervisor.wait(20) == 0
+
+    assert status.returncode == 0, status.stderr
+    assert f"rediss://:***@localhost:{tls_redis.port}/0" in status.stdout
+    assert "Jobs in flight: 0" in status.stdout
+    assert "Results stream cekura:results: 2 entries" in status.stdout
+    assert PASSWORD not in status.stdout + status.stderr
+    worker_log = log_path.read_text()
+    assert "worker_started" in worker_log
+    assert PASSWORD not in worker_log
+
+
+def test_tls_redis_with_an_untrusted_certificate_is_refused(
+    tls_redis: TlsRedis, make_tls_settings: Callable[..., Settings]
+) -> None:
+    trusted = make_tls_settings(redis_ca_bundle=tls_redis.ca_file)
+    untrusted = make_tls_settings(redis_ca_bundle=tls_redis.other_ca_file)
+    system_cas = make_tls_settings(redis_ca_bundle=None)
+
+    verified = connect(trusted)
+    assert verified.ping()
+    verified.connection_pool.disconnect()
+    for settings in (untrusted, system_cas):
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+            connect(settings, retry=Retry(NoBackoff(), 0), retry_on_error=[]).ping()
+        ok, reason = check(settings)
+        assert not ok
+        assert reason.startswith(f"redis unreachable at rediss://:***@localhost:{tls_redis.port}/0: ")
+        assert "certificate verify failed" in reason
+        assert PASSWORD not in reason
+
+    plaintext = redis.Redis(
+        host="127.0.0.1", port=tls_redis.port, password=PASSWORD, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
+    with pytest.raises(redis.ConnectionError):  # the server speaks TLS only
+        plaintext.ping()
+    plaintext.close()
+
+
+@pytest.fixture
+def make_tls_settings(tls_redis: TlsRedis, settings: Settings) -> Iterator[Callable[..., Settings]]:
+    """The shared test settings pointed at the TLS server (db 0 of a private server, flushed around each test)."""
+    flush = redis.Redis.from_url(tls_redis.url, ssl_ca_certs=tls_redis.ca_file)
+    flush.flushdb()
+
+    def make(**overrides: object) -> Settings:
+        values = {**settings.model_dump(), "redis_url": tls_redis.url, "cekura_heartbeat_interval_s": 1.0, **overrides}
+        return load_settings(**values)
+
+    yield make
+    flush.flushdb()
+    flush.close()

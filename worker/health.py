@@ -1,0 +1,73 @@
+"""`cekura-worker healthcheck`: is Redis answering, and is a worker process on this host beating?
+
+It runs as a container `HEALTHCHECK` every few seconds, so it stays cheap: one connection with short timeouts
+and no retries, two commands, and no Dramatiq or actor imports. The host is the container's hostname, so each
+replica reports only on its own processes.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from config.settings import Settings
+from worker.connection import connect
+from worker.heartbeat import live_workers, workers_key
+
+#: Connect and read timeout of the healthcheck's Redis connection, in seconds.
+DEFAULT_TIMEOUT_S = 2.0
+
+
+def _connect(settings: Settings) -> redis.Redis:
+    return connect(
+        settings,
+        socket_timeout=DEFAULT_TIMEOUT_S,
+        socket_connect_timeout=DEFAULT_TIMEOUT_S,
+        socket_keepalive=False,
+        health_check_interval=0,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+    )
+
+
+def _scrub(text: str, settings: Settings) -> str:
+    """`text` without the Redis password, should an error message ever quote it."""
+    password = urlsplit(settings.redis_url.get_secret_value()).password
+    return text.replace(password, "***") if password else text
+
+
+def _last_beat_ago(client: redis.Redis, settings: Settings, host: str) -> float | None:
+    """Seconds since the latest heartbeat of any process on `host`, or None if it has none recorded."""
+    latest = None
+    for member, score in client.zrange(workers_key(settings), 0, -1, withscores=True):
+        name = member.decode() if isinstance(member, bytes) else str(member)
+        if name.rsplit(":", 1)[0] == host and (latest is None or score > latest):
+            latest = score
+    return None if latest is None else max(0.0, time.time() - latest / 1000)
+
+
+def check(settings: Settings) -> tuple[bool, str]:
+    """(True, summary) when Redis answers PING and a worker process on this host beat recently; else (False, why)."""
+    host = socket.gethostname()
+    where = settings.redis_url_redacted
+    try:
+        client = _connect(settings)
+    except (ValueError, redis.RedisError) as exc:  # a malformed URL or TLS option
+        return False, f"redis unreachable at {where}: {_scrub(str(exc), settings)}"
+    try:
+        client.ping()
+        workers = live_workers(client, settings, host=host)
+        if workers:
+            return True, f"ok: redis at {where} answers; {len(workers)} live worker process(es) on host {host}"
+        ago = _last_beat_ago(client, settings, host)
+        last = "no heartbeat recorded" if ago is None else f"last heartbeat {ago:.0f} s ago"
+        return False, f"no live worker process on host {host} ({last})"
+    except (redis.RedisError, OSError) as exc:
+        return False, f"redis unreachable at {where}: {_scrub(f'{type(exc).__name__}: {exc}', settings)}"
+    finally:
+        client.connection_pool.disconnect()  # close() leaves a pool passed in explicitly open

@@ -1,0 +1,203 @@
+"""A snapshot of the service read from Redis: jobs in flight by kind and state, queue depths, overdue work,
+stream lengths and live workers. `cekura-worker status` prints it; the metrics endpoint turns it into gauges.
+
+Everything comes from Redis, so the answer is the same whichever process or container asks. Job hashes are
+read with pipelined `HMGET` in batches, so a large backlog costs a few round trips per thousand jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from config.settings import Settings
+from worker.heartbeat import live_workers
+
+#: Job ids read from the schedule per pipelined batch of `HMGET`s.
+DEFAULT_BATCH = 1000
+
+#: The states of a job that has not finished, in the order a job goes through them.
+ACTIVE_STATES = ("queued", "starting", "polling")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _server_ms(client: redis.Redis) -> int:
+    """Redis's clock in ms: schedule scores are written by Lua scripts with it, so compare against it too."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _batches(client: redis.Redis, key: str) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for member, _ in client.zscan_iter(key, count=DEFAULT_BATCH):
+        batch.append(_text(member))
+        if len(batch) >= DEFAULT_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def jobs_in_flight(client: redis.Redis, settings: Settings) -> dict[str, dict[str, int]]:
+    """Active jobs as {kind: {state: count}}; jobs whose record is gone or already finished are not counted."""
+    prefix = settings.key("job") + ":"
+    counts: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()  # ZSCAN may return a member twice while the set changes
+    for batch in _batches(client, settings.key("schedule")):
+        fresh = [job_id for job_id in batch if job_id not in seen]
+        seen.update(fresh)
+        pipe = client.pipeline(transaction=False)
+        for job_id in fresh:
+            pipe.hmget(prefix + job_id, "kind", "state")
+        for kind, state in pipe.execute():
+            if state is None or _text(state) == "finished":
+                continue
+            by_state = counts.setdefault(_text(kind) if kind is not None else "", {})
+            by_state[_text(state)] = by_state.get(_text(state), 0) + 1
+    return counts
+
+
+def queue_depths(client: redis.Redis, settings: Settings) -> dict[str, dict[str, int]]:
+    """Per Dramatiq queue: ready, delayed (`.ZQ`), unacked (held by live consumers) and dead-lettered (`.XQ`)."""
+    ns = settings.key("dramatiq")
+    queue = settings.cekura_queue
+    consumers = [_text(m) for m in client.zrange(f"{ns}:__heartbeats__", 0, -1)]
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(f"{ns}:{queue}")
+    pipe.zcard(f"{ns}:{queue}.ZQ")
+    pipe.zcard(f"{ns}:{queue}.XQ")
+    for consumer in consumers:
+        pipe.scard(f"{ns}:__acks__.{consumer}.{queue}")
+    ready, delayed, dead, *unacked = pipe.execute()
+    return {queue: {"ready": int(ready), "delayed": int(delayed), "unacked": sum(unacked), "dead": int(dead)}}
+
+
+def schedule_view(client: redis.Redis, settings: Settings, now_ms: int) -> dict[str, Any]:
+    """How many active jobs are scheduled, how many are overdue, and the most overdue one.
+
+    A job's score is when its next step is due plus the reconcile grace, so a job past its score is one the
+    reconciler will re-send: a sign of a stalled or overloaded fleet when it stays above zero.
+    """
+    key = settings.key("schedule")
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(key)
+    pipe.zcount(key, "-inf", now_ms)
+    pipe.zrange(key, 0, 0, withscores=True)
+    active, overdue, head = pipe.execute()
+    oldest = None
+    if head and head[0][1] <= now_ms:
+        job_id, score = head[0]
+        oldest = {"job_id": _text(job_id), "overdue_s": round((now_ms - score) / 1000, 3)}
+    return {"active": int(active), "overdue": int(overdue), "oldest_overdue": oldest}
+
+
+def stream_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """Lengths of the results and request streams, and the intake consumer group's pending entries and lag."""
+    results = settings.cekura_results_stream
+    requests = settings.cekura_requests_stream
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(results)
+    pipe.xlen(requests)
+    results_len, requests_len = pipe.execute()
+    group: dict[str, Any] | None = None
+    try:
+        groups = client.xinfo_groups(requests)
+    except redis.ResponseError:  # the stream doesn't exist yet: no worker has started its intake
+        groups = []
+    for info in groups:
+        if _text(info["name"]) == settings.cekura_intake_group:
+            lag = info.get("lag")  # None when Redis can't tell (entries deleted inside the unread range)
+            group = {
+                "name": settings.cekura_intake_group,
+                "consumers": int(info["consumers"]),
+                "pending": int(info["pending"]),
+                "lag": None if lag is None else int(lag),
+                "last_delivered_id": _text(info["last-delivered-id"]),
+            }
+    return {
+        "results": {"name": results, "length": int(results_len)},
+        "requests": {"name": requests, "length": int(requests_len), "group": group},
+    }
+
+
+def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """The whole snapshot as a JSON-serialisable dict."""
+    now_ms = _server_ms(client)
+    in_flight = jobs_in_flight(client, settings)
+    workers = sorted(live_workers(client, settings))
+    return {
+        "redis": settings.redis_url_redacted,
+        "key_prefix": settings.cekura_key_prefix,
+        "generated_at": _iso(now_ms),
+        "jobs_in_flight": {
+            "total": sum(sum(states.values()) for states in in_flight.values()),
+            "by_kind": {kind: dict(sorted(states.items())) for kind, states in sorted(in_flight.items())},
+        },
+        "queues": queue_depths(client, settings),
+        "schedule": schedule_view(client, settings, now_ms),
+        "streams": stream_view(client, settings),
+        "workers": {"live": len(workers), "processes": workers},
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def render_table(summary: dict[str, Any]) -> str:
+    """The snapshot as plain text for a terminal."""
+    lines = [f"cekura-worker status at {summary['generated_at']} ({summary['redis']}, prefix {summary['key_prefix']})"]
+
+    in_flight = summary["jobs_in_flight"]
+    lines += ["", f"Jobs in flight: {in_flight['total']}"]
+    if in_flight["by_kind"]:
+        extra = sorted({s for states in in_flight["by_kind"].values() for s in states} - set(ACTIVE_STATES))
+        states = [*ACTIVE_STATES, *extra]
+        rows = [
+            [kind, *(str(counts.get(state, 0)) for state in states), str(sum(counts.values()))]
+            for kind, counts in in_flight["by_kind"].items()
+        ]
+        lines += _table(["KIND", *(state.upper() for state in states), "TOTAL"], rows)
+
+    lines += ["", "Queues:"]
+    rows = [
+        [name, str(q["ready"]), str(q["delayed"]), str(q["unacked"]), str(q["dead"])]
+        for name, q in summary["queues"].items()
+    ]
+    lines += _table(["QUEUE", "READY", "DELAYED", "UNACKED", "DEAD"], rows)
+
+    schedule = summary["schedule"]
+    oldest = schedule["oldest_overdue"]
+    overdue = f"oldest: job {oldest['job_id']}, {oldest['overdue_s']:.1f} s overdue" if oldest else "nothing overdue"
+    lines += ["", f"Schedule: {schedule['active']} active, {schedule['overdue']} overdue ({overdue})"]
+
+    streams = summary["streams"]
+    results, requests = streams["results"], streams["requests"]
+    lines.append(f"Results stream {results['name']}: {results['length']} entries")
+    group = requests["group"]
+    if group is None:
+        intake = "no consumer group yet"
+    else:
+        lag = "unknown" if group["lag"] is None else str(group["lag"])
+        intake = f"group {group['name']}: {group['consumers']} consumers, {group['pending']} pending, lag {lag}"
+    lines.append(f"Request stream {requests['name']}: {requests['length']} entries; {intake}")
+
+    workers = summary["workers"]
+    listed = ", ".join(workers["processes"]) if workers["processes"] else "none"
+    lines.append(f"Workers: {workers['live']} live ({listed})")
+    return "\n".join(lines)

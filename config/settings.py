@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # Transient failures (network, 5xx, 429)
     cekura_retry_initial_s: float = Field(1.0, gt=0, le=600)
     cekura_retry_max_s: float = Field(60.0, gt=0, le=3600)
-    cekura_max_consecutive_errors: int = Field(30, ge=1)
+    cekura_max_consecutive_errors: int = Field(30, ge=1, le=10_000)
 
     # Jobs
     cekura_job_deadline_s: float = Field(3600.0, gt=0)
@@ -103,9 +103,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
         if self.cekura_poll_max_s < self.cekura_poll_initial_s:
-            raise ValueError("cekura_poll_max_s must be at least cekura_poll_initial_s")
+            raise ValueError("CEKURA_POLL_MAX_S must be at least CEKURA_POLL_INITIAL_S")
+        if self.cekura_retry_max_s < self.cekura_retry_initial_s:
+            raise ValueError("CEKURA_RETRY_MAX_S must be at least CEKURA_RETRY_INITIAL_S")
         if self.cekura_job_deadline_s > self.cekura_job_deadline_max_s:
-            raise ValueError("cekura_job_deadline_s must not exceed cekura_job_deadline_max_s")
+            raise ValueError("CEKURA_JOB_DEADLINE_S must not exceed CEKURA_JOB_DEADLINE_MAX_S")
         return self
 
     @property
@@ -133,9 +135,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
-        for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
-            problems.append(f"{name}: {error['msg']}")
+        for error in exc.errors(include_input=False):
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{name}: {error['msg']}" if name else str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
 
 

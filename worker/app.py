@@ -7,6 +7,7 @@ that sets the broker first; worker processes, the CLI and `tests/conftest.py` al
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -32,12 +33,15 @@ class Runtime:
     store: JobStore
     broker: CekuraBroker
     _cekura: CekuraClient | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def cekura(self) -> CekuraClient:
-        """The Cekura client, built on first use (producers never need it, nor the API key)."""
+        """The Cekura client, built once on first use (producers never need it, nor the API key)."""
         if self._cekura is None:
-            self._cekura = CekuraClient(self.settings)
+            with self._lock:
+                if self._cekura is None:
+                    self._cekura = CekuraClient(self.settings)
         return self._cekura
 
 

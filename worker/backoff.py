@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -12,18 +13,25 @@ from config.settings import Settings
 DEFAULT_MAX_RETRY_AFTER_S = 600.0
 
 
-def poll_delay(polls_done: int, settings: Settings, rng: random.Random | None = None) -> float:
-    """Seconds until the next progress poll: exponential from the initial interval, capped, with jitter."""
-    base = min(
-        settings.cekura_poll_max_s,
-        settings.cekura_poll_initial_s * settings.cekura_poll_factor ** max(0, polls_done - 1),
+def capped_exponential(initial: float, factor: float, step: int, cap: float) -> float:
+    """`min(cap, initial * factor ** step)`, without overflowing however large `step` grows."""
+    if factor <= 1.0 or initial >= cap:
+        return min(cap, initial)
+    steps_to_cap = math.ceil(math.log(cap / initial, factor))
+    return min(cap, initial * factor ** min(max(0, step), steps_to_cap))
+
+
+def poll_delay(poll: int, settings: Settings, rng: random.Random | None = None) -> float:
+    """Seconds to wait before the `poll`-th progress poll (1-based): exponential, capped, with jitter."""
+    base = capped_exponential(
+        settings.cekura_poll_initial_s, settings.cekura_poll_factor, poll - 1, settings.cekura_poll_max_s
     )
     return _jittered(base, settings.cekura_poll_jitter, rng)
 
 
 def retry_delay(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Seconds before retrying after the `attempt`-th consecutive transient failure (1-based), with jitter."""
-    base = min(settings.cekura_retry_max_s, settings.cekura_retry_initial_s * 2 ** max(0, attempt - 1))
+    base = capped_exponential(settings.cekura_retry_initial_s, 2.0, attempt - 1, settings.cekura_retry_max_s)
     return _jittered(base, 0.2, rng)
 
 
@@ -39,7 +47,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), DEFAULT_MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)

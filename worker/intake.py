@@ -118,7 +118,8 @@ class Intake(threading.Thread):
         entry = _text(entry_id)
         raw = fields.get(b"request", fields.get("request"))
         try:
-            request = requests.parse(raw, self.rt.settings)
+            # A request without a job_id gets one derived from its entry, so a redelivered entry is the same job.
+            request = requests.parse(raw, self.rt.settings, default_job_id=f"req-{entry}")
             if isinstance(request, requests.CancelRequest):
                 outcome = submission.cancel(self.rt.store, self.rt.broker, request.job_id)
                 log.info("cancel_request_handled", entry_id=entry, job_id=request.job_id, result=outcome.result)

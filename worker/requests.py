@@ -52,8 +52,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def parse(raw: bytes | str | None, settings: Settings) -> JobRequest | CancelRequest:
-    """Validate one request-stream entry's `request` field."""
+def parse(
+    raw: bytes | str | None, settings: Settings, *, default_job_id: str | None = None
+) -> JobRequest | CancelRequest:
+    """Validate one request-stream entry's `request` field; `default_job_id` names a job that gives no id."""
     if raw is None:
         raise InvalidRequest("entry has no 'request' field")
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
@@ -67,11 +69,15 @@ def parse(raw: bytes | str | None, settings: Settings) -> JobRequest | CancelReq
         value = json.loads(text, parse_constant=_reject_constant)
     except InvalidRequest:
         raise
+    except RecursionError:
+        raise InvalidRequest("request is nested too deeply") from None
     except ValueError as exc:
         raise InvalidRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"request must be a JSON object, got {_json_type(value)}")
-    _check_text(value, "request")
+    for key, item in value.items():  # located like build() locates them: "params.x", not "request.params.x"
+        _check_text(key, "request")
+        _check_text(item, key if key.isprintable() else "request")
     if "action" in value:
         return _parse_action(value)
     unknown = sorted(set(value) - _SUBMIT_KEYS)
@@ -82,7 +88,7 @@ def parse(raw: bytes | str | None, settings: Settings) -> JobRequest | CancelReq
     return build(
         value["kind"],
         value.get("params", {}),
-        job_id=value.get("job_id"),
+        job_id=value.get("job_id", default_job_id),
         metadata=value.get("metadata"),
         deadline_s=value.get("deadline_s"),
         settings=settings,
@@ -119,11 +125,9 @@ def build(
         raise InvalidRequest(f"metadata must be a JSON object, got {_json_type(metadata)}")
     else:
         _check_text(metadata, "metadata")
-        try:
-            json.dumps(metadata)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"metadata is not JSON-serialisable: {exc}") from None
-    return JobRequest(job_kind, model, job_id, _deadline(deadline_s, settings), dict(metadata))
+    deadline = _deadline(deadline_s, settings)
+    _check_size_and_numbers(kind, params, job_id, deadline_s, metadata, settings)
+    return JobRequest(job_kind, model, job_id, deadline, dict(metadata))
 
 
 def check_job_id(job_id: Any) -> str:
@@ -148,12 +152,30 @@ def _parse_action(value: dict[str, Any]) -> CancelRequest:
 def _deadline(value: Any, settings: Settings) -> float:
     if value is None:
         return settings.cekura_job_deadline_s
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest("deadline_s must be a number of seconds")
     limit = settings.cekura_job_deadline_max_s
-    if not DEFAULT_MIN_DEADLINE_S <= value <= limit:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest("deadline_s must be a number of seconds")
+    if not DEFAULT_MIN_DEADLINE_S <= value <= limit:  # compares ints of any size without converting them
         raise InvalidRequest(f"deadline_s must be between {DEFAULT_MIN_DEADLINE_S:g} and {limit:g} seconds")
     return float(value)
+
+
+def _check_size_and_numbers(
+    kind: str, params: Any, job_id: str, deadline_s: Any, metadata: Any, settings: Settings
+) -> None:
+    """What the stream checks on the raw entry, checked on the request as it would be sent: JSON-only numbers
+    (no NaN or Infinity) and the size limit, with the stream's messages."""
+    request = {"kind": kind, "params": params, "job_id": job_id, "deadline_s": deadline_s, "metadata": metadata}
+    try:
+        data = json.dumps(request, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except ValueError:
+        raise InvalidRequest("request is not valid JSON: NaN or Infinity is not a JSON number") from None
+    except (TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"request is not JSON-serialisable: {exc}") from None
+    if len(data) > settings.cekura_request_max_bytes:
+        raise InvalidRequest(f"request is {len(data)} bytes, over the {settings.cekura_request_max_bytes}-byte limit")
 
 
 def _check_text(value: Any, where: str) -> None:

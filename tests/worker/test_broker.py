@@ -1,0 +1,225 @@
+"""The sorted-set delay broker: delayed messages wait in Redis (not in a worker), run on time, and the actors and
+the reconciler on top of it make duplicate and lost messages harmless."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+import pytest
+from dramatiq.errors import ActorNotFound
+
+from config.settings import Settings, load_settings
+from worker.app import Runtime, runtime
+from worker.client import Client
+from worker.reconciler import reconcile_once
+from worker.simulator import SimulatorHandle
+
+T = TypeVar("T")
+
+#: Where the test actor records that it ran.
+RAN_KEY = "test:broker:ran"
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The shared test settings, with a test's `indirect` overrides (validated like any other settings)."""
+    overrides = getattr(request, "param", {})
+    return load_settings(**{**settings.model_dump(), **overrides}) if overrides else settings
+
+
+def _record(token: str) -> None:
+    runtime().redis.rpush(RAN_KEY, json.dumps({"token": token, "at": time.time()}))
+
+
+@pytest.fixture
+def recorder(rt: Runtime) -> dramatiq.Actor[[str], None]:
+    """A tiny actor on the service's queue that records when it ran (declared once: the session shares a broker)."""
+    try:
+        return rt.broker.get_actor("test_broker.record")  # type: ignore[no-any-return]
+    except ActorNotFound:
+        pass
+    return dramatiq.actor(
+        _record,
+        actor_name="test_broker.record",
+        queue_name=rt.settings.cekura_queue,
+        broker=rt.broker,
+        max_retries=0,
+        time_limit=10_000,
+    )
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
+    give_up = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _keys(rt: Runtime) -> tuple[str, str, str]:
+    """The queue list, its delayed sorted set and its message hash."""
+    queue = f"{rt.broker.namespace}:{rt.settings.cekura_queue}"
+    return queue, f"{queue}.ZQ", f"{queue}.msgs"
+
+
+def _fetched_by_a_worker(rt: Runtime, redis_message_id: str) -> bool:
+    return any(rt.redis.sismember(key, redis_message_id) for key in rt.redis.keys(f"{rt.broker.namespace}:__acks__.*"))
+
+
+def _drained(rt: Runtime) -> bool:
+    queue, _, _ = _keys(rt)
+    if rt.redis.llen(queue):
+        return False
+    return all(rt.redis.scard(key) == 0 for key in rt.redis.keys(f"{rt.broker.namespace}:__acks__.*"))
+
+
+def _ran(rt: Runtime) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in rt.redis.lrange(RAN_KEY, 0, -1)]
+
+
+# -- delayed messages ---------------------------------------------------------------------------------------------
+
+
+def test_a_delayed_message_waits_in_the_sorted_set_and_runs_after_its_delay_not_before(
+    rt: Runtime, worker: dramatiq.Worker, recorder: dramatiq.Actor[[str], None]
+) -> None:
+    queue, delayed, messages = _keys(rt)
+    message = recorder.send_with_options(args=("late",), delay=1000)
+    redis_id, eta_ms = message.options["redis_message_id"], message.options["due_ms"]
+    assert rt.redis.zscore(delayed, redis_id) == eta_ms
+    assert json.loads(rt.redis.hget(messages, redis_id))["args"] == ["late"]
+    assert rt.redis.llen(queue) == 0
+
+    time.sleep(0.5)
+    assert _ran(rt) == []  # not before its eta
+    assert rt.redis.zscore(delayed, redis_id) == eta_ms  # still waiting in Redis...
+    assert not _fetched_by_a_worker(rt, redis_id)  # ...and not held by any worker
+
+    (ran,) = wait_for(lambda: _ran(rt), what="the delayed message to run")
+    assert ran["token"] == "late"
+    assert ran["at"] >= eta_ms / 1000 - 0.01
+    assert rt.redis.zcard(delayed) == 0
+    wait_for(lambda: not rt.redis.hexists(messages, redis_id), what="the message to be acked")
+    assert len(_ran(rt)) == 1
+
+
+def test_a_far_future_delayed_message_does_not_hold_up_a_due_one(
+    rt: Runtime, worker: dramatiq.Worker, recorder: dramatiq.Actor[[str], None]
+) -> None:
+    _, delayed, _ = _keys(rt)
+    far = recorder.send_with_options(args=("far",), delay=600_000)
+    recorder.send_with_options(args=("soon",), delay=50)
+    recorder.send("now")
+    wait_for(lambda: len(_ran(rt)) == 2, what="the due messages")
+    assert sorted(r["token"] for r in _ran(rt)) == ["now", "soon"]
+    assert rt.redis.zrange(delayed, 0, -1) == [far.options["redis_message_id"].encode()]
+    assert not _fetched_by_a_worker(rt, far.options["redis_message_id"])
+
+
+# -- duplicate and lost poll messages -----------------------------------------------------------------------------
+
+
+def _started_without_a_worker(rt: Runtime, client: Client, job_id: str, agent_id: int) -> str:
+    """Submit a job and run its start step right here (no worker yet); returns its progress id."""
+    from actors.jobs import start
+
+    client.submit("agent.auto_fetch", {"agent_id": agent_id}, job_id=job_id)
+    start(job_id)  # the actor's function, called directly
+    job = rt.store.get(job_id)
+    assert job is not None
+    assert job["state"] == "polling"
+    return job["progress_id"]
+
+
+#: Polls 5 s apart, so nothing but the test's own messages polls during the test.
+SLOW = {"cekura_poll_initial_s": 5.0, "cekura_poll_max_s": 5.0}
+
+
+@pytest.mark.parametrize("settings", [SLOW], indirect=True)
+def test_the_same_poll_delivered_twice_makes_one_cekura_call(
+    rt: Runtime, client: Client, sim: SimulatorHandle, request: pytest.FixtureRequest
+) -> None:
+    from actors.jobs import poll
+
+    _, delayed, _ = _keys(rt)
+    progress_id = _started_without_a_worker(rt, client, "dup-poll", 777)  # never finishes
+    assert rt.redis.zcard(delayed) == 1
+    rt.redis.delete(delayed)  # take the scheduled poll (seq 1) away and deliver it twice instead
+    poll.send("dup-poll", 1)
+    poll.send("dup-poll", 1)
+    request.getfixturevalue("worker")
+
+    wait_for(lambda: rt.store.get("dup-poll")["polls"] == "1" and _drained(rt), what="both copies handled")  # type: ignore[index]
+    assert len(sim.polls()[progress_id]["times"]) == 1
+    assert rt.store.get("dup-poll")["seq"] == "2"  # type: ignore[index]
+    assert rt.redis.zcard(delayed) == 1  # and the next poll was scheduled once, not twice
+
+    poll.send("dup-poll", 1)  # a late third copy of a poll that already ran
+    wait_for(lambda: _drained(rt), what="the late copy handled")
+    assert len(sim.polls()[progress_id]["times"]) == 1
+    assert rt.redis.zcard(delayed) == 1
+    assert client.cancel("dup-poll").result == "cancelled"
+
+
+#: A first poll 0.5 s after the start, overdue 0.5 s after that.
+LOSSY = {"cekura_poll_initial_s": 0.5, "cekura_poll_max_s": 0.5, "cekura_reconcile_grace_s": 0.5}
+
+
+@pytest.mark.parametrize("settings", [LOSSY], indirect=True)
+def test_the_reconciler_resends_a_lost_poll_and_the_job_completes_once(
+    rt: Runtime, client: Client, sim: SimulatorHandle, request: pytest.FixtureRequest
+) -> None:
+    _, delayed, _ = _keys(rt)
+    progress_id = _started_without_a_worker(rt, client, "lost-poll", 5)
+    assert rt.redis.zcard(delayed) == 1
+    rt.redis.delete(delayed)  # the poll message is lost
+    request.getfixturevalue("worker")
+
+    assert reconcile_once(rt) == 0  # not overdue yet: nothing re-sent
+    overdue_at_ms = rt.redis.zscore(rt.store.schedule_key, "lost-poll")
+    assert overdue_at_ms is not None
+    seconds, micros = rt.redis.time()
+    time.sleep(max(0.0, overdue_at_ms / 1000 - (seconds + micros / 1e6)) + 0.05)
+    assert sim.polls()[progress_id]["times"] == []  # the lost message really never ran
+    assert client.status("lost-poll")["state"] == "polling"  # type: ignore[index]
+
+    assert reconcile_once(rt) == 1
+    assert reconcile_once(rt) == 0  # handed out once: a second pass right after re-sends nothing
+    event = client.wait("lost-poll", timeout=10)
+    assert event["status"] == "completed"
+    assert len([e for e in client.results() if e["job_id"] == "lost-poll"]) == 1
+    assert sim.stats()["by_route"].get("auto-fetch 202") == 1
+    assert len(sim.polls()[progress_id]["times"]) == 1
+    assert reconcile_once(rt) == 0
+    assert rt.redis.zscore(rt.store.schedule_key, "lost-poll") is None  # finished jobs leave the schedule
+
+
+@pytest.mark.parametrize("settings", [LOSSY], indirect=True)
+def test_the_reconciler_resends_a_lost_start_message(
+    rt: Runtime, client: Client, sim: SimulatorHandle, request: pytest.FixtureRequest
+) -> None:
+    queue, _, _ = _keys(rt)
+    client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="lost-start")
+    assert rt.redis.llen(queue) == 1
+    rt.redis.delete(queue)  # the start message is lost before any worker took it
+    request.getfixturevalue("worker")
+
+    assert reconcile_once(rt) == 0
+    overdue_at_ms = rt.redis.zscore(rt.store.schedule_key, "lost-start")
+    assert overdue_at_ms is not None
+    seconds, micros = rt.redis.time()
+    time.sleep(max(0.0, overdue_at_ms / 1000 - (seconds + micros / 1e6)) + 0.05)
+    assert client.status("lost-start")["state"] == "queued"  # type: ignore[index]
+    assert sim.stats()["started_jobs"] == 0
+
+    assert reconcile_once(rt) == 1
+    assert client.wait("lost-start", timeout=10)["status"] == "completed"
+    assert sim.stats()["started_jobs"] == 1
+    assert len([e for e in client.results() if e["job_id"] == "lost-start"]) == 1

@@ -2,7 +2,7 @@
 -- answer or a successful start, or a retry after a transient failure. The next Dramatiq message, captured by
 -- `CekuraBroker.outbox()`, is written here too, so recording and scheduling are one atomic step. Publishes a
 -- progress event when the Cekura status or stage changed and progress events are on.
--- KEYS: job hash, schedule zset, progress stream, Dramatiq message hash, Dramatiq delayed zset
+-- KEYS: job hash, schedule zset, progress stream, Dramatiq message hash, Dramatiq delayed zset, job secret key
 -- ARGV: phase ('start'|'poll'), seq, new_seq, next_state, delay_ms, grace_ms, job_id, progress_maxlen (0 = off),
 --       redis_message_id ('' for none), eta_ms, message data, field/value pairs...
 -- Returns {'ok', changed (1|0)} | {'finished', session_id} | {'stale'} | {'gone'}
@@ -19,6 +19,9 @@ local due = now + tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'seq', ARGV[3], 'lease', 0, 'next_poll_ms', due, 'updated_ms', now,
   unpack(ARGV, 12))
 redis.call('ZADD', KEYS[2], due + tonumber(ARGV[6]), ARGV[7])
+if ARGV[1] == 'start' and ARGV[4] == 'polling' then
+  redis.call('DEL', KEYS[6])  -- the start call has used the job's secrets: they go now, not at the end
+end
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[9], ARGV[11])
   redis.call('ZADD', KEYS[5], ARGV[10], ARGV[9])

@@ -25,7 +25,7 @@ from worker import requests, submission
 from worker.broker import CekuraBroker
 from worker.connection import connect
 from worker.redact import redact
-from worker.store import JobStore
+from worker.store import RESULT_FIELDS, JobStore
 
 _JSON_FIELDS = ("params", "metadata", "result")
 _MS_FIELDS = {
@@ -168,16 +168,4 @@ def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
 
 def result_view(job_id: str, raw: Mapping[str, str]) -> dict[str, str]:
     """The result-event fields of a finished job, read from its record."""
-    names = (
-        "kind",
-        "status",
-        "cekura_status",
-        "progress_id",
-        "result",
-        "error",
-        "polls",
-        "submitted_at",
-        "finished_at",
-        "metadata",
-    )
-    return {"job_id": job_id, **{name: raw.get(name, "") for name in names}}
+    return {name: job_id if name == "job_id" else raw.get(name, "") for name in RESULT_FIELDS}

@@ -61,6 +61,21 @@ class Finish:
     status: str = ""
 
 
+#: The fields of every result event, in order (finish.lua writes them; rejected events add `request_id`).
+RESULT_FIELDS = (
+    "job_id",
+    "kind",
+    "status",
+    "cekura_status",
+    "progress_id",
+    "result",
+    "error",
+    "polls",
+    "submitted_at",
+    "finished_at",
+    "metadata",
+)
+
 _CLAIM_FIELDS = (
     "seq",
     "kind",

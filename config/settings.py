@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Reliability
     cekura_reconcile_interval_s: float = Field(5.0, gt=0, le=600)
     cekura_reconcile_grace_s: float = Field(30.0, gt=0, le=3600)
-    cekura_lease_s: float = Field(60.0, gt=0, le=3600)
+    cekura_lease_s: float = Field(30.0, gt=0, le=3600)
 
     # Worker processes
     cekura_processes: int = Field(2, ge=1, le=64)
@@ -106,6 +106,8 @@ class Settings(BaseSettings):
             raise ValueError("CEKURA_POLL_MAX_S must be at least CEKURA_POLL_INITIAL_S")
         if self.cekura_retry_max_s < self.cekura_retry_initial_s:
             raise ValueError("CEKURA_RETRY_MAX_S must be at least CEKURA_RETRY_INITIAL_S")
+        if self.cekura_lease_s < 2 * self.cekura_http_timeout_s:
+            raise ValueError("CEKURA_LEASE_S must be at least twice CEKURA_HTTP_TIMEOUT_S (a claim outlives its call)")
         if self.cekura_job_deadline_s > self.cekura_job_deadline_max_s:
             raise ValueError("CEKURA_JOB_DEADLINE_S must not exceed CEKURA_JOB_DEADLINE_MAX_S")
         return self

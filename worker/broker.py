@@ -20,7 +20,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -32,14 +31,13 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from worker import scripts
+
 #: How many due delayed messages one fetch moves onto the queue at most.
 DEFAULT_PROMOTE_LIMIT = 1000
 
 #: Milliseconds without a heartbeat after which a worker's unacked messages go back to the queue.
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 20_000
-
-_SCRIPTS_DIR = Path(__file__).with_name("scripts")
-_PRELUDE = (_SCRIPTS_DIR / "_now.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +57,8 @@ class CekuraBroker(RedisBroker):
     def __init__(self, *, client: redis.Redis, middleware: list[Middleware] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_MS)
         super().__init__(client=client, middleware=middleware, **kwargs)
-        self._fetch_script = client.register_script(_PRELUDE + (_SCRIPTS_DIR / "fetch.lua").read_text())
-        self._schedule_script = client.register_script((_SCRIPTS_DIR / "schedule.lua").read_text())
+        self._fetch_script = scripts.load(client, "fetch")
+        self._schedule_script = scripts.load(client, "schedule", clock=False)
         #: Set to wake this process's consumer early: something was enqueued that is due before it planned to look.
         self.wakeup = threading.Event()
         #: When (epoch ms) this process's consumer next looks at Redis on its own.

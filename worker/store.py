@@ -12,13 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, cast
 
 import redis
-from redis.commands.core import Script
 
 from config.settings import Settings
+from worker import scripts
 from worker.broker import Scheduled
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
@@ -26,9 +25,6 @@ DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
 
 #: How many overdue jobs one reconciler pass takes.
 DEFAULT_RECONCILE_BATCH = 500
-
-_SCRIPTS_DIR = Path(__file__).with_name("scripts")
-_PRELUDE = (_SCRIPTS_DIR / "_now.lua").read_text()
 
 
 class Phase(StrEnum):
@@ -100,10 +96,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _load(name: str, client: redis.Redis) -> Script:
-    return client.register_script(_PRELUDE + (_SCRIPTS_DIR / f"{name}.lua").read_text())
-
-
 class JobStore:
     """Reads and changes job state; the only code that knows the Redis layout of a job."""
 
@@ -114,12 +106,12 @@ class JobStore:
         self.rate_key = settings.key("ratelimit", "tat")
         self.cooldown_key = settings.key("ratelimit", "cooldown")
         self.job_prefix = settings.key("job") + ":"
-        self._submit = _load("submit", client)
-        self._claim = _load("claim", client)
-        self._advance = _load("advance", client)
-        self._finish = _load("finish", client)
-        self._reconcile = _load("reconcile", client)
-        self._reject = _load("reject", client)
+        self._submit = scripts.load(client, "submit")
+        self._claim = scripts.load(client, "claim")
+        self._advance = scripts.load(client, "advance")
+        self._finish = scripts.load(client, "finish")
+        self._reconcile = scripts.load(client, "reconcile")
+        self._reject = scripts.load(client, "reject")
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id

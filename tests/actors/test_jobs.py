@@ -7,21 +7,9 @@ import json
 import dramatiq
 import pytest
 
+from tests.support import RESULT_EVENT_FIELDS
 from worker.client import Client
-
-RESULT_FIELDS = {
-    "job_id",
-    "kind",
-    "status",
-    "cekura_status",
-    "progress_id",
-    "result",
-    "error",
-    "polls",
-    "submitted_at",
-    "finished_at",
-    "metadata",
-}
+from worker.store import RESULT_FIELDS
 
 CASES = [
     ("agent.auto_fetch", {"agent_id": 5}, "completed", "completed"),
@@ -57,7 +45,7 @@ def test_kind_reaches_outcome(
     entries = [e for e in client.results() if e["job_id"] == job_id]
     assert len(entries) == 1
     entry = entries[0]
-    assert set(entry) - {"id"} == RESULT_FIELDS
+    assert set(entry) - {"id"} == RESULT_EVENT_FIELDS
     assert json.loads(entry["metadata"]) == {"case": kind}
     if outcome == "completed":
         assert json.loads(entry["result"])["status"] == "completed"
@@ -65,3 +53,7 @@ def test_kind_reaches_outcome(
         assert int(entry["polls"]) >= 1
     if outcome == "failed":
         assert entry["error"]
+
+
+def test_result_fields_constant_matches_the_contract() -> None:
+    assert set(RESULT_FIELDS) == RESULT_EVENT_FIELDS

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
 import httpx
@@ -17,27 +17,13 @@ import pytest
 
 from actors import names
 from config.settings import Settings, get_settings, load_settings
+from tests.support import RESULT_EVENT_FIELDS, wait_for
 from worker.app import Runtime
 from worker.cli import EXIT_FAILED, EXIT_OK, main
 from worker.client import Client
 from worker.intake import Intake
 from worker.simulator import SimulatorHandle
 
-T = TypeVar("T")
-
-RESULT_FIELDS = {
-    "job_id",
-    "kind",
-    "status",
-    "cekura_status",
-    "progress_id",
-    "result",
-    "error",
-    "polls",
-    "submitted_at",
-    "finished_at",
-    "metadata",
-}
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 STAGES = ["validate", "prompt", "settings", "phone", "tools", "dynamic_variables", "kb", "finalize"]
 SCENARIO_PROGRESS = "/test_framework/v1/scenarios/scenario-agent-progress/"
@@ -52,18 +38,6 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy; fail the test after `timeout` seconds."""
-    give_up = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def events_for(client: Client, job_id: str) -> list[dict[str, str]]:
@@ -141,7 +115,7 @@ def test_a_completed_job_publishes_one_result_event_with_exact_fields(
     assert len(entries) == 1
     entry = dict(entries[0])
     entry.pop("id")
-    assert set(entry) == RESULT_FIELDS
+    assert set(entry) == RESULT_EVENT_FIELDS
     assert entry["job_id"] == "fields-1"
     assert entry["kind"] == "agent.auto_fetch"
     assert entry["status"] == "completed"

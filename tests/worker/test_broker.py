@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq.errors import ActorNotFound
 
 from config.settings import Settings, load_settings
+from tests.support import wait_for
 from worker.app import Runtime, runtime
 from worker.client import Client
 from worker.reconciler import reconcile_once
 from worker.simulator import SimulatorHandle
-
-T = TypeVar("T")
 
 #: Where the test actor records that it ran.
 RAN_KEY = "test:broker:ran"
@@ -50,17 +48,6 @@ def recorder(rt: Runtime) -> dramatiq.Actor[[str], None]:
         max_retries=0,
         time_limit=10_000,
     )
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    give_up = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _keys(rt: Runtime) -> tuple[str, str, str]:

@@ -10,29 +10,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import redis
-from pydantic import SecretStr
 
 from config.settings import Settings
+from tests.support import free_port, running_workers, service_env, wait_for
 from worker.health import check
 from worker.heartbeat import Heartbeat, workers_key
 
 HEARTBEAT_S = 1.0
-
-
-def _env(settings: Settings | None = None, **values: object) -> dict[str, str]:
-    """This process's environment with `settings` (then `values`) as the service's environment variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEKURA_", "REDIS_", "PROMETHEUS_", "LOG_"))}
-    fields = settings.model_dump() if settings else {}
-    for name, value in {**fields, **values}.items():
-        if value is not None:
-            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
-    return env
 
 
 def _healthcheck(env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -46,51 +35,9 @@ def _healthcheck(env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProce
     )
 
 
-@contextmanager
-def _running_workers(env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`cekura-worker run` in its own process group, killed with the whole group on the way out."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "2"],
-            env=dict(env),
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        # Spawned worker processes share the group; make sure none outlives the test.
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str, log_path: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            detail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
-            pytest.fail(f"timed out waiting for {what}\n{detail}")
-        time.sleep(0.05)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_healthcheck_fails_with_a_reason_when_redis_is_down(tmp_path: Path) -> None:
-    port = _closed_port()
-    env = _env(redis_url=f"redis://:hunter2-pass@127.0.0.1:{port}/0")
+    port = free_port()  # nothing listens there
+    env = service_env(redis_url=f"redis://:hunter2-pass@127.0.0.1:{port}/0")
     done = _healthcheck(env, tmp_path)
     assert done.returncode == 1, done
     assert done.stdout.startswith(f"redis unreachable at redis://:***@127.0.0.1:{port}/0: "), done.stdout
@@ -125,7 +72,7 @@ def test_healthcheck_counts_only_fresh_heartbeats_of_this_host(settings: Setting
 @pytest.mark.slow
 def test_healthcheck_follows_the_worker_processes_of_this_host(settings: Settings, tmp_path: Path) -> None:
     settings = settings.model_copy(update={"cekura_heartbeat_interval_s": HEARTBEAT_S})
-    env = _env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5, log_level="WARNING")
+    env = service_env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5, log_level="WARNING")
     host = socket.gethostname()
 
     before = _healthcheck(env, tmp_path)
@@ -133,8 +80,8 @@ def test_healthcheck_follows_the_worker_processes_of_this_host(settings: Setting
     assert before.stdout.strip() == f"no live worker process on host {host} (no heartbeat recorded)"
 
     log_path = tmp_path / "worker.log"
-    with _running_workers(env, log_path) as process:
-        _wait_for(lambda: check(settings)[0], 30, "the worker's first heartbeat", log_path)
+    with running_workers(env, log_path) as process:
+        wait_for(lambda: check(settings)[0], 30, "the worker's first heartbeat", log_path)
         healthy = _healthcheck(env, tmp_path)
         assert healthy.returncode == 0, healthy
         assert healthy.stdout.startswith(
@@ -144,7 +91,7 @@ def test_healthcheck_follows_the_worker_processes_of_this_host(settings: Setting
         # The container's processes die without a word (OOM kill, SIGKILL): their heartbeat goes stale.
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
-        _wait_for(lambda: not check(settings)[0], 10, "the heartbeat to go stale")
+        wait_for(lambda: not check(settings)[0], 10, "the heartbeat to go stale")
 
     after = _healthcheck(env, tmp_path)
     assert after.returncode == 1

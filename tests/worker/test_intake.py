@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
 import pytest
 
+from tests.support import wait_for
 from worker.app import Runtime
 from worker.client import Client
 from worker.intake import Intake
 from worker.simulator import SimulatorHandle
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    give_up = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _xadd(rt: Runtime, request: Any) -> str:

@@ -7,12 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -20,9 +15,9 @@ import pytest
 import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from config.settings import Settings
+from tests.support import free_port, running_workers, service_env, wait_for
 from worker.client import Client
 from worker.heartbeat import live_workers, workers_key
 from worker.simulator import SimulatorHandle
@@ -32,55 +27,6 @@ CLIENT_JOBS = 12
 PROCESSES = 2
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _env(settings: Settings, **values: object) -> dict[str, str]:
-    """This process's environment with `settings` (then `values`) as the service's environment variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEKURA_", "REDIS_", "PROMETHEUS_", "LOG_"))}
-    for name, value in {**settings.model_dump(), **values}.items():
-        if value is not None:
-            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
-    return env
-
-
-@contextmanager
-def _running_workers(env: Mapping[str, str], log_path: Path, processes: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`cekura-worker run` in its own process group, killed with the whole group on the way out."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run", "--processes", str(processes), "--threads", "2"],
-            env=dict(env),
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        with suppress(ProcessLookupError):  # spawned worker processes share the group: none may outlive the test
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int) -> Samples:
@@ -106,30 +52,30 @@ def _answered(by_route: Mapping[str, int], route: str) -> int:
 def test_metrics_add_up_across_worker_processes(
     sim: SimulatorHandle, settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")  # must be cleared, not merged
     settings = settings.model_copy(update={"cekura_heartbeat_interval_s": 1.0, "cekura_metrics_port": port})
-    env = _env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5, log_level="WARNING")
+    env = service_env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5, log_level="WARNING")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     log_path = tmp_path / "worker.log"
     total = STREAM_JOBS + CLIENT_JOBS
 
-    with _running_workers(env, log_path, PROCESSES) as supervisor, Client(settings) as client:
-        _wait_for(lambda: len(live_workers(redis_client, settings)) == PROCESSES, 30, "both worker processes", log_path)
+    with running_workers(env, log_path, processes=PROCESSES) as supervisor, Client(settings) as client:
+        wait_for(lambda: len(live_workers(redis_client, settings)) == PROCESSES, 30, "both worker processes", log_path)
         stream_ids = [f"via-stream-{i}" for i in range(STREAM_JOBS)]
         for job_id in stream_ids:
             request = {"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "job_id": job_id}
             redis_client.xadd(settings.cekura_requests_stream, {"request": json.dumps(request)})
         client_ids = [client.submit("agent.auto_fetch", {"agent_id": 7}) for _ in range(CLIENT_JOBS)]
         # The intake records stream requests asynchronously.
-        _wait_for(lambda: all(client.status(job_id) for job_id in stream_ids), 20, "stream jobs recorded", log_path)
+        wait_for(lambda: all(client.status(job_id) for job_id in stream_ids), 20, "stream jobs recorded", log_path)
         for job_id in stream_ids + client_ids:
             assert client.wait(job_id, timeout=30)["status"] == "completed"
 
         # A job's counter is bumped just after its result event is written: give the last ones a moment.
-        _wait_for(
+        wait_for(
             lambda: _total(_scrape(port), "cekura_jobs_finished_total") >= total, 10, "the last counters", log_path
         )
         samples = _scrape(port)

@@ -8,22 +8,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
-from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings, load_settings
+from tests.support import free_port, running_workers, service_env, wait_for
 from worker.client import Client
 from worker.connection import connect
 from worker.health import check
@@ -80,17 +78,11 @@ def _make_certificates(directory: Path) -> None:
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     directory = tmp_path_factory.mktemp("tls-redis")
     _make_certificates(directory)
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
@@ -121,64 +113,21 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         process.wait(10)
 
 
-def _env(settings: Settings, **values: object) -> dict[str, str]:
-    """This process's environment with `settings` (then `values`) as the service's environment variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEKURA_", "REDIS_", "PROMETHEUS_", "LOG_"))}
-    for name, value in {**settings.model_dump(), **values}.items():
-        if value is not None:
-            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
-    return env
-
-
-@contextmanager
-def _running_workers(env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`cekura-worker run` in its own process group, killed with the whole group on the way out."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "2"],
-            env=dict(env),
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        with suppress(ProcessLookupError):  # spawned worker processes share the group: none may outlive the test
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-
-
 def test_jobs_run_end_to_end_over_tls_redis(
     tls_redis: TlsRedis, make_tls_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_tls_settings(redis_ca_bundle=tls_redis.ca_file)
-    env = _env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5)
+    env = service_env(settings, cekura_idle_wake_ms=100, cekura_shutdown_timeout_s=5)
     log_path = tmp_path / "worker.log"
-    with _running_workers(env, log_path) as supervisor, Client(settings) as client:
-        _wait_for(lambda: live_workers(client.redis, settings), 30, "the worker's heartbeat over TLS", log_path)
-        _wait_for(lambda: check(settings)[0], 10, "the healthcheck over TLS to pass", log_path)
+    with running_workers(env, log_path) as supervisor, Client(settings) as client:
+        wait_for(lambda: live_workers(client.redis, settings), 30, "the worker's heartbeat over TLS", log_path)
+        wait_for(lambda: check(settings)[0], 10, "the healthcheck over TLS to pass", log_path)
 
         # One job through the broker (Client.submit enqueues the start message), one through the request stream.
         direct = client.submit("agent.auto_fetch", {"agent_id": 3}, metadata={"via": "client"})
         request = {"kind": "scenario.agent", "params": {"user_message": "more detail"}, "job_id": "tls-via-stream"}
         client.redis.xadd(settings.cekura_requests_stream, {"request": json.dumps(request)})
-        _wait_for(lambda: client.status("tls-via-stream"), 20, "the stream request to be recorded", log_path)
+        wait_for(lambda: client.status("tls-via-stream"), 20, "the stream request to be recorded", log_path)
         for job_id in (direct, "tls-via-stream"):
             event = client.wait(job_id, timeout=20)
             assert event["status"] == "completed", (event["error"], log_path.read_text()[-3000:])

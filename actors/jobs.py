@@ -24,7 +24,7 @@ from worker import metrics
 from worker.app import Runtime, runtime
 from worker.backoff import poll_delay, retry_delay
 from worker.errors import CekuraError, PermanentError, RateLimited
-from worker.redact import redact, register
+from worker.redact import redact
 from worker.store import Claim, Phase
 
 log = structlog.get_logger(__name__)
@@ -49,17 +49,18 @@ def start(job_id: str, reserved: bool = False) -> None:
     job, kind = claim.job, KINDS[claim.job["kind"]]
     structlog.contextvars.bind_contextvars(kind=kind.name)
     raw = json.loads(job["params"])
+    secrets: tuple[str, ...] = ()
     if kind.secret_fields:
-        secrets = rt.store.secrets(job_id)
-        register(secrets.values())
-        raw.update(secrets)
+        stored = rt.store.secrets(job_id)
+        raw.update(stored)
+        secrets = tuple(stored.values())
     params = kind.validate(raw)
     seq = int(job["seq"])
     try:
         started = rt.cekura.start(kind, params)
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("start", str(exc.status_code or "error")).inc()
-        _failed_call(rt, job_id, kind, Phase.START, seq, job, exc)
+        _failed_call(rt, job_id, kind, Phase.START, seq, job, exc, secrets=secrets)
         return
     metrics.CEKURA_CALLS.labels("start", "ok").inc()
     metrics.JOBS_STARTED.labels(kind.name).inc()
@@ -201,9 +202,10 @@ def _failed_call(
     exc: CekuraError,
     *,
     polls: int | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> None:
     """Retry a transient failure with backoff (a 429 slows the whole fleet), or fail the job on a permanent one."""
-    reason = redact(str(exc))
+    reason = redact(str(exc), secrets)
     done_polls = int(job.get("polls", 0)) if polls is None else polls - 1
     if isinstance(exc, PermanentError):
         _finish(

@@ -189,6 +189,11 @@ class _ZSetConsumer(_RedisConsumer):
     def close(self) -> None:
         self._closed = True
         try:
+            # Fetched but never handed to a worker thread: back onto the queue for another consumer now.
+            unstarted = [Message.decode(data).options["redis_message_id"] for data in self.message_cache]
+            self.message_cache = []
+            if unstarted:
+                self.broker.do_requeue(self.queue_name, *unstarted)
             self._flush_acks()
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None

@@ -8,8 +8,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
 from config.settings import Settings, get_settings
 from worker.errors import ConfigError, InvalidRequest
+from worker.redact import redact
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -45,6 +48,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from worker import logging as service_logging
     from worker.supervisor import run
 
+    if settings.cekura_api_key is None:
+        raise ConfigError("CEKURA_API_KEY is not set: the workers need it to call the Cekura API")
     service_logging.configure(settings)
     return run(
         settings, processes=args.processes or settings.cekura_processes, threads=args.threads or settings.cekura_threads
@@ -202,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TimeoutError as exc:
         print(f"cekura-worker: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except redis.RedisError as exc:
+        where = settings.redis_url_redacted
+        print(f"cekura-worker: Redis at {where} failed: {redact(str(exc))} ({type(exc).__name__})", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -25,7 +25,7 @@ from worker.store import iso_now
 log = structlog.get_logger(__name__)
 
 #: How long an entry may stay pending with a consumer before another consumer takes it over.
-DEFAULT_CLAIM_IDLE_MS = 30_000
+DEFAULT_CLAIM_IDLE_MS = 10_000
 
 #: How long one XREADGROUP blocks waiting for entries.
 DEFAULT_BLOCK_MS = 1000

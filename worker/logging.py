@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,11 +19,19 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from config.settings import Settings
 from worker.redact import redact
 
+#: This process's id, on every line: several worker processes share one stdout.
+_PID = os.getpid()
+
 
 def _redact_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = redact(value)
+    return event
+
+
+def _add_pid(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    event["pid"] = _PID
     return event
 
 
@@ -32,6 +41,8 @@ def _dumps(obj: Any, **kwargs: Any) -> str:
 
 def configure(settings: Settings) -> None:
     """Route structlog and stdlib logging to stdout in the configured format and level."""
+    global _PID
+    _PID = os.getpid()
     level = getattr(logging, settings.log_level)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -39,6 +50,7 @@ def configure(settings: Settings) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
+        _add_pid,
         _redact_values,
     ]
     renderer: Processor

@@ -7,8 +7,11 @@ exits within `CEKURA_SHUTDOWN_TIMEOUT_S`.
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import threading
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import dramatiq
@@ -29,6 +32,12 @@ def threads_alive(worker: dramatiq.Worker) -> bool:
     return bool(threads) and all(thread.is_alive() for thread in threads)
 
 
+def _stop_when_gone(parent: BaseProcess, stopping: threading.Event) -> None:
+    wait([parent.sentinel])
+    log.warning("worker_orphaned", hint="the supervisor is gone; stopping")
+    stopping.set()
+
+
 def main(threads: int) -> None:
     """Run until SIGTERM/SIGINT. The entry point of each process the supervisor starts."""
     settings = get_settings()
@@ -42,6 +51,10 @@ def main(threads: int) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # A supervisor killed outright must not leave its workers running unsupervised.
+        threading.Thread(target=_stop_when_gone, args=(parent, stopping), name="cekura-orphan", daemon=True).start()
 
     worker = dramatiq.Worker(rt.broker, worker_threads=threads, worker_timeout=settings.cekura_idle_wake_ms)
     worker.start()

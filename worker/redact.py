@@ -1,7 +1,9 @@
-"""Secret redaction: every secret this process learns is registered here and masked wherever text leaves it.
+"""Secret redaction: the deployment's secrets are registered here and masked wherever text leaves the process.
 
-Log lines, job state, result events, error texts and CLI output pass through `redact()`; this is the
-last line of defence behind the first one, which is that secrets are never put in those places at all.
+Log lines, job state, result events, error texts and CLI output pass through `redact()`; this is the last
+line of defence behind the first one, which is that secrets are never put in those places at all. Per-job
+secrets (a provider `api_key`) are not registered, which would grow the list with every job; the code that
+holds one passes it as `extra` to the texts it produces.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def register(values: Iterable[str | None]) -> None:
             _secrets = _secrets | fresh
 
 
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced by `***`."""
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """`text` with every registered secret, and each of `extra`, replaced by `***`."""
     for secret in _secrets:
         if secret in text:
+            text = text.replace(secret, MASK)
+    for secret in extra:
+        if len(secret) >= DEFAULT_MIN_SECRET_LEN and secret in text:
             text = text.replace(secret, MASK)
     return text

@@ -112,6 +112,7 @@ class JobStore:
         self._finish = scripts.load(client, "finish")
         self._reconcile = scripts.load(client, "reconcile")
         self._reject = scripts.load(client, "reject")
+        self._cool_down = scripts.load(client, "cool_down")
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -243,10 +244,7 @@ class JobStore:
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""
-        until = int(self.client.time()[0] * 1000 + seconds * 1000)
-        current = self.client.get(self.cooldown_key)
-        if current is None or int(current) < until:
-            self.client.set(self.cooldown_key, until, px=int(seconds * 1000) + 1000)
+        self._cool_down(keys=[self.cooldown_key], args=[int(seconds * 1000)])
 
     # -- reconciler and intake --------------------------------------------------------------------------------
 

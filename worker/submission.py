@@ -12,7 +12,6 @@ import structlog
 
 from actors import names
 from worker import metrics
-from worker.redact import register
 from worker.requests import JobRequest, check_job_id
 from worker.store import JobStore
 
@@ -52,7 +51,6 @@ def _send(broker: dramatiq.Broker, queue: str, actor_name: str, *args: object) -
 def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Submitted:
     """Record the job (once per job id) and send its start message."""
     secrets = request.kind.secrets(request.params)
-    register(secrets.values())
     created, state = store.submit(
         request.job_id,
         request.kind.name,

@@ -26,6 +26,12 @@ DEFAULT_RESTART_DELAY_S = 1.0
 #: Extra seconds past CEKURA_SHUTDOWN_TIMEOUT_S before stragglers are killed.
 DEFAULT_KILL_GRACE_S = 3.0
 
+#: A worker process that dies within this many seconds of starting counts as a failed start ...
+DEFAULT_FAILED_START_S = 10.0
+
+#: ... and after this many failed starts in a row the supervisor gives up (exit 1) instead of crash-looping.
+DEFAULT_MAX_FAILED_STARTS = 5
+
 
 def _child(threads: int) -> None:
     from worker.process import main
@@ -34,7 +40,10 @@ def _child(threads: int) -> None:
 
 
 def run(settings: Settings, *, processes: int, threads: int) -> int:
-    """Supervise `processes` worker processes with `threads` threads each until SIGTERM/SIGINT; returns 0."""
+    """Supervise `processes` worker processes with `threads` threads each until SIGTERM/SIGINT.
+
+    Returns 0, or 1 when worker processes keep dying right after they start.
+    """
     if settings.cekura_metrics_port is not None:
         # Must be in the environment before any process imports prometheus_client.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cekura-metrics-"))
@@ -61,15 +70,24 @@ def run(settings: Settings, *, processes: int, threads: int) -> int:
         return process
 
     children = [spawn(slot) for slot in range(processes)]
+    started = [time.monotonic()] * processes
+    failed_starts = 0
+    exit_code = 0
     while not stopping:
         time.sleep(0.2)
         for slot, process in enumerate(children):
             if not process.is_alive() and not stopping:
                 log.error("worker_process_died", slot=slot, pid=process.pid, exitcode=process.exitcode)
                 _mark_dead(process.pid)
+                failed_starts = failed_starts + 1 if time.monotonic() - started[slot] < DEFAULT_FAILED_START_S else 0
+                if failed_starts >= DEFAULT_MAX_FAILED_STARTS:
+                    log.critical("supervisor_giving_up", failed_starts=failed_starts, hint="see the errors above")
+                    stopping, exit_code = True, 1
+                    break
                 time.sleep(DEFAULT_RESTART_DELAY_S)
                 if not stopping:
                     children[slot] = spawn(slot)
+                    started[slot] = time.monotonic()
 
     for process in children:
         if process.is_alive() and process.pid:
@@ -81,8 +99,8 @@ def run(settings: Settings, *, processes: int, threads: int) -> int:
             log.error("worker_process_killed", pid=process.pid, reason="did not stop in time")
             process.kill()
             process.join()
-    log.info("supervisor_stopped")
-    return 0
+    log.info("supervisor_stopped", exit_code=exit_code)
+    return exit_code
 
 
 def _mark_dead(pid: int | None) -> None:

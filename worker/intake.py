@@ -61,15 +61,21 @@ class Intake(threading.Thread):
     def run(self) -> None:
         failures = 0
         next_claim = 0.0
+        group_ready = False
         while not self._stopping.is_set():
             try:
-                self.ensure_group()
+                if not group_ready:
+                    self.ensure_group()
+                    group_ready = True
                 if time.monotonic() >= next_claim:
                     self.claim_abandoned()
                     next_claim = time.monotonic() + self.claim_idle_ms / 2000
                 self.read_once(block_ms=DEFAULT_BLOCK_MS)
                 failures = 0
             except redis.RedisError as exc:
+                if "NOGROUP" in str(exc):  # the stream or group vanished (a Redis that lost its data)
+                    group_ready = False
+                    continue
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("intake_redis_error", error=str(exc), retry_in_s=delay)

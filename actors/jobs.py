@@ -70,9 +70,9 @@ def start(job_id: str, reserved: bool = False) -> None:
         fields["session_id"] = started.session_id
     with rt.broker.outbox() as first_poll:
         poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
-    verdict, _ = rt.store.advance(
-        job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=first_poll
-    )
+        verdict, _ = rt.store.advance(
+            job_id, Phase.START, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=first_poll
+        )
     structlog.contextvars.bind_contextvars(progress_id=started.progress_id)
     if verdict == "ok":
         log.info(
@@ -119,9 +119,9 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
         fields["current_stage"] = stage
     with rt.broker.outbox() as next_poll:
         poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
-    verdict, changed = rt.store.advance(
-        job_id, Phase.POLL, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=next_poll
-    )
+        verdict, changed = rt.store.advance(
+            job_id, Phase.POLL, seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=next_poll
+        )
     if verdict != "ok":
         log.debug("poll_superseded", verdict=verdict)
         return
@@ -244,15 +244,15 @@ def _failed_call(
         metrics.RETRIES.labels(kind.name, "transient").inc()
     delay_ms = int(delay_s * 1000)
     next_state = "queued" if phase is Phase.START else "polling"
+    fields = {"errors": errors, "error": reason}
     with rt.broker.outbox() as retry:
         if phase is Phase.START:
             start.send_with_options(args=(job_id,), delay=delay_ms)
         else:
             poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
-    fields = {"errors": errors, "error": reason}
-    verdict, _ = rt.store.advance(
-        job_id, phase, seq, next_state=next_state, delay_ms=delay_ms, fields=fields, scheduled=retry
-    )
+        verdict, _ = rt.store.advance(
+            job_id, phase, seq, next_state=next_state, delay_ms=delay_ms, fields=fields, scheduled=retry
+        )
     if verdict != "ok":
         return
     log.warning("cekura_call_retrying", reason=reason, attempt=errors, delay_s=round(delay_s, 3))

@@ -69,9 +69,10 @@ class CekuraBroker(RedisBroker):
     def outbox(self) -> Iterator[list[Scheduled]]:
         """Capture this thread's delayed enqueues instead of writing them.
 
-        The caller writes the captured messages in the same Lua script as its own state change
-        (`JobStore.advance`), so "record this poll" and "schedule the next one" are one atomic step: a crash
-        can't leave a job recorded but unscheduled, and a superseded step schedules nothing.
+        The caller writes the captured messages inside the `with` block, in the same Lua script as its own
+        state change (`JobStore.advance`), so "record this poll" and "schedule the next one" are one atomic
+        step: a crash can't leave a job recorded but unscheduled, and a superseded step schedules nothing.
+        Leaving the block wakes this process's consumer if a captured message is due before it next looks.
         """
         captured: list[Scheduled] = []
         self._outbox.items = captured
@@ -79,6 +80,8 @@ class CekuraBroker(RedisBroker):
             yield captured
         finally:
             self._outbox.items = None
+            if any(item.eta_ms < self.next_look_ms for item in captured):
+                self.wakeup.set()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -104,11 +107,12 @@ class CekuraBroker(RedisBroker):
             queue = f"{self.namespace}:{message.queue_name}"
             redis_id = message.options["redis_message_id"]
             captured.append(Scheduled(f"{queue}.msgs", f"{queue}.ZQ", redis_id, eta, message.encode()))
-        else:
-            self._schedule_script(
-                keys=[self.namespace],
-                args=[message.queue_name, message.options["redis_message_id"], eta, message.encode()],
-            )
+            self.emit_after("enqueue", message, delay)
+            return message  # written, and the consumer woken, by the caller (see outbox)
+        self._schedule_script(
+            keys=[self.namespace],
+            args=[message.queue_name, message.options["redis_message_id"], eta, message.encode()],
+        )
         self.emit_after("enqueue", message, delay)
         if eta < self.next_look_ms:
             self.wakeup.set()

@@ -1,0 +1,356 @@
+"""Runs the side-by-side benchmark: the same phases, settings and machine for each poller, then one table.
+
+Per poller, in one run: a saturation phase (poll interval ~0, more jobs than threads, so workers are never idle)
+gives polls/s and CPU per poll; a lateness phase at a fixed interval, with as many jobs as make the offered poll
+rate about half of that poller's own saturation, gives lateness p50/p99. Long mode adds a phase with tens of
+thousands of jobs in flight at once in 2 worker processes, reported over time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import figures as fig
+from bench import report
+from bench.phase import PhaseRecord, PhaseSpec, run_phase
+from bench.pollers import POLLERS, cekura_available
+from bench.processes import cleanup_on_exit
+
+#: Poll interval of the saturation phase: the smallest every poller accepts (Dramatiq delays are whole ms).
+SATURATION_INTERVAL_S = 0.001
+#: The lateness phase offers this fraction of the poller's measured saturation rate.
+LATENESS_LOAD = 0.5
+#: Polls wanted in the lateness phase (enough for a stable p99), bounded by LATENESS_MAX_S of polling.
+LATENESS_TARGET_POLLS = 2500
+LATENESS_MAX_S = 20.0
+#: Polls per job in the long phase: every job is in flight for about this many intervals.
+LONG_POLLS = 6
+#: Above this many cores used by other processes during a phase, its figures are flagged as noisy.
+NOISY_CORES = 0.25
+#: Width of the time windows the long phase is reported in, as a fraction of its interval.
+LONG_WINDOW_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `python -m bench` was asked to do."""
+
+    mode: str
+    pollers: list[str]
+    jobs: int
+    polls: int
+    interval_s: float
+    processes: int
+    threads: int
+    out: Path
+    long_jobs: int = 20_000
+    long_processes: int = 2
+    long_interval_s: float | None = None
+    saturation_interval_s: float = SATURATION_INTERVAL_S
+    quiet_wait_s: float = 20.0
+    simulator_module: str | None = None
+
+
+@dataclass
+class PollerRun:
+    """All phases of one poller."""
+
+    saturation: PhaseRecord | None = None
+    lateness: PhaseRecord | None = None
+    long_saturation: PhaseRecord | None = None
+    long: PhaseRecord | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_benchmark(options: Options) -> int:
+    """Run every selected poller's phases, print the table, write results.json and the plots; 0 if all completed."""
+    names = [n for n in options.pollers if n != "cekura" or cekura_available()]
+    for skipped in sorted(set(options.pollers) - set(names)):
+        print(f"skipping {skipped}: worker/cli.py or worker/client.py is not there yet")
+    runs: dict[str, PollerRun] = {}
+    began = time.monotonic()
+    with cleanup_on_exit():
+        for name in names:
+            runs[name] = run_poller(name, options)
+        if options.mode == "long":
+            interval = options.long_interval_s
+            for name in names:
+                interval = run_long(name, options, runs[name], interval)
+    summary = {name: summarise(run) for name, run in runs.items()}
+    _print_and_save(options, names, runs, summary, time.monotonic() - began)
+    failed = [
+        r.error for run in runs.values() for r in (run.saturation, run.lateness, run.long) if r and not r.completed
+    ]
+    return 1 if failed else 0
+
+
+def run_poller(name: str, options: Options) -> PollerRun:
+    """The saturation phase, then the lateness phase sized from it."""
+    poller, run = POLLERS[name], PollerRun()
+    sat_spec = PhaseSpec(
+        name="saturation",
+        jobs=options.jobs,
+        polls=options.polls,
+        interval_s=options.saturation_interval_s,
+        processes=options.processes,
+        threads=options.threads,
+    )
+    print(
+        f"== {name}: saturation, {sat_spec.jobs} jobs x {sat_spec.polls} polls every {sat_spec.interval_s:g} s",
+        flush=True,
+    )
+    run.saturation = run_phase(poller, sat_spec, options.out, options.simulator_module, options.quiet_wait_s)
+    _finish_phase(run.saturation, options.out)
+    rate = fig.polls_per_s(run.saturation)
+    if not rate:
+        run.notes.append("no saturation rate measured: lateness phase skipped")
+        return run
+    lat_spec = lateness_spec(rate, options)
+    offered = lat_spec.jobs / lat_spec.interval_s
+    print(
+        f"== {name}: lateness, {lat_spec.jobs} jobs x {lat_spec.polls} polls every {lat_spec.interval_s} s "
+        f"(offered ~{offered:.0f} polls/s = {offered / rate:.0%} of saturation)",
+        flush=True,
+    )
+    run.lateness = run_phase(poller, lat_spec, options.out, options.simulator_module, options.quiet_wait_s)
+    _finish_phase(run.lateness, options.out)
+    return run
+
+
+def lateness_spec(saturation_rate: float, options: Options) -> PhaseSpec:
+    """Jobs so that N / interval ≈ half the saturation rate; polls per job for about LATENESS_TARGET_POLLS."""
+    jobs = max(1, round(LATENESS_LOAD * saturation_rate * options.interval_s))
+    polls = min(math.ceil(LATENESS_TARGET_POLLS / jobs), math.ceil(LATENESS_MAX_S / options.interval_s))
+    return PhaseSpec(
+        name="lateness",
+        jobs=jobs,
+        polls=max(polls, 3),
+        interval_s=options.interval_s,
+        processes=options.processes,
+        threads=options.threads,
+        spread_s=options.interval_s,  # start jobs evenly over one interval: polls arrive as a steady stream
+    )
+
+
+def run_long(name: str, options: Options, run: PollerRun, interval: float | None) -> float:
+    """Many jobs in flight at once in `long_processes` processes; returns the interval used, for the next poller.
+
+    Every poller first gets a saturation phase with that many processes. The long phase's interval is the given
+    one, or (for the first poller) one that puts the offered rate near half of the measured 2-process saturation;
+    later pollers get the same interval, so all face the same offered load.
+    """
+    poller = POLLERS[name]
+    spec = PhaseSpec(
+        name="long-saturation",
+        jobs=max(options.jobs, 200 * options.long_processes),
+        polls=options.polls,
+        interval_s=options.saturation_interval_s,
+        processes=options.long_processes,
+        threads=options.threads,
+    )
+    print(f"== {name}: saturation with {spec.processes} processes", flush=True)
+    run.long_saturation = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
+    _finish_phase(run.long_saturation, options.out)
+    if interval is None:
+        rate = fig.polls_per_s(run.long_saturation) or 100.0
+        interval = max(5.0, 5.0 * math.ceil(options.long_jobs / (LATENESS_LOAD * rate) / 5.0))
+    spec = PhaseSpec(
+        name="long",
+        jobs=options.long_jobs,
+        polls=LONG_POLLS,
+        interval_s=interval,
+        processes=options.long_processes,
+        threads=options.threads,
+        spread_s=interval,
+        max_duration_s=1.5 * (LONG_POLLS + 2) * interval + 120,
+    )
+    minutes = (spec.polls + 1) * interval / 60
+    print(
+        f"== {name}: long, {spec.jobs} jobs x {spec.polls} polls every {spec.interval_s:.0f} s in {spec.processes} "
+        f"processes (offered {spec.jobs / spec.interval_s:.0f} polls/s; about {minutes:.0f} min)",
+        flush=True,
+    )
+    run.long = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
+    _finish_phase(run.long, options.out)
+    return interval
+
+
+def summarise(run: PollerRun) -> dict[str, Any]:
+    """The table's figures for one poller (keys as in `report.ROWS`), plus long-mode figures if any."""
+    out: dict[str, Any] = {}
+    if run.saturation:
+        out["sat_polls_per_s"] = fig.polls_per_s(run.saturation)
+        out["sat_cpu_ms_per_poll"] = fig.cpu_ms_per_poll(run.saturation)
+        out["redis_bytes_per_job"] = fig.redis_bytes_per_job(run.saturation)
+        out["http_calls_per_job"] = fig.http_calls_per_job(run.saturation)
+        out["idle_cpu_pct"] = 100 * run.saturation.idle_cores
+    if run.lateness:
+        lateness = fig.lateness_s(run.lateness)
+        out["lat_p50_ms"] = fig.percentile_ms(lateness, 50)
+        out["lat_p99_ms"] = fig.percentile_ms(lateness, 99)
+        out["lat_cpu_ms_per_poll"] = fig.cpu_ms_per_poll(run.lateness)
+        if run.lateness.results:
+            lags = fig.result_latency_s(run.lateness)
+            out["result_p50_ms"] = fig.percentile_ms(lags, 50)
+            out["result_p99_ms"] = fig.percentile_ms(lags, 99)
+    peaks = [fig.rss_peak_mib(r) or 0.0 for r in (run.saturation, run.lateness) if r]
+    out["rss_peak_mib"] = max(peaks) if peaks else None
+    if run.long:
+        out["long"] = long_summary(run.long)
+        if run.long_saturation:
+            out["long"]["saturation_polls_per_s"] = fig.polls_per_s(run.long_saturation)
+            out["long"]["saturation_cpu_ms_per_poll"] = fig.cpu_ms_per_poll(run.long_saturation)
+    return out
+
+
+def long_summary(record: PhaseRecord) -> dict[str, Any]:
+    """Long-phase figures: overall and per-window lateness, throughput against the offered rate, RSS per process."""
+    lateness = fig.lateness_s(record)
+    windows = fig.over_time(record, max(1.0, LONG_WINDOW_FRACTION * record.spec.interval_s))
+    return {
+        "completed": record.completed,
+        "error": record.error,
+        "jobs": record.spec.jobs,
+        "interval_s": record.spec.interval_s,
+        "offered_polls_per_s": record.spec.jobs / record.spec.interval_s,
+        "polls_per_s": fig.polls_per_s(record),
+        "lateness_p50_ms": fig.percentile_ms(lateness, 50),
+        "lateness_p99_ms": fig.percentile_ms(lateness, 99),
+        "early_polls": fig.early_polls(record),
+        "cpu_ms_per_poll": fig.cpu_ms_per_poll(record),
+        "rss_peak_mib": fig.rss_peak_mib(record),
+        "rss_peak_by_process_mib": fig.rss_peak_by_process_mib(record),
+        "redis_bytes_per_job": fig.redis_bytes_per_job(record),
+        "http_calls_per_job": fig.http_calls_per_job(record),
+        "result_p50_ms": fig.percentile_ms(fig.result_latency_s(record), 50),
+        "result_p99_ms": fig.percentile_ms(fig.result_latency_s(record), 99),
+        "windows": [asdict(w) for w in windows],
+    }
+
+
+def _finish_phase(record: PhaseRecord, out: Path) -> None:
+    """Save the phase's raw poll times and print one line, so progress is visible while the benchmark runs."""
+    report.write_raw(out / "raw" / f"{record.poller}-{record.spec.name}.json.gz", record)
+    status = "ok" if record.completed else f"FAILED: {record.error}"
+    noise = record.other_cores + record.stolen_cores
+    if noise > NOISY_CORES:
+        status += (
+            f" (warning: other processes used {record.other_cores:.1f} cores and the hypervisor stole "
+            f"{record.stolen_cores:.1f} meanwhile: figures are noisy)"
+        )
+    parts = [f"{fig.total_polls(record)} polls"]
+    rate, cpu, late = fig.polls_per_s(record), fig.cpu_ms_per_poll(record), fig.lateness_s(record)
+    if rate:
+        parts.append(f"{rate:.0f} polls/s")
+    if cpu:
+        parts.append(f"{cpu:.2f} ms CPU/poll")
+    if len(late):
+        parts.append(f"lateness p50 {fig.percentile_ms(late, 50):.1f} ms p99 {fig.percentile_ms(late, 99):.1f} ms")
+    parts.append(f"harness {record.harness_cores:.2f} cores")
+    print(f"   {status}; " + ", ".join(parts), flush=True)
+
+
+def _print_and_save(
+    options: Options, names: list[str], runs: dict[str, PollerRun], summary: dict[str, Any], elapsed_s: float
+) -> None:
+    """Print the table (and the long-mode table), write results.json, results.md and the plots."""
+    title = f"{options.processes} process(es) x {options.threads} threads, {options.mode} mode, {elapsed_s:.0f} s"
+    lines = report.table_lines(summary, names, markdown=False)
+    print(f"\nBenchmark ({title})\n" + "\n".join(lines))
+    markdown = report.table_lines(summary, names, markdown=True)
+    long_lines = _long_lines(summary)
+    if long_lines:
+        print("\nLong run\n" + "\n".join(long_lines))
+    options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / "results.md").write_text("\n".join([title, "", *markdown, "", *long_lines]) + "\n")
+    report.write_json(
+        options.out / "results.json",
+        {
+            "options": asdict(options),
+            "summary": summary,
+            "phases": {
+                name: {
+                    phase: _phase_json(record)
+                    for phase, record in (
+                        ("saturation", run.saturation),
+                        ("lateness", run.lateness),
+                        ("long_saturation", run.long_saturation),
+                        ("long", run.long),
+                    )
+                    if record is not None
+                }
+                for name, run in runs.items()
+            },
+            "notes": {name: run.notes for name, run in runs.items() if run.notes},
+        },
+    )
+    lateness = {name: fig.lateness_s(run.lateness) for name, run in runs.items() if run.lateness}
+    report.plot_lateness(options.out / "lateness.png", lateness, title)
+    long_series = {name: s["long"]["windows"] for name, s in summary.items() if "long" in s}
+    if long_series:
+        offered = {name: s["long"]["offered_polls_per_s"] for name, s in summary.items() if "long" in s}
+        report.plot_over_time(options.out / "long_over_time.png", long_series, offered)
+    print(f"\nwrote {options.out / 'results.json'}, {options.out / 'results.md'}, {options.out / 'lateness.png'}")
+
+
+def _long_lines(summary: dict[str, Any]) -> list[str]:
+    """The long phase per poller: overall figures, then lateness and throughput per window (is it flat?)."""
+    lines = []
+    for name, figures in summary.items():
+        long = figures.get("long")
+        if not long:
+            continue
+        per_process = ", ".join(f"{name} {mib:.0f}" for name, mib in long["rss_peak_by_process_mib"].items())
+        saturation = long.get("saturation_polls_per_s") or 0
+        lines.append(
+            f"{name}: saturation with the long phase's processes {saturation:.0f} polls/s; "
+            f"{long['jobs']} jobs every {long['interval_s']:.0f} s; "
+            f"{'completed' if long['completed'] else 'FAILED: ' + str(long['error'])}; "
+            f"offered {long['offered_polls_per_s']:.0f} polls/s, got {long['polls_per_s'] or 0:.0f}; "
+            f"lateness p50 {long['lateness_p50_ms'] or 0:.0f} ms p99 {long['lateness_p99_ms'] or 0:.0f} ms "
+            f"({long['early_polls']} polls came less than half an interval after the previous one); "
+            f"CPU {long['cpu_ms_per_poll'] or 0:.2f} ms/poll; RSS peak per process (MiB): {per_process}; "
+            f"Redis {long['redis_bytes_per_job'] or 0:.0f} B/job"
+        )
+        lines.append("  window(s)   polls/s  late p50 ms  late p99 ms  RSS MiB  CPU cores")
+        for w in long["windows"]:
+            lines.append(
+                f"  {w['start_s']:>5g}-{w['end_s']:<5g} {w['polls_per_s']:>8.0f} {_fmt(w['lateness_p50_ms']):>12}"
+                f" {_fmt(w['lateness_p99_ms']):>12} {_fmt(w['rss_mib']):>8} {_fmt(w['cpu_cores'], 2):>10}"
+            )
+    return lines
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _phase_json(record: PhaseRecord) -> dict[str, Any]:
+    """One phase in results.json: its spec, outcome and figures (not the raw poll times)."""
+    lateness = fig.lateness_s(record)
+    return {
+        "spec": asdict(record.spec),
+        "completed": record.completed,
+        "error": record.error,
+        "polls": fig.total_polls(record),
+        "requests_total": record.requests_total,
+        "duration_s": record.finished - record.submit_started,
+        "polls_per_s": fig.polls_per_s(record),
+        "cpu_s": record.cpu_s,
+        "cpu_ms_per_poll": fig.cpu_ms_per_poll(record),
+        "lateness_ms": {f"p{q}": fig.percentile_ms(lateness, q) for q in (50, 90, 99, 99.9)} if len(lateness) else None,
+        "early_polls": fig.early_polls(record),
+        "rss_peak_mib": fig.rss_peak_mib(record),
+        "rss_peak_by_process_mib": fig.rss_peak_by_process_mib(record),
+        "redis_bytes_per_job": fig.redis_bytes_per_job(record),
+        "http_calls_per_job": fig.http_calls_per_job(record),
+        "results": len(record.results),
+        "other_cores": record.other_cores,
+        "stolen_cores": record.stolen_cores,
+        "harness_cores": record.harness_cores,
+        "idle_cores": record.idle_cores,
+    }

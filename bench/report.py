@@ -1,0 +1,175 @@
+"""The benchmark's output: the side-by-side table (stdout and Markdown), results.json and the lateness plots."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.phase import PhaseRecord
+
+#: A figure's value for one poller (None: not measured / not applicable).
+Value = float | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a figure's key in results.json, its label, and which direction is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    digits: int = 1
+
+
+#: The table, in order. Keys are those produced by `harness.summarise`.
+ROWS: tuple[Row, ...] = (
+    Row("sat_polls_per_s", "Sustained polls/s at saturation", higher_is_better=True, digits=0),
+    Row("sat_cpu_ms_per_poll", "Worker CPU per poll at saturation (ms)", higher_is_better=False, digits=2),
+    Row("lat_p50_ms", "Poll lateness p50 at ~50% load (ms)", higher_is_better=False),
+    Row("lat_p99_ms", "Poll lateness p99 at ~50% load (ms)", higher_is_better=False),
+    Row("lat_cpu_ms_per_poll", "Worker CPU per poll at ~50% load (ms)", higher_is_better=False, digits=2),
+    Row("idle_cpu_pct", "Worker CPU while idle, before any job (% of a core)", higher_is_better=False),
+    Row("rss_peak_mib", "Worker RSS, peak, all processes (MiB)", higher_is_better=False),
+    Row("redis_bytes_per_job", "Redis memory per in-flight job (bytes)", higher_is_better=False, digits=0),
+    Row("http_calls_per_job", "HTTP calls per job (minimum: polls + 1)", higher_is_better=False, digits=2),
+    Row("result_p50_ms", "Terminal poll -> result entry p50 (ms)", higher_is_better=False),
+    Row("result_p99_ms", "Terminal poll -> result entry p99 (ms)", higher_is_better=False),
+)
+
+#: The poller the ratio column is about.
+SUBJECT = "cekura"
+
+
+def ratio_text(row: Row, figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """cekura-worker's figure divided by the best alternative's, with the direction that is better."""
+    mine = figures.get(SUBJECT, {}).get(row.key)
+    others: list[float] = [f[row.key] for name, f in figures.items() if name != SUBJECT and f.get(row.key) is not None]
+    if mine is None or not others:
+        return "-"
+    best = max(others) if row.higher_is_better else min(others)
+    if best == 0:
+        return "-"
+    return f"{mine / best:.2f}x ({'higher' if row.higher_is_better else 'lower'} is better)"
+
+
+def _cell(value: Value, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table_lines(figures: Mapping[str, Mapping[str, Any]], pollers: Sequence[str], markdown: bool) -> list[str]:
+    """The table as text lines: one row per figure, one column per poller, then the ratio column."""
+    header = ["Figure", *[_column_name(p) for p in pollers], "cekura-worker / best alternative"]
+    body = [
+        [row.label, *[_cell(figures.get(p, {}).get(row.key), row.digits) for p in pollers], ratio_text(row, figures)]
+        for row in ROWS
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|"]
+        return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def aligned(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [aligned(header), "  ".join("-" * w for w in widths), *[aligned(cells) for cells in body]]
+
+
+def _column_name(poller: str) -> str:
+    return {"cekura": "cekura-worker", "dramatiq": "bare Dramatiq", "celery": "Celery"}.get(poller, poller)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """results.json: options, every phase's spec and figures, and the summary table's values."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+
+def write_raw(path: Path, record: PhaseRecord) -> None:
+    """The simulator's raw poll times (and result entries) of one phase, gzipped JSON, for analysis after the fact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "poller": record.poller,
+        "spec": asdict(record.spec),
+        "polls": {job.progress_id: {"times": job.times, "terminal_at": job.terminal_at} for job in record.polls},
+        "results": [{"entry_ms": ms, **fields} for ms, fields in record.results],
+        "samples": [asdict(sample) for sample in record.samples],
+    }
+    with gzip.open(path, "wt") as handle:
+        json.dump(payload, handle)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plot_lateness(path: Path, lateness_s: Mapping[str, np.ndarray], subtitle: str) -> None:
+    """CDF of per-poll lateness, one line per poller, log-scale milliseconds (values under 0.1 ms drawn at 0.1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for poller, values in lateness_s.items():
+        if not len(values):
+            continue
+        xs = np.sort(np.clip(values * 1000, 0.1, None))
+        ys = np.arange(1, len(xs) + 1) / len(xs)
+        p99 = np.percentile(values * 1000, 99)
+        ax.step(xs, ys, where="post", label=f"{_column_name(poller)} (p99 {p99:.0f} ms, n={len(xs)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("poll lateness: gap between polls minus interval (ms, log scale)")
+    ax.set_ylabel("fraction of polls")
+    ax.set_title(f"Poll lateness CDF at ~50% of each poller's saturation\n{subtitle}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_over_time(path: Path, series: Mapping[str, Sequence[Mapping[str, Any]]], offered: Mapping[str, float]) -> None:
+    """Long mode: lateness p50/p99 and polls/s per time window, one colour per poller."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def clipped(values: list[float | None]) -> list[float]:
+        """Lateness on a log axis: missing windows as gaps, anything under 1 ms (early polls too) at 1 ms."""
+        return [float("nan") if v is None else max(v, 1.0) for v in values]
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for poller, windows in series.items():
+        xs = [w["end_s"] for w in windows]
+        p99 = clipped([w["lateness_p99_ms"] for w in windows])
+        line = top.plot(xs, p99, label=f"{_column_name(poller)} p99")[0]
+        top.plot(xs, clipped([w["lateness_p50_ms"] for w in windows]), "--", color=line.get_color(), label="p50")
+        bottom.plot(xs, [w["polls_per_s"] for w in windows], color=line.get_color(), label=_column_name(poller))
+        if poller in offered:
+            bottom.axhline(offered[poller], color=line.get_color(), linestyle=":", alpha=0.6)
+    top.set_yscale("log")
+    top.set_ylabel("poll lateness (ms, log; <1 ms at 1)")
+    top.legend(fontsize=8)
+    top.grid(True, alpha=0.3)
+    bottom.set_ylabel("polls/s (dotted: offered)")
+    bottom.set_xlabel("seconds since the first poll")
+    bottom.legend(fontsize=8)
+    bottom.grid(True, alpha=0.3)
+    fig.suptitle("Long run: many jobs in flight at a fixed interval", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

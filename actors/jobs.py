@@ -207,18 +207,13 @@ def _failed_call(
     """Retry a transient failure with backoff (a 429 slows the whole fleet), or fail the job on a permanent one."""
     reason = redact(str(exc), secrets)
     done_polls = int(job.get("polls", 0)) if polls is None else polls - 1
+
+    def fail(error: str) -> None:
+        cekura_status = job.get("cekura_status", "")
+        _finish(rt, job_id, phase, seq, job, Outcome.FAILED, cekura_status=cekura_status, error=error, polls=done_polls)
+
     if isinstance(exc, PermanentError):
-        _finish(
-            rt,
-            job_id,
-            phase,
-            seq,
-            job,
-            Outcome.FAILED,
-            cekura_status=job.get("cekura_status", ""),
-            error=reason,
-            polls=done_polls,
-        )
+        fail(reason)
         return
     errors = int(job.get("errors", 0))
     if isinstance(exc, RateLimited):
@@ -228,17 +223,7 @@ def _failed_call(
     else:
         errors += 1
         if errors >= rt.settings.cekura_max_consecutive_errors:
-            _finish(
-                rt,
-                job_id,
-                phase,
-                seq,
-                job,
-                Outcome.FAILED,
-                cekura_status=job.get("cekura_status", ""),
-                error=f"gave up after {errors} consecutive transient errors; last: {reason}",
-                polls=done_polls,
-            )
+            fail(f"gave up after {errors} consecutive transient errors; last: {reason}")
             return
         delay_s = retry_delay(errors, rt.settings)
         metrics.RETRIES.labels(kind.name, "transient").inc()

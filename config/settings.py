@@ -2,7 +2,8 @@
 
 Each field's name is its environment variable, lower-cased, so `CEKURA_POLL_MAX_S` is `cekura_poll_max_s`.
 Nothing else in the project reads `os.environ`: code takes a `Settings` (tests build one directly) or calls
-`get_settings()`.
+`get_settings()`. (The one exception is `PROMETHEUS_MULTIPROC_DIR`, the hand-off prometheus_client itself
+defines between the supervisor and its worker processes.)
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ DEFAULT_BLOCK_MS = 1000
 #: Entries read per call.
 DEFAULT_BATCH = 100
 
+#: A consumer with nothing pending and idle this long (a worker process that is gone) leaves the group.
+DEFAULT_FORGET_IDLE_MS = 3_600_000
+
 
 def consumer_name() -> str:
     """This process's consumer name in the group: host and pid, unique in the fleet."""
@@ -118,7 +121,18 @@ class Intake(threading.Thread):
                 self.handle(entry_id, fields)
                 handled += 1
             if cursor in (b"0-0", "0-0"):
+                self.forget_departed()
                 return handled
+
+    def forget_departed(self) -> int:
+        """Remove consumers of processes long gone (nothing pending, idle an hour) so the group doesn't grow."""
+        removed = 0
+        for consumer in self.client.xinfo_consumers(self.stream, self.group):
+            name = _text(consumer["name"])
+            if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > DEFAULT_FORGET_IDLE_MS:
+                self.client.xgroup_delconsumer(self.stream, self.group, name)
+                removed += 1
+        return removed
 
     def handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
         entry = _text(entry_id)

@@ -217,3 +217,18 @@ def test_the_intake_thread_reads_until_stopped(rt: Runtime, worker: dramatiq.Wor
     time.sleep(0.2)
     assert rt.store.get("after-stop") is None
     assert rt.redis.xlen(rt.settings.cekura_requests_stream) == 1
+
+
+def test_consumers_of_departed_processes_leave_the_group(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    intake = Intake(rt, name="live")
+    intake.ensure_group()
+    stream, group = rt.settings.cekura_requests_stream, rt.settings.cekura_intake_group
+    rt.redis.xgroup_createconsumer(stream, group, "live")
+    rt.redis.xgroup_createconsumer(stream, group, "departed")
+    _xadd(rt, {"kind": "agent.auto_fetch", "params": {"agent_id": 5}})
+    rt.redis.xreadgroup(group, "holding", {stream: ">"})  # gone too, but still holds an entry
+    assert intake.forget_departed() == 0  # nobody has been idle an hour yet
+    monkeypatch.setattr("worker.intake.DEFAULT_FORGET_IDLE_MS", -1)  # now everyone has
+    assert intake.forget_departed() == 1
+    names = sorted(c["name"].decode() for c in rt.redis.xinfo_consumers(stream, group))
+    assert names == ["holding", "live"]

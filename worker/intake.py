@@ -9,6 +9,7 @@ An entry is acknowledged (and deleted, so the stream doesn't grow) only after it
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -39,8 +40,6 @@ DEFAULT_FORGET_IDLE_MS = 3_600_000
 
 def consumer_name() -> str:
     """This process's consumer name in the group: host and pid, unique in the fleet."""
-    import os
-
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

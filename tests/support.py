@@ -8,13 +8,11 @@ They live here, one copy each, so a fix to how tests wait or kill processes reac
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
+from worker.supervisor import run_in_subprocess
 
 T = TypeVar("T")
 
@@ -71,27 +70,13 @@ def running_workers(
     env: Mapping[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`cekura-worker run` in its own process group, logging to `log_path`; the whole group dies on the way out."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run", "--processes", str(processes), "--threads", str(threads)],
-            env=dict(env),
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with (
+        log_path.open("wb") as log,
+        run_in_subprocess(
+            env, processes=processes, threads=threads, stdout=log, cwd=log_path.parent, stop_timeout_s=20
+        ) as process,
+    ):
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        with suppress(ProcessLookupError):  # spawned worker processes share the group: none may outlive the test
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 #: The result event's fields as the issue specifies them, written out here so the tests pin the contract

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import redis
 from config.settings import Settings, load_settings, redact_url
 from worker.client import Client
 from worker.simulator import SimConfig, start_in_thread
+from worker.supervisor import run_in_subprocess
 
 #: How long the demo waits for all result events before giving up.
 DEFAULT_DEMO_TIMEOUT_S = 60.0
@@ -110,25 +110,6 @@ def _private_redis() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextmanager
-def _worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run", "--processes", "1", "--threads", "4"],
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
 def _say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
@@ -197,7 +178,7 @@ def run_demo(base: Settings) -> int:
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
         _say("starting `cekura-worker run --processes 1 --threads 4` (its log lines follow)")
-        stack.enter_context(_worker(env))
+        stack.enter_context(run_in_subprocess(env, processes=1, threads=4))
 
         expected: set[str] = set()
         for request in STREAM_REQUESTS:

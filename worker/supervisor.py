@@ -9,10 +9,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import IO, Any
 
 import structlog
 
@@ -108,3 +113,40 @@ def _mark_dead(pid: int | None) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def run_in_subprocess(
+    env: Mapping[str, str],
+    *,
+    processes: int,
+    threads: int,
+    stdout: IO[Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stop_timeout_s: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`cekura-worker run` as a child in its own process group (the demo and the tests use it).
+
+    On the way out it gets SIGTERM and `stop_timeout_s` to stop gracefully, then SIGKILL; finally the whole
+    group is killed, so no worker process it spawned can outlive it.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "run", "--processes", str(processes), "--threads", str(threads)],
+        env=dict(env),
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -25,7 +24,7 @@ from worker import requests, submission
 from worker.broker import CekuraBroker
 from worker.connection import connect
 from worker.redact import redact
-from worker.store import RESULT_FIELDS, JobStore
+from worker.store import RESULT_FIELDS, JobStore, iso_from_ms
 
 _JSON_FIELDS = ("params", "metadata", "result")
 _MS_FIELDS = {
@@ -145,10 +144,6 @@ class Client:
         raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s")
 
 
-def _iso(ms: str) -> str:
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
     """A job hash as a readable dict: JSON fields parsed, times in ISO 8601, internals dropped."""
     view: dict[str, Any] = {}
@@ -158,7 +153,7 @@ def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
         if key in _JSON_FIELDS and value:
             view[key] = json.loads(value)
         elif key in _MS_FIELDS:
-            view[_MS_FIELDS[key]] = _iso(value) if value and value != "0" else None
+            view[_MS_FIELDS[key]] = iso_from_ms(int(value)) if value and value != "0" else None
         elif key in ("polls", "errors", "session_id") and value.lstrip("-").isdigit():
             view[key] = int(value)
         else:

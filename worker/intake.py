@@ -21,7 +21,7 @@ import structlog
 from worker import metrics, requests, submission
 from worker.app import Runtime
 from worker.errors import InvalidRequest
-from worker.store import iso_now
+from worker.store import as_text, iso_now
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +116,7 @@ class Intake(threading.Thread):
                 if fields is None:  # deleted while pending
                     self.client.xack(self.stream, self.group, entry_id)
                     continue
-                log.info("intake_entry_reclaimed", entry_id=_text(entry_id))
+                log.info("intake_entry_reclaimed", entry_id=as_text(entry_id))
                 self.handle(entry_id, fields)
                 handled += 1
             if cursor in (b"0-0", "0-0"):
@@ -127,14 +127,14 @@ class Intake(threading.Thread):
         """Remove consumers of processes long gone (nothing pending, idle an hour) so the group doesn't grow."""
         removed = 0
         for consumer in self.client.xinfo_consumers(self.stream, self.group):
-            name = _text(consumer["name"])
+            name = as_text(consumer["name"])
             if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > DEFAULT_FORGET_IDLE_MS:
                 self.client.xgroup_delconsumer(self.stream, self.group, name)
                 removed += 1
         return removed
 
     def handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
-        entry = _text(entry_id)
+        entry = as_text(entry_id)
         raw = fields.get(b"request", fields.get("request"))
         try:
             # A request without a job_id gets one derived from its entry, so a redelivered entry is the same job.
@@ -191,7 +191,3 @@ def _identify(raw: Any) -> tuple[str, str]:
     safe_id = job_id if isinstance(job_id, str) and requests.JOB_ID_PATTERN.fullmatch(job_id) else ""
     safe_kind = kind if isinstance(kind, str) and len(kind) <= 64 and kind.isprintable() else ""
     return safe_id, safe_kind
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -8,6 +8,7 @@ script, i.e. one atomic step: a job's final state and its result event are writt
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,12 +88,18 @@ _CLAIM_FIELDS = (
 )
 
 
+def iso_from_ms(ms: int) -> str:
+    """An epoch time in ms as ISO 8601 UTC with milliseconds, e.g. `2026-11-23T12:00:00.123Z`."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def iso_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, e.g. `2026-11-23T12:00:00.123Z`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time as ISO 8601 UTC with milliseconds."""
+    return iso_from_ms(int(time.time() * 1000))
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -150,7 +157,7 @@ class JobStore:
         created, state = self._submit(
             keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args
         )
-        return bool(created), _text(state)
+        return bool(created), as_text(state)
 
     def secrets(self, job_id: str) -> dict[str, str]:
         raw = self.client.get(self.secret_key(job_id))
@@ -173,14 +180,14 @@ class JobStore:
                 "1" if reserved else "0",
             ],
         )
-        verdict = _text(reply[0])
+        verdict = as_text(reply[0])
         if verdict == "ok":
             job = {
-                name: _text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None
+                name: as_text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None
             }
             return Claim(verdict, now_ms=int(reply[1]), job=job)
         if verdict == "wait":
-            return Claim(verdict, wait_ms=int(reply[1]), wait_reason=_text(reply[2]))
+            return Claim(verdict, wait_ms=int(reply[1]), wait_reason=as_text(reply[2]))
         return Claim(verdict)
 
     def advance(
@@ -222,7 +229,7 @@ class JobStore:
         keys += [message.messages_key, message.delayed_key] if message else [self.job_key(job_id)] * 2
         keys.append(self.secret_key(job_id))
         reply = self._advance(keys=keys, args=args)
-        return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else ""
+        return as_text(reply[0]), as_text(reply[1]) if len(reply) > 1 else ""
 
     def finish(self, job_id: str, expect: str, seq: int, fields: Mapping[str, Any]) -> Finish:
         """End the job and publish its result event atomically, unless it already ended or moved on."""
@@ -235,11 +242,11 @@ class JobStore:
             keys=[self.job_key(job_id), self.schedule_key, s.cekura_results_stream, self.secret_key(job_id)],
             args=args,
         )
-        verdict = _text(reply[0])
+        verdict = as_text(reply[0])
         if verdict == "ok":
-            return Finish(verdict, _text(reply[1]), _text(reply[2]), _text(reply[3]), _text(reply[4]))
+            return Finish(verdict, as_text(reply[1]), as_text(reply[2]), as_text(reply[3]), as_text(reply[4]))
         if verdict == "done":
-            return Finish(verdict, status=_text(reply[1]))
+            return Finish(verdict, status=as_text(reply[1]))
         return Finish(verdict)
 
     def cool_down(self, seconds: float) -> None:
@@ -252,7 +259,7 @@ class JobStore:
         """Overdue active jobs as (job_id, state, seq), each handed to exactly one caller."""
         bump_ms = int(self.settings.cekura_reconcile_grace_s * 1000)
         flat = self._reconcile(keys=[self.schedule_key], args=[limit, bump_ms, self.job_prefix])
-        return [(_text(flat[i]), _text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return [(as_text(flat[i]), as_text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def reject(self, marker: str, fields: Mapping[str, str]) -> str | None:
         """Publish a `rejected` event once per marker; returns the entry id, or None if already published."""
@@ -261,10 +268,10 @@ class JobStore:
         for item in fields.items():
             args.extend(item)
         entry = self._reject(keys=[s.cekura_results_stream, self.settings.key("rejected", marker)], args=args)
-        return _text(entry) if entry else None
+        return as_text(entry) if entry else None
 
     # -- reading ----------------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict[str, str] | None:
         raw = self.client.hgetall(self.job_key(job_id))
-        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+        return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None

@@ -8,13 +8,13 @@ read with pipelined `HMGET` in batches, so a large backlog costs a few round tri
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from config.settings import Settings
 from worker.heartbeat import live_workers
+from worker.store import as_text, iso_from_ms
 
 #: Job ids read from the schedule per pipelined batch of `HMGET`s.
 DEFAULT_BATCH = 1000
@@ -23,24 +23,16 @@ DEFAULT_BATCH = 1000
 ACTIVE_STATES = ("queued", "starting", "polling")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _server_ms(client: redis.Redis) -> int:
     """Redis's clock in ms: schedule scores are written by Lua scripts with it, so compare against it too."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _batches(client: redis.Redis, key: str) -> Iterator[list[str]]:
     batch: list[str] = []
     for member, _ in client.zscan_iter(key, count=DEFAULT_BATCH):
-        batch.append(_text(member))
+        batch.append(as_text(member))
         if len(batch) >= DEFAULT_BATCH:
             yield batch
             batch = []
@@ -60,10 +52,10 @@ def jobs_in_flight(client: redis.Redis, settings: Settings) -> dict[str, dict[st
         for job_id in fresh:
             pipe.hmget(prefix + job_id, "kind", "state")
         for kind, state in pipe.execute():
-            if state is None or _text(state) == "finished":
+            if state is None or as_text(state) == "finished":
                 continue
-            by_state = counts.setdefault(_text(kind) if kind is not None else "", {})
-            by_state[_text(state)] = by_state.get(_text(state), 0) + 1
+            by_state = counts.setdefault(as_text(kind) if kind is not None else "", {})
+            by_state[as_text(state)] = by_state.get(as_text(state), 0) + 1
     return counts
 
 
@@ -71,7 +63,7 @@ def queue_depths(client: redis.Redis, settings: Settings) -> dict[str, dict[str,
     """Per Dramatiq queue: ready, delayed (`.ZQ`), unacked (held by live consumers) and dead-lettered (`.XQ`)."""
     ns = settings.key("dramatiq")
     queue = settings.cekura_queue
-    consumers = [_text(m) for m in client.zrange(f"{ns}:__heartbeats__", 0, -1)]
+    consumers = [as_text(m) for m in client.zrange(f"{ns}:__heartbeats__", 0, -1)]
     pipe = client.pipeline(transaction=False)
     pipe.llen(f"{ns}:{queue}")
     pipe.zcard(f"{ns}:{queue}.ZQ")
@@ -97,7 +89,7 @@ def schedule_view(client: redis.Redis, settings: Settings, now_ms: int) -> dict[
     oldest = None
     if head and head[0][1] <= now_ms:
         job_id, score = head[0]
-        oldest = {"job_id": _text(job_id), "overdue_s": round((now_ms - score) / 1000, 3)}
+        oldest = {"job_id": as_text(job_id), "overdue_s": round((now_ms - score) / 1000, 3)}
     return {"active": int(active), "overdue": int(overdue), "oldest_overdue": oldest}
 
 
@@ -115,14 +107,14 @@ def stream_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     except redis.ResponseError:  # the stream doesn't exist yet: no worker has started its intake
         groups = []
     for info in groups:
-        if _text(info["name"]) == settings.cekura_intake_group:
+        if as_text(info["name"]) == settings.cekura_intake_group:
             lag = info.get("lag")  # None when Redis can't tell (entries deleted inside the unread range)
             group = {
                 "name": settings.cekura_intake_group,
                 "consumers": int(info["consumers"]),
                 "pending": int(info["pending"]),
                 "lag": None if lag is None else int(lag),
-                "last_delivered_id": _text(info["last-delivered-id"]),
+                "last_delivered_id": as_text(info["last-delivered-id"]),
             }
     return {
         "results": {"name": results, "length": int(results_len)},
@@ -138,7 +130,7 @@ def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     return {
         "redis": settings.redis_url_redacted,
         "key_prefix": settings.cekura_key_prefix,
-        "generated_at": _iso(now_ms),
+        "generated_at": iso_from_ms(now_ms),
         "jobs_in_flight": {
             "total": sum(sum(states.values()) for states in in_flight.values()),
             "by_kind": {kind: dict(sorted(states.items())) for kind, states in sorted(in_flight.items())},

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import dramatiq
 import redis
@@ -48,13 +47,6 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def register_secrets(settings: Settings) -> None:
-    """Teach the redactor this deployment's secrets: the API key and the Redis password."""
-    password = urlsplit(settings.redis_url.get_secret_value()).password
-    key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
-    redact.register([key, password])
-
-
 def build_broker(settings: Settings, client: redis.Redis) -> CekuraBroker:
     """The Dramatiq broker with the lean middleware the actors use (each actor declares its own limits)."""
     from worker.middleware import JobContext
@@ -69,7 +61,7 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
     settings = settings or get_settings()
     if configure_logging:
         service_logging.configure(settings)
-    register_secrets(settings)
+    redact.register_settings(settings)
     client = connect(settings)
     same_redis = _runtime is not None and _runtime.settings.redis_url == settings.redis_url
     if _runtime is not None and same_redis:

@@ -12,7 +12,7 @@ import redis
 
 from config.settings import Settings, get_settings
 from worker.errors import ConfigError, InvalidRequest
-from worker.redact import redact
+from worker.redact import redact, register_settings
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
+        register_settings(settings)  # so any text the CLI prints is redacted, as the workers' is
         return int(args.func(args, settings))
     except ConfigError as exc:
         print(f"cekura-worker: {exc}", file=sys.stderr)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 #: Secrets shorter than this are not masked: they would mask ordinary words.
 DEFAULT_MIN_SECRET_LEN = 4
@@ -27,6 +32,13 @@ def register(values: Iterable[str | None]) -> None:
     if fresh - _secrets:
         with _lock:
             _secrets = _secrets | fresh
+
+
+def register_settings(settings: Settings) -> None:
+    """Register this deployment's secrets: the Cekura API key and the Redis password."""
+    password = urlsplit(settings.redis_url.get_secret_value()).password
+    key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
+    register([key, password])
 
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:

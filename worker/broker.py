@@ -210,20 +210,25 @@ class _ZSetConsumer(_RedisConsumer):
         try:
             if self.message_cache:
                 return self._pop()
-            next_due = -1
             self.broker.wakeup.clear()
-            if self.outstanding_message_count <= self.low_water:
-                acks = self._take_acks()
-                try:
-                    next_due, self.message_cache = self.broker.fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count, acks
-                    )
-                except redis.ConnectionError:
-                    with self._acks_lock:
-                        self._acks[:0] = acks
-                    raise
-                if self.message_cache:
-                    return self._pop()
+            if self.outstanding_message_count > self.low_water:
+                # Nothing to fetch until enough of the outstanding messages are acked: `ack` wakes us then, and
+                # an enqueue can't make us fetch sooner, so it must not wake us (at saturation that was one
+                # wasted wakeup, and a GIL handoff, per poll).
+                self.broker.next_look_ms = 0
+                self.broker.wakeup.wait(self.timeout / 1000)
+                return None
+            acks = self._take_acks()
+            try:
+                next_due, self.message_cache = self.broker.fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count, acks
+                )
+            except redis.ConnectionError:
+                with self._acks_lock:
+                    self._acks[:0] = acks
+                raise
+            if self.message_cache:
+                return self._pop()
             now = current_millis()
             look = now + self.timeout
             if next_due >= 0:

@@ -77,7 +77,9 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
                 broker.declare_actor(actor)
     if _runtime is not None and _runtime._cekura is not None:
         _runtime._cekura.close()
-    _runtime = Runtime(settings=settings, redis=client, store=JobStore(client, settings), broker=broker)
+    _runtime = Runtime(
+        settings=settings, redis=client, store=JobStore(client, settings, per_thread=True), broker=broker
+    )
     importlib.import_module("actors.jobs")
     return _runtime
 

@@ -57,7 +57,7 @@ class CekuraBroker(RedisBroker):
     def __init__(self, *, client: redis.Redis, middleware: list[Middleware] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_MS)
         super().__init__(client=client, middleware=middleware, **kwargs)
-        self._fetch_script = scripts.load(client, "fetch")
+        self._fetch_script = scripts.load(client, "fetch", per_thread=True)  # only the consumer thread fetches
         self._schedule_script = scripts.load(client, "schedule", clock=False)
         #: Set to wake this process's consumer early: something was enqueued that is due before it planned to look.
         self.wakeup = threading.Event()

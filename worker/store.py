@@ -106,7 +106,8 @@ def as_text(value: Any) -> str:
 class JobStore:
     """Reads and changes job state; the only code that knows the Redis layout of a job."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, *, per_thread: bool = False) -> None:
+        """`per_thread`: the worker's per-message scripts use a connection per thread (see `scripts.LuaScript`)."""
         self.client = client
         self.settings = settings
         self.schedule_key = settings.key("schedule")
@@ -114,9 +115,9 @@ class JobStore:
         self.cooldown_key = settings.key("ratelimit", "cooldown")
         self.job_prefix = settings.key("job") + ":"
         self._submit = scripts.load(client, "submit")
-        self._claim = scripts.load(client, "claim")
-        self._advance = scripts.load(client, "advance")
-        self._finish = scripts.load(client, "finish")
+        self._claim = scripts.load(client, "claim", per_thread=per_thread)
+        self._advance = scripts.load(client, "advance", per_thread=per_thread)
+        self._finish = scripts.load(client, "finish", per_thread=per_thread)
         self._reconcile = scripts.load(client, "reconcile")
         self._reject = scripts.load(client, "reject")
         self._cool_down = scripts.load(client, "cool_down")

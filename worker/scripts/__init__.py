@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from worker.connection import thread_connections
+
 _DIR = Path(__file__).parent
 
 #: Prepended to scripts that need the time: the Redis server's clock in ms, the same for every container.
@@ -20,22 +22,28 @@ PRELUDE = (_DIR / "_now.lua").read_text()
 
 
 class LuaScript:
-    """One script, called as `script(keys=[...], args=[...])` on the client it was loaded for."""
+    """One script, called as `script(keys=[...], args=[...])` on the client it was loaded for.
 
-    def __init__(self, client: redis.Redis, source: str) -> None:
+    With `per_thread`, calls go over the calling thread's own connection (`ThreadConnections`): for the
+    worker's hot path, whose threads make one call at a time. Other callers (a producer embedded in a web
+    server with a thread per request, say) share the client's pool.
+    """
+
+    def __init__(self, client: redis.Redis, source: str, *, per_thread: bool = False) -> None:
         self.client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._execute = thread_connections(client).execute if per_thread else client.execute_command
 
     def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
         try:
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self._execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             self.client.script_load(self.source)
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self._execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-def load(client: redis.Redis, name: str, *, clock: bool = True) -> LuaScript:
+def load(client: redis.Redis, name: str, *, clock: bool = True, per_thread: bool = False) -> LuaScript:
     """The script `worker/scripts/<name>.lua`, with the clock prelude unless `clock` is False."""
     source = (_DIR / f"{name}.lua").read_text()
-    return LuaScript(client, PRELUDE + source if clock else source)
+    return LuaScript(client, PRELUDE + source if clock else source, per_thread=per_thread)

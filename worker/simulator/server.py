@@ -616,6 +616,10 @@ class SimulatorHandle:
     def reset(self) -> None:
         self._call(self._sim.reset)
 
+    def close_connections(self) -> None:
+        """Close every client connection, as a server that drops idle keep-alive connections does."""
+        self._call(self._sim.close_connections)
+
     def stop(self) -> None:
         if self._thread.is_alive():
             with contextlib.suppress(RuntimeError):  # loop already closed

@@ -37,6 +37,9 @@ DEFAULT_COOLDOWN_SPREAD_MS = 1000
 
 _QUEUE = runtime().settings.cekura_queue
 
+#: The per-poll counter's child, looked up once (`labels()` on every poll showed in profiles).
+_PROGRESS_OK = metrics.CEKURA_CALLS.labels("progress", "ok")
+
 
 @dramatiq.actor(actor_name=names.START, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
 def start(job_id: str, reserved: bool = False) -> None:
@@ -88,7 +91,11 @@ def start(job_id: str, reserved: bool = False) -> None:
 def poll(job_id: str, seq: int, reserved: bool = False) -> None:
     """Poll progress once; finish the job on a terminal status, else re-send this actor with the next delay."""
     rt = runtime()
-    claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved)
+    fetched = rt.broker.take_fetched_claim()
+    if fetched is not None:
+        claim = rt.store.parse_claim(fetched)  # made by the fetch that brought this message
+    else:
+        claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved)
     if not _proceed(claim, job_id, Phase.POLL, seq):
         return
     assert claim.job is not None
@@ -103,7 +110,7 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
         metrics.CEKURA_CALLS.labels("progress", str(exc.status_code or "error")).inc()
         _failed_call(rt, job_id, kind, Phase.POLL, seq, job, exc, polls=polls)
         return
-    metrics.CEKURA_CALLS.labels("progress", "ok").inc()
+    _PROGRESS_OK.inc()
     status = data["status"]
     stage = data.get(kind.stage_field) if kind.stage_field else None
     outcome = kind.outcome(status)

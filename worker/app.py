@@ -14,12 +14,13 @@ import dramatiq
 import redis
 from dramatiq.middleware import Retries, TimeLimit
 
+from actors import names
 from config.settings import Settings, get_settings
 from worker import logging as service_logging
 from worker import redact
 from worker.broker import CekuraBroker
 from worker.cekura import CekuraClient
-from worker.connection import connect
+from worker.connection import connect, thread_connections
 from worker.store import JobStore
 
 
@@ -75,11 +76,13 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
                 actor = _runtime.broker.get_actor(name)
                 actor.broker = broker
                 broker.declare_actor(actor)
-    if _runtime is not None and _runtime._cekura is not None:
-        _runtime._cekura.close()
-    _runtime = Runtime(
-        settings=settings, redis=client, store=JobStore(client, settings, per_thread=True), broker=broker
-    )
+    if _runtime is not None:
+        if _runtime._cekura is not None:
+            _runtime._cekura.close()
+        thread_connections(_runtime.redis).close()  # reconnected on next use, if the client is still in use
+    store = JobStore(client, settings, per_thread=True)
+    broker.fetch_claims = store.fetch_claims(names.POLL)
+    _runtime = Runtime(settings=settings, redis=client, store=store, broker=broker)
     importlib.import_module("actors.jobs")
     return _runtime
 

@@ -12,16 +12,20 @@ workers' messages requeued by Dramatiq's maintenance) and changes only where a d
 `<queue>.ZQ`, a sorted set scored by eta. `fetch.lua` moves due messages onto the queue and pops a batch in
 one atomic round trip, and the consumer sleeps exactly until the next eta (or until this process enqueues
 something sooner), so polls run on time without holding anything in memory.
+
+With `fetch_claims` set, the fetch also *claims* the job of every poll message it pops (the same claim the
+actor would otherwise make in a round trip of its own, see `worker/scripts/_claim.lua`); the actor takes the
+claim with `take_fetched_claim()`. That is one Redis round trip less per poll.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 import redis
 from dramatiq.broker import MessageProxy
@@ -51,6 +55,43 @@ class Scheduled:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class FetchClaims:
+    """What the fetch needs to claim a poll message's job as it pops it (built by `JobStore.fetch_claims`)."""
+
+    actor_name: str
+    job_prefix: str
+    schedule_key: str
+    rate_key: str
+    cooldown_key: str
+    lease_ms: int
+    grace_ms: int
+
+
+class _FetchedMessage(MessageProxy):
+    """A fetched message, with the reply of the claim the fetch made for it (None if it made none)."""
+
+    def __init__(self, message: Message[Any], claim: list[Any] | None) -> None:
+        super().__init__(message)
+        self.claim = claim
+
+
+class _CurrentClaim(Middleware):
+    """Hands the claim a message was fetched with to the worker thread that processes it."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def before_process_message(self, broker: Any, message: MessageProxy) -> None:
+        self.local.claim = getattr(message, "claim", None)
+
+    def after_process_message(self, broker: Any, message: MessageProxy, **kwargs: Any) -> None:
+        self.local.claim = None
+
+    def after_skip_message(self, broker: Any, message: MessageProxy) -> None:
+        self.local.claim = None
+
+
 class CekuraBroker(RedisBroker):
     """A `RedisBroker` whose delay queue is a Redis sorted set instead of an in-memory heap."""
 
@@ -64,6 +105,12 @@ class CekuraBroker(RedisBroker):
         #: When (epoch ms) this process's consumer next looks at Redis on its own.
         self.next_look_ms = 0
         self._outbox = threading.local()
+        #: Set by the app when poll messages' jobs are to be claimed as they are fetched (None: they aren't).
+        self.fetch_claims: FetchClaims | None = None
+        self._current_claim = _CurrentClaim()
+        self.add_middleware(self._current_claim)
+        #: Ids for delayed messages' Redis entries: unique per broker, and free (uuid4 costs a system call).
+        self._entry_ids = itertools.count()
 
     @contextmanager
     def outbox(self) -> Iterator[list[Scheduled]]:
@@ -83,6 +130,13 @@ class CekuraBroker(RedisBroker):
             if any(item.eta_ms < self.next_look_ms for item in captured):
                 self.wakeup.set()
 
+    def take_fetched_claim(self) -> list[Any] | None:
+        """In an actor: the raw claim reply the current message was fetched with, once (None if there was none)."""
+        local = self._current_claim.local
+        claim: list[Any] | None = getattr(local, "claim", None)
+        local.claim = None
+        return claim
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _ZSetConsumer
@@ -100,7 +154,8 @@ class CekuraBroker(RedisBroker):
             self.wakeup.set()
             return message
         eta = current_millis() + int(delay)
-        message = message.copy(options={"redis_message_id": str(uuid4()), "due_ms": eta})
+        redis_message_id = f"{self.broker_id}.{next(self._entry_ids)}"
+        message = message.copy(options={"redis_message_id": redis_message_id, "due_ms": eta})
         self.emit_before("enqueue", message, delay)
         captured = getattr(self._outbox, "items", None)
         if captured is not None:
@@ -138,16 +193,19 @@ class CekuraBroker(RedisBroker):
             ]
             dispatch(args=args, keys=[self.namespace])
 
-    def fetch(self, queue_name: str, count: int, acks: list[str]) -> tuple[int, list[bytes]]:
+    def fetch(self, queue_name: str, count: int, acks: list[str]) -> tuple[int, list[tuple[bytes, list[Any] | None]]]:
         """Ack `acks`, promote due delayed messages and pop up to `count`, in one round trip.
 
-        Returns (the next eta in ms or -1, message data).
+        Returns (the next eta in ms or -1, [(message data, the claim made for it or None), ...]).
         """
+        c = self.fetch_claims
+        keys = [self.namespace, c.schedule_key, c.rate_key, c.cooldown_key] if c else [self.namespace, "", "", ""]
+        claim_args = [c.actor_name, c.job_prefix, c.lease_ms, c.grace_ms] if c else ["", "", 0, 0]
         reply = self._fetch_script(
-            keys=[self.namespace],
-            args=[queue_name, self.broker_id, current_millis(), count, DEFAULT_PROMOTE_LIMIT, *acks],
+            keys=keys,
+            args=[queue_name, self.broker_id, current_millis(), count, DEFAULT_PROMOTE_LIMIT, *claim_args, *acks],
         )
-        return int(float(reply[0])), reply[1:]
+        return int(float(reply[0])), list(zip(reply[1::2], reply[2::2], strict=True))
 
 
 class _ZSetConsumer(_RedisConsumer):
@@ -194,7 +252,7 @@ class _ZSetConsumer(_RedisConsumer):
         self._closed = True
         try:
             # Fetched but never handed to a worker thread: back onto the queue for another consumer now.
-            unstarted = [Message.decode(data).options["redis_message_id"] for data in self.message_cache]
+            unstarted = [Message.decode(data).options["redis_message_id"] for data, _ in self.message_cache]
             self.message_cache = []
             if unstarted:
                 self.broker.do_requeue(self.queue_name, *unstarted)
@@ -241,6 +299,7 @@ class _ZSetConsumer(_RedisConsumer):
             raise ConnectionClosed(exc) from None
 
     def _pop(self) -> MessageProxy:
-        message = Message.decode(self.message_cache.pop(0))
+        data, claim = self.message_cache.pop(0)
+        message = Message.decode(data)
         self.queued_message_ids.add(message.message_id)
-        return MessageProxy(message)
+        return _FetchedMessage(message, claim)

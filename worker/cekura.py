@@ -67,6 +67,8 @@ class CekuraClient:
         timeout = settings.cekura_http_timeout_s
         self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
         self._origin = httpcore.URL(self.base).origin
+        #: Path of CEKURA_API_URL, if any, before each operation's path; URLs are built from parts, unparsed.
+        self._prefix = urlsplit(settings.cekura_api_url).path.rstrip("/").encode()
         self._ssl_context = ssl.create_default_context(cafile=settings.cekura_ca_bundle)
         self._local = threading.local()
         self._connections: set[httpcore.HTTPConnection] = set()
@@ -128,7 +130,9 @@ class CekuraClient:
         json_body: dict[str, Any] | None = None,
         query: bytes | None = None,
     ) -> dict[str, Any]:
-        url = self.base + path.encode() + (b"?" + query if query else b"")
+        origin = self._origin
+        target = self._prefix + path.encode() + (b"?" + query if query else b"")
+        url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
         content = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         if json_body is not None:
             headers = [*self._post_headers, (b"Content-Length", str(len(content)).encode())]

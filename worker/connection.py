@@ -75,7 +75,7 @@ class ThreadConnections:
         )
 
     def close(self) -> None:
-        """Disconnect every thread's connection (each reconnects on its next command)."""
+        """Disconnect every thread's connection while none is in use (each reconnects on its next command)."""
         for connection in list(self._all):
             connection.disconnect()
 

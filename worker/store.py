@@ -19,7 +19,7 @@ import redis
 
 from config.settings import Settings
 from worker import scripts
-from worker.broker import Scheduled
+from worker.broker import FetchClaims, Scheduled
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
 DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
@@ -181,6 +181,30 @@ class JobStore:
                 "1" if reserved else "0",
             ],
         )
+        return self.parse_claim(reply)
+
+    def fetch_claims(self, actor_name: str) -> FetchClaims | None:
+        """How the broker's fetch claims `actor_name`'s (poll) messages, or None with the rate limit on.
+
+        The fleet-wide rate limit reserves a call's slot when the claim is made, so with it on, claims stay
+        with the actors: made when a message is fetched, a batch could reserve slots it calls on later.
+        """
+        s = self.settings
+        if s.cekura_rate_limit_rps > 0:
+            return None
+        return FetchClaims(
+            actor_name=actor_name,
+            job_prefix=self.job_prefix,
+            schedule_key=self.schedule_key,
+            rate_key=self.rate_key,
+            cooldown_key=self.cooldown_key,
+            lease_ms=int(s.cekura_lease_s * 1000),
+            grace_ms=int(s.cekura_reconcile_grace_s * 1000),
+        )
+
+    @staticmethod
+    def parse_claim(reply: Sequence[Any]) -> Claim:
+        """A claim script's reply (from `claim`, or made by the broker's fetch) as a `Claim`."""
         verdict = as_text(reply[0])
         if verdict == "ok":
             job = {

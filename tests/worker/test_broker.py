@@ -11,6 +11,7 @@ import dramatiq
 import pytest
 from dramatiq.errors import ActorNotFound
 
+from actors import names
 from config.settings import Settings, load_settings
 from tests.support import wait_for
 from worker.app import Runtime, runtime
@@ -153,6 +154,64 @@ def test_the_same_poll_delivered_twice_makes_one_cekura_call(
     assert len(sim.polls()[progress_id]["times"]) == 1
     assert rt.redis.zcard(delayed) == 1
     assert client.cancel("dup-poll").result == "cancelled"
+
+
+# -- claims made by the fetch ---------------------------------------------------------------------------------------
+
+
+def _fetch(rt: Runtime) -> list[tuple[dict[str, Any], Any]]:
+    """One fetch as the consumer makes it: [(message, the store's reading of the claim made for it or None)]."""
+    _, fetched = rt.broker.fetch(rt.settings.cekura_queue, 10, [])
+    messages = [(json.loads(data), rt.store.parse_claim(claim) if claim else None) for data, claim in fetched]
+    return [(message, claim) for message, claim in messages if message["actor_name"] == names.POLL]
+
+
+@pytest.mark.parametrize("settings", [SLOW], indirect=True)
+def test_the_fetch_claims_a_poll_messages_job_and_only_that_message_may_take_it_again(
+    rt: Runtime, client: Client
+) -> None:
+    from actors.jobs import poll
+    from worker.store import Phase
+
+    _, delayed, _ = _keys(rt)
+    _started_without_a_worker(rt, client, "fetch-claim", 778)
+    rt.redis.delete(delayed)
+    poll.send("fetch-claim", 1)
+    poll.send("fetch-claim", 1)  # a duplicate copy, fetched in the same batch
+
+    (first, claim), (copy, copy_claim) = _fetch(rt)
+    assert claim is not None and claim.verdict == "ok"
+    assert claim.job is not None and claim.job["progress_id"] and claim.job["kind"] == "agent.auto_fetch"
+    assert copy_claim is not None and copy_claim.verdict == "stale"
+    job = rt.store.get("fetch-claim")
+    assert job is not None and int(job["lease"]) > claim.now_ms
+    assert job["lease_owner"] == first["options"]["redis_message_id"]
+    # The actor's own claim (a message fetched without one) finds the lease taken too.
+    assert rt.store.claim("fetch-claim", Phase.POLL, 1).verdict == "stale"
+
+    # A graceful stop puts the fetched but unstarted message back: fetched again, it takes its job back...
+    rt.broker.do_requeue(rt.settings.cekura_queue, first["options"]["redis_message_id"])
+    rt.broker.do_requeue(rt.settings.cekura_queue, copy["options"]["redis_message_id"])
+    claims = {m["options"]["redis_message_id"]: c for m, c in _fetch(rt)}
+    assert claims[first["options"]["redis_message_id"]].verdict == "ok"
+    assert claims[copy["options"]["redis_message_id"]].verdict == "stale"  # ...and the copy still can't
+    assert client.cancel("fetch-claim").result == "cancelled"
+
+
+@pytest.mark.parametrize("settings", [{**SLOW, "cekura_rate_limit_rps": 50.0}], indirect=True)
+def test_with_the_rate_limit_on_the_fetch_claims_nothing_and_the_actor_claims(rt: Runtime, client: Client) -> None:
+    from actors.jobs import poll
+
+    _, delayed, _ = _keys(rt)
+    _started_without_a_worker(rt, client, "actor-claim", 779)
+    rt.redis.delete(delayed)
+    poll.send("actor-claim", 1)
+
+    assert rt.broker.fetch_claims is None
+    ((message, claim),) = _fetch(rt)
+    assert message["args"] == ["actor-claim", 1] and claim is None
+    assert rt.store.get("actor-claim")["lease"] == "0"  # type: ignore[index]
+    assert client.cancel("actor-claim").result == "cancelled"
 
 
 #: A first poll 0.5 s after the start, overdue 0.5 s after that.

@@ -43,7 +43,13 @@ class LuaScript:
             return self._execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
+#: Scripts that call the shared `claim` function get `_claim.lua` prepended too.
+_USES_CLAIM = frozenset({"claim", "fetch"})
+
+
 def load(client: redis.Redis, name: str, *, clock: bool = True, per_thread: bool = False) -> LuaScript:
     """The script `worker/scripts/<name>.lua`, with the clock prelude unless `clock` is False."""
     source = (_DIR / f"{name}.lua").read_text()
+    if name in _USES_CLAIM:
+        source = (_DIR / "_claim.lua").read_text() + source
     return LuaScript(client, PRELUDE + source if clock else source, per_thread=per_thread)

@@ -1,7 +1,9 @@
 """The actors: start a Cekura operation, poll its progress by re-sending themselves with a delay, cancel it.
 
-Every actor is safe to run twice. Each step first *claims* the job in Redis (`JobStore.claim`): a duplicate
-or out-of-date message finds the claim taken or its `seq` superseded and does nothing. A step that doesn't
+Every actor is safe to run twice. Each step first *claims* the job in Redis: a duplicate or out-of-date
+message finds the claim taken or its `seq` superseded and does nothing. A poll message normally arrives
+claimed already (the broker's fetch made the claim as it popped the message, saving a round trip); otherwise,
+and for start messages, the actor claims with `JobStore.claim`. A step that doesn't
 end the job sends its next message with `send_with_options(delay=...)` inside `broker.outbox()`, and
 `advance` writes that message together with the step's state in one atomic script; a step that ends the job
 writes the outcome and the result event in one atomic `finish`. If a worker dies mid-step (or holding a

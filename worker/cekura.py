@@ -150,7 +150,8 @@ class CekuraClient:
         except httpcore.TimeoutException as exc:
             raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ConnectionNotAvailable) as exc:
-            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from None
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # e.g. a refused certificate
+            raise TransientError(f"{method} {path}: connection failed ({detail})") from None
         status = response.status
         if status in _SUCCESS:
             try:

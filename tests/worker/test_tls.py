@@ -1,5 +1,6 @@
-"""Redis over TLS (`rediss://`): a real `cekura-worker run` runs jobs end to end through the broker and both streams
-of a `redis-server` that speaks only TLS, with certificate verification on.
+"""TLS with verification on. Redis (`rediss://`): a real `cekura-worker run` runs jobs end to end through the
+broker and both streams of a `redis-server` that speaks only TLS. The Cekura API (`https://`): the client calls
+the simulator serving HTTPS, trusting it through `CEKURA_CA_BUNDLE`, and refuses a certificate from another CA.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -79,9 +81,16 @@ def _make_certificates(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
-    directory = tmp_path_factory.mktemp("tls-redis")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ca.crt, other-ca.crt, and server.crt/server.key for localhost and 127.0.0.1, signed by ca.crt."""
+    directory = tmp_path_factory.mktemp("tls")
     _make_certificates(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certificates: Path) -> Iterator[TlsRedis]:
+    directory = certificates
     port = free_port()
     process = subprocess.Popen(
         [
@@ -196,3 +205,37 @@ def make_tls_settings(tls_redis: TlsRedis, settings: Settings) -> Iterator[Calla
     yield make
     flush.flushdb()
     flush.close()
+
+
+def test_the_cekura_client_trusts_the_apis_certificate_through_the_ca_bundle_and_refuses_others(
+    certificates: Path, settings: Settings
+) -> None:
+    from actors.kinds import KINDS
+    from tests.conftest import SIM_KEY
+    from worker.cekura import CekuraClient
+    from worker.errors import TransientError
+    from worker.simulator import SimConfig, start_in_thread
+
+    kind = KINDS["metric.clean_description"]
+    params = kind.validate({"agent": 1, "metric_description": "over TLS", "eval_type": "boolean"})
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certificates / "server.crt", certificates / "server.key")
+    with start_in_thread(SimConfig(api_key=SIM_KEY, duration_s=0.2, ssl_context=server_context)) as sim:
+        assert sim.url.startswith("https://")
+
+        def client(ca_bundle: Path) -> CekuraClient:
+            values = {**settings.model_dump(), "cekura_api_url": sim.url, "cekura_ca_bundle": str(ca_bundle)}
+            return CekuraClient(load_settings(**values))
+
+        trusting = client(certificates / "ca.crt")
+        progress_id = trusting.start(kind, params).progress_id
+        assert trusting.progress(kind, params, progress_id)["status"]
+        trusting.close()
+        served = sim.stats()["requests_total"]
+        assert served == 2
+
+        refusing = client(certificates / "other-ca.crt")
+        with pytest.raises(TransientError, match=r"connection failed .*certificate verify failed"):
+            refusing.start(kind, params)
+        refusing.close()
+        assert sim.stats()["requests_total"] == served  # refused during the handshake: no request was sent

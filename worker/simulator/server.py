@@ -23,6 +23,7 @@ import importlib
 import json
 import math
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -87,6 +88,8 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     rate_limit_rps: float = 0
     seed: int = 0
+    #: Serve HTTPS with this context instead of plain HTTP (in-process use, for the client's TLS tests).
+    ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         _check_timing(self.duration_s, self.polls_to_complete, self.rate_limit_rps)
@@ -541,7 +544,7 @@ async def _serve(sim: _Simulator, on_ready: _Ready, handle_signals: bool) -> Non
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server = await loop.create_server(
-        lambda: _Connection(sim), sim.cfg.host, sim.cfg.port, backlog=2048, reuse_address=True
+        lambda: _Connection(sim), sim.cfg.host, sim.cfg.port, backlog=2048, reuse_address=True, ssl=sim.cfg.ssl_context
     )
     if handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -559,8 +562,8 @@ async def _serve(sim: _Simulator, on_ready: _Ready, handle_signals: bool) -> Non
             await asyncio.sleep(0)
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class SimulatorHandle:
@@ -580,7 +583,7 @@ class SimulatorHandle:
         self._thread = thread
         self.host = sim.cfg.host
         self.port = port
-        self.url = _url(self.host, port)
+        self.url = _url(self.host, port, "https" if sim.cfg.ssl_context else "http")
         self.api_key = sim.cfg.api_key
 
     def _call(self, fn: Callable[[], T]) -> T:

@@ -29,9 +29,15 @@ LOG_TAIL_CHARS = 3000
 
 
 def wait_for(
-    probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition", log_path: Path | None = None
+    probe: Callable[[], T | None],
+    timeout: float = 10.0,
+    what: str = "condition",
+    log_path: Path | None = None,
+    *,
+    interval: float = 0.02,
 ) -> T:
-    """Poll `probe` until it returns something truthy and return that; fail the test after `timeout` seconds.
+    """Poll `probe` every `interval` seconds until it returns something truthy and return that; fail the test
+    after `timeout` seconds.
 
     With `log_path`, the failure shows the end of that log (a subprocess's output), which is usually the reason.
     """
@@ -45,7 +51,7 @@ def wait_for(
             if log_path is not None and log_path.exists():
                 message += "\n" + log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
             pytest.fail(message)
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import pytest
 import redis
 
 from config.settings import load_settings
+from tests.support import free_port
+from tests.support import wait_for as _wait_for
 from worker.client import Client
 
 #: The console script under test, next to the interpreter running the tests.
@@ -60,15 +61,11 @@ FAST_ENV: dict[str, str] = {
 #: Seconds to wait for a process to report it is ready.
 START_TIMEOUT_S = 30.0
 
+#: How often system tests look again while they wait (they mostly read logs and ask live processes).
+POLL_INTERVAL_S = 0.1
+
 _LISTENING = re.compile(r"cekura simulator listening on (http://\S+)")
 _SERVICE_PREFIXES = ("CEKURA_", "REDIS_", "LOG_", "PROMETHEUS_")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kill_group(popen: subprocess.Popen[bytes], *, grace_s: float = 3.0) -> None:
@@ -90,6 +87,13 @@ def kill_group(popen: subprocess.Popen[bytes], *, grace_s: float = 3.0) -> None:
         popen.wait(timeout=10)
 
 
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = POLL_INTERVAL_S, what: str = "condition"
+) -> None:
+    """`tests.support.wait_for`, looking every `POLL_INTERVAL_S` unless told otherwise."""
+    _wait_for(predicate, timeout, what, interval=interval)
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of process group `pgid` still exists (zombies included)."""
     try:
@@ -106,15 +110,6 @@ def _running(proc: psutil.Process) -> bool:
         return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
-    """Poll `predicate` until it is true; fail the test with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- redis-server ---------------------------------------------------------------------------------------------

@@ -114,6 +114,9 @@ class JobStore:
         self.rate_key = settings.key("ratelimit", "tat")
         self.cooldown_key = settings.key("ratelimit", "cooldown")
         self.job_prefix = settings.key("job") + ":"
+        #: How long a claim holds, and how long past its due time a job counts as stranded, in ms.
+        self.lease_ms = int(settings.cekura_lease_s * 1000)
+        self.grace_ms = int(settings.cekura_reconcile_grace_s * 1000)
         self._submit = scripts.load(client, "submit")
         self._claim = scripts.load(client, "claim", per_thread=per_thread)
         self._advance = scripts.load(client, "advance", per_thread=per_thread)
@@ -149,7 +152,7 @@ class JobStore:
         }
         args: list[Any] = [
             job_id,
-            int(self.settings.cekura_reconcile_grace_s * 1000),
+            self.grace_ms,
             int(deadline_s * 1000),
             json.dumps(secrets) if secrets else "",
         ]
@@ -173,8 +176,8 @@ class JobStore:
             args=[
                 phase.value,
                 seq,
-                int(s.cekura_lease_s * 1000),
-                int(s.cekura_reconcile_grace_s * 1000),
+                self.lease_ms,
+                self.grace_ms,
                 job_id,
                 s.cekura_rate_limit_rps,
                 s.cekura_rate_limit_burst,
@@ -198,8 +201,8 @@ class JobStore:
             schedule_key=self.schedule_key,
             rate_key=self.rate_key,
             cooldown_key=self.cooldown_key,
-            lease_ms=int(s.cekura_lease_s * 1000),
-            grace_ms=int(s.cekura_reconcile_grace_s * 1000),
+            lease_ms=self.lease_ms,
+            grace_ms=self.grace_ms,
         )
 
     @staticmethod
@@ -241,7 +244,7 @@ class JobStore:
             seq + 1,
             next_state,
             delay_ms,
-            int(s.cekura_reconcile_grace_s * 1000),
+            self.grace_ms,
             job_id,
             s.cekura_results_maxlen if s.cekura_progress_events else 0,
             message.redis_message_id if message else "",
@@ -282,8 +285,7 @@ class JobStore:
 
     def take_overdue(self, limit: int = DEFAULT_RECONCILE_BATCH) -> list[tuple[str, str, int]]:
         """Overdue active jobs as (job_id, state, seq), each handed to exactly one caller."""
-        bump_ms = int(self.settings.cekura_reconcile_grace_s * 1000)
-        flat = self._reconcile(keys=[self.schedule_key], args=[limit, bump_ms, self.job_prefix])
+        flat = self._reconcile(keys=[self.schedule_key], args=[limit, self.grace_ms, self.job_prefix])
         return [(as_text(flat[i]), as_text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def reject(self, marker: str, fields: Mapping[str, str]) -> str | None:

@@ -77,19 +77,17 @@ class _FetchedMessage(MessageProxy):
 
 
 class _CurrentClaim(Middleware):
-    """Hands the claim a message was fetched with to the worker thread that processes it."""
+    """Hands the claim a message was fetched with to the worker thread that processes it.
+
+    Set before every message (None for one fetched without a claim) and taken by the actor, so nothing
+    is left to clear afterwards.
+    """
 
     def __init__(self) -> None:
         self.local = threading.local()
 
     def before_process_message(self, broker: Any, message: MessageProxy) -> None:
         self.local.claim = getattr(message, "claim", None)
-
-    def after_process_message(self, broker: Any, message: MessageProxy, **kwargs: Any) -> None:
-        self.local.claim = None
-
-    def after_skip_message(self, broker: Any, message: MessageProxy) -> None:
-        self.local.claim = None
 
 
 class CekuraBroker(RedisBroker):

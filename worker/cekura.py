@@ -65,7 +65,7 @@ class CekuraClient:
         self._get_headers = [(b"Host", host), (b"X-CEKURA-API-KEY", key), (b"Accept", b"application/json")]
         self._post_headers = [*self._get_headers, (b"Content-Type", b"application/json")]
         timeout = settings.cekura_http_timeout_s
-        self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+        self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout}}
         self._origin = httpcore.URL(self.base).origin
         #: Path of CEKURA_API_URL, if any, before each operation's path; URLs are built from parts, unparsed.
         self._prefix = urlsplit(settings.cekura_api_url).path.rstrip("/").encode()

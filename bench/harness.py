@@ -17,7 +17,7 @@ from typing import Any
 from bench import figures as fig
 from bench import report
 from bench.phase import PhaseRecord, PhaseSpec, run_phase
-from bench.pollers import POLLERS, cekura_available
+from bench.pollers import POLLERS, Poller, cekura_available
 from bench.processes import cleanup_on_exit
 
 #: Poll interval of the saturation phase: the smallest every poller accepts (Dramatiq delays are whole ms).
@@ -103,8 +103,7 @@ def run_poller(name: str, options: Options) -> PollerRun:
         f"== {name}: saturation, {sat_spec.jobs} jobs x {sat_spec.polls} polls every {sat_spec.interval_s:g} s",
         flush=True,
     )
-    run.saturation = run_phase(poller, sat_spec, options.out, options.simulator_module, options.quiet_wait_s)
-    _finish_phase(run.saturation, options.out)
+    run.saturation = _run_phase(poller, sat_spec, options)
     rate = fig.polls_per_s(run.saturation)
     if not rate:
         run.notes.append("no saturation rate measured: lateness phase skipped")
@@ -116,8 +115,7 @@ def run_poller(name: str, options: Options) -> PollerRun:
         f"(offered ~{offered:.0f} polls/s = {offered / rate:.0%} of saturation)",
         flush=True,
     )
-    run.lateness = run_phase(poller, lat_spec, options.out, options.simulator_module, options.quiet_wait_s)
-    _finish_phase(run.lateness, options.out)
+    run.lateness = _run_phase(poller, lat_spec, options)
     return run
 
 
@@ -153,8 +151,7 @@ def run_long(name: str, options: Options, run: PollerRun, interval: float | None
         threads=options.threads,
     )
     print(f"== {name}: saturation with {spec.processes} processes", flush=True)
-    run.long_saturation = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
-    _finish_phase(run.long_saturation, options.out)
+    run.long_saturation = _run_phase(poller, spec, options)
     if interval is None:
         rate = fig.polls_per_s(run.long_saturation) or 100.0
         interval = max(5.0, 5.0 * math.ceil(options.long_jobs / (LATENESS_LOAD * rate) / 5.0))
@@ -174,8 +171,7 @@ def run_long(name: str, options: Options, run: PollerRun, interval: float | None
         f"processes (offered {spec.jobs / spec.interval_s:.0f} polls/s; about {minutes:.0f} min)",
         flush=True,
     )
-    run.long = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
-    _finish_phase(run.long, options.out)
+    run.long = _run_phase(poller, spec, options)
     return interval
 
 
@@ -230,6 +226,13 @@ def long_summary(record: PhaseRecord) -> dict[str, Any]:
         "result_p99_ms": fig.percentile_ms(fig.result_latency_s(record), 99),
         "windows": [asdict(w) for w in windows],
     }
+
+
+def _run_phase(poller: Poller, spec: PhaseSpec, options: Options) -> PhaseRecord:
+    """Run one phase with the run's options, then save and print it (`_finish_phase`)."""
+    record = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
+    _finish_phase(record, options.out)
+    return record
 
 
 def _finish_phase(record: PhaseRecord, out: Path) -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Any
 
 import dramatiq
+import redis
 import structlog
 
 from actors import names
@@ -37,6 +37,10 @@ DEFAULT_TIME_LIMIT_MS = 120_000
 #: Extra random delay spread over messages released together after a rate-limit cooldown.
 DEFAULT_COOLDOWN_SPREAD_MS = 1000
 
+#: A claim the fetch made is taken afresh when its message waited this share of the lease before running, so a
+#: call (bounded by half the lease) always ends before its lease does.
+DEFAULT_FETCHED_CLAIM_MAX_AGE = 0.25
+
 _QUEUE = runtime().settings.cekura_queue
 
 #: The per-poll counter's child, looked up once (`labels()` on every poll showed in profiles).
@@ -50,6 +54,16 @@ def start(job_id: str, reserved: bool = False) -> None:
     claim = rt.store.claim(job_id, Phase.START, 0, reserved=reserved)
     if not _proceed(claim, job_id, Phase.START, 0):
         return
+    assert claim.job is not None
+    try:
+        _start(rt, job_id, claim)
+    except redis.RedisError:
+        raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
+    except Exception as exc:
+        _internal_error(rt, job_id, Phase.START, claim, exc)
+
+
+def _start(rt: Runtime, job_id: str, claim: Claim) -> None:
     assert claim.job is not None
     job, kind = claim.job, KINDS[claim.job["kind"]]
     structlog.contextvars.bind_contextvars(kind=kind.name)
@@ -93,13 +107,23 @@ def start(job_id: str, reserved: bool = False) -> None:
 def poll(job_id: str, seq: int, reserved: bool = False) -> None:
     """Poll progress once; finish the job on a terminal status, else re-send this actor with the next delay."""
     rt = runtime()
-    fetched = rt.broker.take_fetched_claim()
-    if fetched is not None:
+    fetched, age_s, owner = rt.broker.take_fetched_claim()
+    if fetched is not None and age_s <= rt.settings.cekura_lease_s * DEFAULT_FETCHED_CLAIM_MAX_AGE:
         claim = rt.store.parse_claim(fetched)  # made by the fetch that brought this message
     else:
-        claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved)
+        # No claim yet, or one that waited too long in this process: the same message may renew its own lease.
+        claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved, owner=owner if fetched else "")
     if not _proceed(claim, job_id, Phase.POLL, seq):
         return
+    try:
+        _poll(rt, job_id, seq, claim)
+    except redis.RedisError:
+        raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
+    except Exception as exc:
+        _internal_error(rt, job_id, Phase.POLL, claim, exc)
+
+
+def _poll(rt: Runtime, job_id: str, seq: int, claim: Claim) -> None:
     assert claim.job is not None
     job, kind = claim.job, KINDS[claim.job["kind"]]
     progress_id = job.get("progress_id", "")
@@ -171,7 +195,8 @@ def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
         delay = claim.wait_ms
         if claim.wait_reason == "cooldown":
             delay += random.randint(0, DEFAULT_COOLDOWN_SPREAD_MS)
-        reserved = claim.wait_reason == "rate_limit"
+        delay = max(1, min(delay, claim.remaining_ms))  # the script capped the wait at the deadline; so is the spread
+        reserved = claim.reserved
         if phase is Phase.START:
             start.send_with_options(args=(job_id, reserved), delay=delay)
         else:
@@ -196,9 +221,34 @@ def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
             error=f"deadline of {deadline_s:g}s passed before Cekura reported a terminal status",
             polls=int(job.get("polls", 0)),
         )
+    elif claim.verdict == "corrupt":
+        log.error("job_record_unreadable", job_id=job_id, reason="its key holds something other than a job record")
     else:
         log.debug("message_ignored", verdict=claim.verdict, phase=phase.value, seq=seq)
     return False
+
+
+def _internal_error(rt: Runtime, job_id: str, phase: Phase, claim: Claim, exc: Exception) -> None:
+    """End a claimed job `failed`, once, when handling its step raised something unexpected.
+
+    Retrying would not help: the same answer would raise again, and a retried message no longer owns the lease,
+    so the job would only wait for the reconciler, start again at Cekura and finally time out.
+    """
+    assert claim.job is not None
+    log.exception("job_step_failed", phase=phase.value)
+    reason = f"internal error while handling the {phase.value} step ({type(exc).__name__})"
+    job = claim.job
+    _finish(
+        rt,
+        job_id,
+        phase,
+        int(job.get("seq", 0)),
+        job,
+        Outcome.FAILED,
+        cekura_status=job.get("cekura_status", ""),
+        error=reason,
+        polls=int(job.get("polls", 0)),
+    )
 
 
 def _failed_call(
@@ -278,7 +328,7 @@ def _finish(
         log.debug("finish_skipped", verdict=done.verdict)
         return
     kind = kind_name or job.get("kind", "")
-    duration = max(0.0, time.time() - int(job.get("submitted_ms", 0) or 0) / 1000)
+    duration = max(0.0, done.duration_ms / 1000)
     metrics.JOBS_FINISHED.labels(kind, outcome.value).inc()
     metrics.JOB_DURATION.labels(kind, outcome.value).observe(duration)
     level = log.info if outcome in (Outcome.COMPLETED, Outcome.NEEDS_INPUT) else log.warning

@@ -16,12 +16,21 @@ something sooner), so polls run on time without holding anything in memory.
 With `fetch_claims` set, the fetch also *claims* the job of every poll message it pops (the same claim the
 actor would otherwise make in a round trip of its own, see `worker/scripts/_claim.lua`); the actor takes the
 claim with `take_fetched_claim()`. That is one Redis round trip less per poll.
+
+One clock. Due times, heartbeats and dead-worker maintenance all use the Redis server's clock, never the
+host's: a delayed message is stored with its delay and the script scores it `now + delay` on the server; the
+fetch returns how long until the next message is due rather than when; heartbeats are written with the
+server's time, and maintenance compares them with it. Where Dramatiq's own dispatch script still takes a
+timestamp from the caller (ack, nack, requeue), the broker passes its estimate of the server's clock (the host
+clock plus the offset measured at each fetch) and never lets that script run maintenance. A worker whose clock
+is minutes off therefore polls on time and is never taken for dead by the others.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +39,6 @@ from typing import Any
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
@@ -44,6 +52,10 @@ DEFAULT_PROMOTE_LIMIT = 1000
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 20_000
 
 
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Scheduled:
     """A delayed message captured by `CekuraBroker.outbox()`, for the caller to write in its own script."""
@@ -51,7 +63,8 @@ class Scheduled:
     messages_key: str
     delayed_key: str
     redis_message_id: str
-    eta_ms: int
+    #: Due this many ms after the script that writes it runs (on the server's clock).
+    delay_ms: int
     data: bytes
 
 
@@ -71,9 +84,11 @@ class FetchClaims:
 class _FetchedMessage(MessageProxy):
     """A fetched message, with the reply of the claim the fetch made for it (None if it made none)."""
 
-    def __init__(self, message: Message[Any], claim: list[Any] | None) -> None:
+    def __init__(self, message: Message[Any], claim: list[Any] | None, fetched_ms: int) -> None:
         super().__init__(message)
         self.claim = claim
+        #: When (monotonic ms) the fetch made the claim: the lease started about then.
+        self.fetched_ms = fetched_ms
 
 
 class _CurrentClaim(Middleware):
@@ -88,6 +103,8 @@ class _CurrentClaim(Middleware):
 
     def before_process_message(self, broker: Any, message: MessageProxy) -> None:
         self.local.claim = getattr(message, "claim", None)
+        self.local.fetched_ms = getattr(message, "fetched_ms", 0)
+        self.local.owner = message.options.get("redis_message_id", "")
 
 
 class CekuraBroker(RedisBroker):
@@ -95,13 +112,21 @@ class CekuraBroker(RedisBroker):
 
     def __init__(self, *, client: redis.Redis, middleware: list[Middleware] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_MS)
+        # Maintenance runs only from `run_maintenance`, on the server's clock; never inside ack/nack/requeue.
+        kwargs["maintenance_chance"] = 0
         super().__init__(client=client, middleware=middleware, **kwargs)
         self._fetch_script = scripts.load(client, "fetch", per_thread=True)  # only the consumer thread fetches
-        self._schedule_script = scripts.load(client, "schedule", clock=False)
+        self._schedule_script = scripts.load(client, "schedule")
         #: Set to wake this process's consumer early: something was enqueued that is due before it planned to look.
         self.wakeup = threading.Event()
-        #: When (epoch ms) this process's consumer next looks at Redis on its own.
+        #: When (monotonic ms) this process's consumer next looks at Redis on its own.
         self.next_look_ms = 0
+        #: The Redis server's clock minus this host's, in ms, as measured by the last fetch.
+        self.clock_offset_ms = 0
+        #: Per queue: Redis ids of messages this broker's consumers popped and have not yet acked or requeued.
+        self.held: dict[str, set[str]] = {}
+        #: Ids found in this broker's ack sets but held by no consumer at the last sweep (see `sweep_acks`).
+        self._orphan_suspects: set[str] = set()
         self._outbox = threading.local()
         #: Set by the app when poll messages' jobs are to be claimed as they are fetched (None: they aren't).
         self.fetch_claims: FetchClaims | None = None
@@ -125,15 +150,24 @@ class CekuraBroker(RedisBroker):
             yield captured
         finally:
             self._outbox.items = None
-            if any(item.eta_ms < self.next_look_ms for item in captured):
+            now = _monotonic_ms()
+            if any(now + item.delay_ms < self.next_look_ms for item in captured):
                 self.wakeup.set()
 
-    def take_fetched_claim(self) -> list[Any] | None:
-        """In an actor: the raw claim reply the current message was fetched with, once (None if there was none)."""
+    def take_fetched_claim(self) -> tuple[list[Any] | None, float, str]:
+        """In an actor: the raw claim reply the current message was fetched with (once; None if there was none),
+        the claim's age in seconds, and the message's Redis id (the claim's owner)."""
         local = self._current_claim.local
         claim: list[Any] | None = getattr(local, "claim", None)
         local.claim = None
-        return claim
+        owner: str = getattr(local, "owner", "")
+        if claim is None:
+            return None, 0.0, owner
+        return claim, max(0.0, (_monotonic_ms() - getattr(local, "fetched_ms", 0)) / 1000), owner
+
+    def redis_now_ms(self) -> int:
+        """This process's estimate of the Redis server's clock in epoch ms: the host's plus the measured offset."""
+        return int(time.time() * 1000) + self.clock_offset_ms
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -147,41 +181,58 @@ class CekuraBroker(RedisBroker):
             self.emit_after("declare_queue", queue_name)
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        if delay is None or delay <= 0:
-            message = super().enqueue(message)
-            self.wakeup.set()
-            return message
-        eta = current_millis() + int(delay)
+        delay_ms = max(0, int(delay or 0))
         redis_message_id = f"{self.broker_id}.{next(self._entry_ids)}"
-        message = message.copy(options={"redis_message_id": redis_message_id, "due_ms": eta})
+        options: dict[str, Any] = {"redis_message_id": redis_message_id}
+        if delay_ms:
+            # For the lateness metric only: when the message is due, on this process's estimate of the server clock.
+            options["due_ms"] = self.redis_now_ms() + delay_ms
+        message = message.copy(options=options)
         self.emit_before("enqueue", message, delay)
-        captured = getattr(self._outbox, "items", None)
+        captured = getattr(self._outbox, "items", None) if delay_ms else None
         if captured is not None:
             queue = f"{self.namespace}:{message.queue_name}"
-            redis_id = message.options["redis_message_id"]
-            captured.append(Scheduled(f"{queue}.msgs", f"{queue}.ZQ", redis_id, eta, message.encode()))
+            captured.append(Scheduled(f"{queue}.msgs", f"{queue}.ZQ", redis_message_id, delay_ms, message.encode()))
             self.emit_after("enqueue", message, delay)
             return message  # written, and the consumer woken, by the caller (see outbox)
         self._schedule_script(
-            keys=[self.namespace],
-            args=[message.queue_name, message.options["redis_message_id"], eta, message.encode()],
+            keys=[self.namespace], args=[message.queue_name, redis_message_id, delay_ms, message.encode()]
         )
         self.emit_after("enqueue", message, delay)
-        if eta < self.next_look_ms:
+        if _monotonic_ms() + delay_ms < self.next_look_ms or not delay_ms:
             self.wakeup.set()
         return message
+
+    def _dispatch(self, command: str) -> Any:
+        """Dramatiq's dispatch script (ack, nack, requeue, ...) with the server's clock and no maintenance.
+
+        Dramatiq passes the host's clock as the heartbeat of every command and may run maintenance with it;
+        this broker passes its estimate of the server's clock and runs maintenance only in `run_maintenance`.
+        """
+        dispatch = self.scripts["dispatch"]
+        keys = [self.namespace]
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            head = [command, self.redis_now_ms(), queue_name, self.broker_id, self.heartbeat_timeout]
+            tail = [self.dead_message_ttl, 0, self._max_unpack_size(), *args]
+            return dispatch(args=[*head, *tail], keys=keys)
+
+        return do_dispatch
 
     def flush(self, queue_name: str) -> None:
         super().flush(queue_name)
         self.client.delete(f"{self.namespace}:{queue_name}.ZQ")
 
     def run_maintenance(self) -> None:
-        """Requeue dead workers' unacked messages now, instead of on Dramatiq's one-in-a-thousand lottery."""
+        """Requeue dead workers' unacked messages now, on the server's clock, instead of on Dramatiq's
+        one-in-a-thousand lottery with the host's; then sweep this worker's own ack sets (`sweep_acks`)."""
         dispatch = self.scripts["dispatch"]
+        seconds, micros = self.client.time()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
         for queue_name in self.queues:
             args = [
                 "qsize",
-                current_millis(),
+                server_ms,
                 queue_name,
                 self.broker_id,
                 self.heartbeat_timeout,
@@ -190,28 +241,55 @@ class CekuraBroker(RedisBroker):
                 self._max_unpack_size(),
             ]
             dispatch(args=args, keys=[self.namespace])
+        self.sweep_acks()
+
+    def sweep_acks(self) -> list[str]:
+        """Requeue messages stuck in this worker's ack sets: popped by a fetch whose reply never arrived.
+
+        A fetch that runs in Redis but whose reply is lost (a dropped connection, a Redis restart) leaves its
+        messages in this live worker's ack set, where Dramatiq's maintenance never looks (it only requeues
+        dead workers' sets). An id that is in the set but held by none of this broker's consumers at two sweeps
+        in a row (a fetch in flight is seen by the next sweep) is requeued. Returns the ids requeued.
+        """
+        requeued: list[str] = []
+        suspects: set[str] = set()
+        for queue_name in list(self.queues):
+            key = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+            members = {m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(key)}
+            orphans = members - self.held.get(queue_name, set())
+            confirmed = sorted(orphans & self._orphan_suspects)
+            suspects |= orphans - set(confirmed)
+            if confirmed:
+                self.do_requeue(queue_name, *confirmed)
+                requeued.extend(confirmed)
+        self._orphan_suspects = suspects
+        return requeued
 
     def fetch(self, queue_name: str, count: int, acks: list[str]) -> tuple[int, list[tuple[bytes, list[Any] | None]]]:
         """Ack `acks`, promote due delayed messages and pop up to `count`, in one round trip.
 
-        Returns (the next eta in ms or -1, [(message data, the claim made for it or None), ...]).
+        Returns (ms until the next delayed message is due or -1, [(message data, its claim or None), ...]) and
+        updates `clock_offset_ms` from the server time the script saw.
         """
         c = self.fetch_claims
         keys = [self.namespace, c.schedule_key, c.rate_key, c.cooldown_key] if c else [self.namespace, "", "", ""]
         claim_args = [c.actor_name, c.job_prefix, c.lease_ms, c.grace_ms] if c else ["", "", 0, 0]
+        sent = time.time()
         reply = self._fetch_script(
-            keys=keys,
-            args=[queue_name, self.broker_id, current_millis(), count, DEFAULT_PROMOTE_LIMIT, *claim_args, *acks],
+            keys=keys, args=[queue_name, self.broker_id, count, DEFAULT_PROMOTE_LIMIT, *claim_args, *acks]
         )
-        return int(float(reply[0])), list(zip(reply[1::2], reply[2::2], strict=True))
+        self.clock_offset_ms = int(reply[0]) - int((sent + time.time()) * 500)
+        return int(float(reply[1])), list(zip(reply[2::2], reply[3::2], strict=True))
 
 
 class _ZSetConsumer(_RedisConsumer):
-    """Fetches through `CekuraBroker.fetch` and sleeps until the next eta, an ack, or a local enqueue.
+    """Fetches through `CekuraBroker.fetch` and sleeps until the next message is due, an ack, or a local enqueue.
 
     Acks are buffered and sent with the next fetch (at the latest one idle timeout later, and on close): a
     round trip saved per message. A process killed with acks buffered has those messages redelivered after
-    the heartbeat timeout, which the actors' claims already make harmless.
+    the heartbeat timeout, which the actors' claims already make harmless. Every message popped stays in the
+    broker's `held` set until its ack or requeue has reached Redis, which is how `sweep_acks` tells a message
+    in hand from one whose fetch reply was lost.
     """
 
     broker: CekuraBroker
@@ -221,6 +299,7 @@ class _ZSetConsumer(_RedisConsumer):
         self._acks: list[str] = []
         self._acks_lock = threading.Lock()
         self._closed = False
+        self._held = self.broker.held.setdefault(self.queue_name, set())
 
     @property
     def low_water(self) -> int:
@@ -245,21 +324,24 @@ class _ZSetConsumer(_RedisConsumer):
         acks = self._take_acks()
         for redis_message_id in acks:
             self.broker.do_ack(self.queue_name, redis_message_id)
+            self._held.discard(redis_message_id)
 
     def close(self) -> None:
         self._closed = True
         try:
             # Fetched but never handed to a worker thread: back onto the queue for another consumer now.
-            unstarted = [Message.decode(data).options["redis_message_id"] for data, _ in self.message_cache]
+            unstarted = [Message.decode(data).options["redis_message_id"] for data, _, _ in self.message_cache]
             self.message_cache = []
             if unstarted:
                 self.broker.do_requeue(self.queue_name, *unstarted)
+                self._held.difference_update(unstarted)
             self._flush_acks()
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
     def nack(self, message: MessageProxy) -> None:
         super().nack(message)
+        self._held.discard(message.options["redis_message_id"])
         self.broker.wakeup.set()
 
     def __next__(self) -> MessageProxy | None:
@@ -276,28 +358,29 @@ class _ZSetConsumer(_RedisConsumer):
                 return None
             acks = self._take_acks()
             try:
-                next_due, self.message_cache = self.broker.fetch(
+                next_due, fetched = self.broker.fetch(
                     self.queue_name, self.prefetch - self.outstanding_message_count, acks
                 )
-            except redis.ConnectionError:
-                with self._acks_lock:
+            except redis.RedisError:
+                with self._acks_lock:  # not sent: they ride on the next fetch (a script error included)
                     self._acks[:0] = acks
                 raise
+            self._held.difference_update(acks)
+            fetched_ms = _monotonic_ms()
+            self.message_cache = [(data, claim, fetched_ms) for data, claim in fetched]
             if self.message_cache:
                 return self._pop()
-            now = current_millis()
-            look = now + self.timeout
-            if next_due >= 0:
-                look = min(look, next_due)
-            self.broker.next_look_ms = look
-            if look > now:
-                self.broker.wakeup.wait((look - now) / 1000)
+            wait_ms = self.timeout if next_due < 0 else min(self.timeout, next_due)
+            self.broker.next_look_ms = fetched_ms + wait_ms
+            if wait_ms > 0:
+                self.broker.wakeup.wait(wait_ms / 1000)
             return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
     def _pop(self) -> MessageProxy:
-        data, claim = self.message_cache.pop(0)
+        data, claim, fetched_ms = self.message_cache.pop(0)
         message = Message.decode(data)
+        self._held.add(message.options["redis_message_id"])
         self.queued_message_ids.add(message.message_id)
-        return _FetchedMessage(message, claim)
+        return _FetchedMessage(message, claim, fetched_ms)

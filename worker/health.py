@@ -8,7 +8,6 @@ replica reports only on its own processes.
 from __future__ import annotations
 
 import socket
-import time
 from urllib.parse import urlsplit
 
 import redis
@@ -17,7 +16,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from worker.connection import connect
-from worker.heartbeat import live_workers, workers_key
+from worker.heartbeat import live_workers, server_ms, workers_key
 
 #: Connect and read timeout of the healthcheck's Redis connection, in seconds.
 DEFAULT_TIMEOUT_S = 2.0
@@ -48,7 +47,7 @@ def _last_beat_ago(client: redis.Redis, settings: Settings, host: str) -> float 
         name = member.decode() if isinstance(member, bytes) else str(member)
         if name.rsplit(":", 1)[0] == host and (latest is None or score > latest):
             latest = score
-    return None if latest is None else max(0.0, time.time() - latest / 1000)
+    return None if latest is None else max(0.0, (server_ms(client) - latest) / 1000)
 
 
 def check(settings: Settings) -> tuple[bool, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import dramatiq
@@ -20,8 +19,9 @@ class JobContext(Middleware):
         job_id = message.args[0] if message.args else None
         structlog.contextvars.bind_contextvars(job_id=job_id, actor=message.actor_name, message_id=message.message_id)
         due_ms = message.options.get("due_ms")
-        if due_ms is not None:
-            metrics.POLL_LATENESS.observe(max(0.0, time.time() - due_ms / 1000))
+        now_ms = getattr(broker, "redis_now_ms", None)  # CekuraBroker's estimate of the Redis server's clock
+        if due_ms is not None and now_ms is not None:
+            metrics.POLL_LATENESS.observe(max(0.0, (now_ms() - due_ms) / 1000))
 
     def after_process_message(
         self,

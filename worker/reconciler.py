@@ -38,6 +38,7 @@ class Reconciler(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
+        # The wait before each pass is also the backoff after a failed one.
         interval = self.rt.settings.cekura_reconcile_interval_s
         while not self._stopping.wait(interval * random.uniform(0.8, 1.2)):
             try:
@@ -45,6 +46,8 @@ class Reconciler(threading.Thread):
                 reconcile_once(self.rt)
             except redis.RedisError as exc:
                 log.warning("reconcile_redis_error", error=str(exc))
+            except Exception:  # a bug (or MemoryError) must not end the thread unseen: log it and go on
+                log.exception("reconcile_loop_failed", retry_in_s=interval)
 
 
 def reconcile_once(rt: Runtime) -> int:
@@ -52,7 +55,9 @@ def reconcile_once(rt: Runtime) -> int:
     queue = rt.settings.cekura_queue
     total = 0
     while True:
-        overdue = rt.store.take_overdue()
+        overdue, skipped = rt.store.take_overdue()
+        for job_id in skipped:
+            log.error("schedule_entry_skipped", job_id=job_id, reason="its key holds something other than a job record")
         for job_id, state, seq in overdue:
             message: dramatiq.Message[Any]
             if state == "polling":

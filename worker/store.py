@@ -3,6 +3,11 @@
 Each job is a hash `<prefix>:job:<job_id>`; active jobs also sit in the sorted set `<prefix>:schedule`, scored by
 when their next step is due (the reconciler's view). Every state change that matters for correctness is one
 script, i.e. one atomic step: a job's final state and its result event are written together.
+
+Key namespaces are disjoint by construction: a job id is the *last* part of only the `job:` and `secret:` keys,
+and nothing else lives under those two, so no job id (they may contain `:`) can name another job's key or any
+key of the service. A key under them that holds something unexpected (another program's string, say) is
+skipped and logged by the scripts, never allowed to abort a pass that serves the whole fleet.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import redis
 from config.settings import Settings
 from worker import scripts
 from worker.broker import FetchClaims, Scheduled
+from worker.errors import InvalidRequest
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
 DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
@@ -39,10 +45,14 @@ class Phase(StrEnum):
 class Claim:
     """The answer to "may I make this job's next Cekura call?"."""
 
-    verdict: str  # ok | wait | expired | stale | gone
+    verdict: str  # ok | wait | expired | stale | gone | corrupt
     now_ms: int = 0
     wait_ms: int = 0
     wait_reason: str = ""
+    #: For `wait`: a rate slot was reserved, so the re-sent message must not take another.
+    reserved: bool = False
+    #: For `wait`: ms left before the job's deadline (no re-send may be due later than that).
+    remaining_ms: int = 0
     job: Mapping[str, str] | None = None
 
 
@@ -50,12 +60,26 @@ class Claim:
 class Finish:
     """The answer to a finish request: `ok` means this call published the result event."""
 
-    verdict: str  # ok | done | stale | gone
+    verdict: str  # ok | done | stale | gone | corrupt
     entry_id: str = ""
     prior_state: str = ""
     session_id: str = ""
     kind: str = ""
     status: str = ""
+    #: From submission to this finish, on the Redis server's clock.
+    duration_ms: int = 0
+    #: The job's `cancel_remote` message was written with it (see `finish(remote_cancel=...)`).
+    remote_cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCancel:
+    """What `finish` needs to write a `cancel_remote` message along with a cancel, for kinds that have one."""
+
+    kinds: frozenset[str]
+    queue_name: str
+    namespace: str
+    actor_name: str
 
 
 #: The fields of every result event, in order (finish.lua writes them; rejected events add `request_id`).
@@ -114,6 +138,7 @@ class JobStore:
         self.rate_key = settings.key("ratelimit", "tat")
         self.cooldown_key = settings.key("ratelimit", "cooldown")
         self.job_prefix = settings.key("job") + ":"
+        self.secret_prefix = settings.key("secret") + ":"
         #: How long a claim holds, and how long past its due time a job counts as stranded, in ms.
         self.lease_ms = int(settings.cekura_lease_s * 1000)
         self.grace_ms = int(settings.cekura_reconcile_grace_s * 1000)
@@ -129,7 +154,8 @@ class JobStore:
         return self.job_prefix + job_id
 
     def secret_key(self, job_id: str) -> str:
-        return self.job_prefix + job_id + ":secret"
+        """Where a job's secrets wait for its start call: a namespace of their own, apart from job records."""
+        return self.secret_prefix + job_id
 
     # -- submission -------------------------------------------------------------------------------------------
 
@@ -148,7 +174,6 @@ class JobStore:
             "kind": kind,
             "params": json.dumps(params, separators=(",", ":")),
             "metadata": json.dumps(metadata, separators=(",", ":")),
-            "submitted_at": iso_now(),
         }
         args: list[Any] = [
             job_id,
@@ -161,6 +186,8 @@ class JobStore:
         created, state = self._submit(
             keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args
         )
+        if as_text(state) == "corrupt":
+            raise InvalidRequest(f"job_id {job_id!r} can't be used: its key in Redis holds something other than a job")
         return bool(created), as_text(state)
 
     def secrets(self, job_id: str) -> dict[str, str]:
@@ -169,7 +196,8 @@ class JobStore:
 
     # -- the job's steps --------------------------------------------------------------------------------------
 
-    def claim(self, job_id: str, phase: Phase, seq: int, *, reserved: bool = False) -> Claim:
+    def claim(self, job_id: str, phase: Phase, seq: int, *, reserved: bool = False, owner: str = "") -> Claim:
+        """Claim the job's next call; `owner` (a message's Redis id) may take back a lease it already holds."""
         s = self.settings
         reply = self._claim(
             keys=[self.job_key(job_id), self.schedule_key, self.rate_key, self.cooldown_key],
@@ -182,6 +210,7 @@ class JobStore:
                 s.cekura_rate_limit_rps,
                 s.cekura_rate_limit_burst,
                 "1" if reserved else "0",
+                owner,
             ],
         )
         return self.parse_claim(reply)
@@ -215,7 +244,13 @@ class JobStore:
             }
             return Claim(verdict, now_ms=int(reply[1]), job=job)
         if verdict == "wait":
-            return Claim(verdict, wait_ms=int(reply[1]), wait_reason=as_text(reply[2]))
+            return Claim(
+                verdict,
+                wait_ms=int(reply[1]),
+                wait_reason=as_text(reply[2]),
+                reserved=int(reply[3]) == 1,
+                remaining_ms=int(reply[4]),
+            )
         return Claim(verdict)
 
     def advance(
@@ -248,7 +283,7 @@ class JobStore:
             job_id,
             s.cekura_results_maxlen if s.cekura_progress_events else 0,
             message.redis_message_id if message else "",
-            message.eta_ms if message else 0,
+            message.delay_ms if message else 0,
             message.data if message else b"",
         ]
         for name, value in fields.items():
@@ -259,20 +294,54 @@ class JobStore:
         reply = self._advance(keys=keys, args=args)
         return as_text(reply[0]), as_text(reply[1]) if len(reply) > 1 else ""
 
-    def finish(self, job_id: str, expect: str, seq: int, fields: Mapping[str, Any]) -> Finish:
-        """End the job and publish its result event atomically, unless it already ended or moved on."""
+    def finish(
+        self,
+        job_id: str,
+        expect: str,
+        seq: int,
+        fields: Mapping[str, Any],
+        *,
+        remote_cancel: RemoteCancel | None = None,
+        message_id: str = "",
+    ) -> Finish:
+        """End the job and publish its result event atomically, unless it already ended or moved on.
+
+        With `remote_cancel` (a cancel request), a polling job of one of its kinds that has a Cekura session also
+        gets its `cancel_remote` message, with Dramatiq message id `message_id`, written in the same step.
+        """
         s = self.settings
+        rc = remote_cancel
         args: list[Any] = [job_id, expect, seq, s.cekura_results_maxlen, s.cekura_job_ttl_s]
+        if rc is not None:
+            args += [" ".join(sorted(rc.kinds)), rc.queue_name, rc.actor_name, message_id, f"cancel.{message_id}"]
+            queue = f"{rc.namespace}:{rc.queue_name}"
+            message_keys = [f"{queue}.msgs", queue]
+        else:
+            args += ["", "", "", "", ""]
+            message_keys = [self.job_key(job_id)] * 2  # unused
         for name, value in fields.items():
             args.extend((name, value))
-        args.extend(("finished_at", iso_now()))
         reply = self._finish(
-            keys=[self.job_key(job_id), self.schedule_key, s.cekura_results_stream, self.secret_key(job_id)],
+            keys=[
+                self.job_key(job_id),
+                self.schedule_key,
+                s.cekura_results_stream,
+                self.secret_key(job_id),
+                *message_keys,
+            ],
             args=args,
         )
         verdict = as_text(reply[0])
         if verdict == "ok":
-            return Finish(verdict, as_text(reply[1]), as_text(reply[2]), as_text(reply[3]), as_text(reply[4]))
+            return Finish(
+                verdict,
+                as_text(reply[1]),
+                as_text(reply[2]),
+                as_text(reply[3]),
+                as_text(reply[4]),
+                duration_ms=int(reply[5]),
+                remote_cancel=int(reply[6]) == 1,
+            )
         if verdict == "done":
             return Finish(verdict, status=as_text(reply[1]))
         return Finish(verdict)
@@ -283,10 +352,12 @@ class JobStore:
 
     # -- reconciler and intake --------------------------------------------------------------------------------
 
-    def take_overdue(self, limit: int = DEFAULT_RECONCILE_BATCH) -> list[tuple[str, str, int]]:
-        """Overdue active jobs as (job_id, state, seq), each handed to exactly one caller."""
-        flat = self._reconcile(keys=[self.schedule_key], args=[limit, self.grace_ms, self.job_prefix])
-        return [(as_text(flat[i]), as_text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+    def take_overdue(self, limit: int = DEFAULT_RECONCILE_BATCH) -> tuple[list[tuple[str, str, int]], list[str]]:
+        """Overdue active jobs as (job_id, state, seq), each handed to exactly one caller; and the ids whose key
+        held something other than a job record (dropped from the schedule)."""
+        flat, skipped = self._reconcile(keys=[self.schedule_key], args=[limit, self.grace_ms, self.job_prefix])
+        jobs = [(as_text(flat[i]), as_text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return jobs, [as_text(job_id) for job_id in skipped]
 
     def reject(self, marker: str, fields: Mapping[str, str]) -> str | None:
         """Publish a `rejected` event once per marker; returns the entry id, or None if already published."""

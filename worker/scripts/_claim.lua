@@ -3,29 +3,40 @@
 -- another message), the deadline not passed, and the fleet-wide rate limit must allow a call now. Over the
 -- limit, a slot is reserved and the caller re-sends its message after `wait` ms with `reserved` set, so
 -- waiting costs no retry budget and keeps its turn.
+-- The deadline bounds everything: a job past it is `expired` even while another message holds its lease (the
+-- call in flight is then ignored), no wait goes past it, and no rate slot is reserved for a job that could
+-- only use it after its deadline (it waits for the deadline instead, and times out then).
 -- `owner` names the message taking the lease (its Redis message id, or '' when unknown): the same message
 -- delivered again (requeued by a graceful stop, or after its worker died) may take the lease back; a
 -- duplicate copy may not.
--- Returns {'ok', now, fields...} | {'wait', ms, reason} | {'expired'} | {'stale'} | {'gone'}
+-- Returns {'ok', now, fields...} | {'wait', ms, reason, reserved (1|0), ms left before the deadline} | {'expired'}
+--       | {'stale'} | {'gone'}
+--       | {'corrupt'} (the job's key holds something other than a job record)
 local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, lease_ms, grace_ms, job_id, rate,
                      burst, reserved, owner)
-  local f = redis.call('HMGET', job_key, 'state', 'seq', 'lease', 'deadline_ms', 'lease_owner')
+  local f = hash_fields(job_key, 'state', 'seq', 'lease', 'deadline_ms', 'lease_owner')
+  if not f then return {'corrupt'} end
   local state = f[1]
   if not state then return {'gone'} end
   if state == 'finished' then return {'stale'} end
   local lease = tonumber(f[3]) or 0
+  local deadline = tonumber(f[4]) or 0
   if phase == 'start' then
-    if not (state == 'queued' or (state == 'starting' and lease <= now)) then return {'stale'} end
-  elseif state ~= 'polling' or f[2] ~= seq or (lease > now and (owner == '' or f[5] ~= owner)) then
-    return {'stale'}
+    if state ~= 'queued' and state ~= 'starting' then return {'stale'} end
+    if now >= deadline then return {'expired'} end
+    if state == 'starting' and lease > now then return {'stale'} end
+  else
+    if state ~= 'polling' or f[2] ~= seq then return {'stale'} end
+    if now >= deadline then return {'expired'} end
+    if lease > now and (owner == '' or f[5] ~= owner) then return {'stale'} end
   end
-  if now >= tonumber(f[4]) then return {'expired'} end
 
   local grace = tonumber(grace_ms)
   local cooldown = tonumber(redis.call('GET', cooldown_key) or '0')
   if cooldown > now then
-    redis.call('ZADD', schedule_key, cooldown + grace, job_id)
-    return {'wait', cooldown - now, 'cooldown'}
+    local wait = math.min(cooldown, deadline) - now
+    redis.call('ZADD', schedule_key, due_score(now + wait + grace, deadline), job_id)
+    return {'wait', wait, 'cooldown', 0, deadline - now}
   end
   rate = tonumber(rate)
   if rate > 0 and reserved ~= '1' then
@@ -33,18 +44,22 @@ local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, 
     local interval = 1000 / rate
     local tolerance = interval * (tonumber(burst) - 1)
     local tat = math.max(tonumber(redis.call('GET', rate_key) or '0'), now)
-    redis.call('SET', rate_key, tostring(tat + interval), 'PX', math.ceil(tat + interval - now + 60000))
     local wait = math.ceil(tat - tolerance - now)
+    if wait > 0 and now + wait >= deadline then
+      redis.call('ZADD', schedule_key, due_score(deadline + grace, deadline), job_id)
+      return {'wait', deadline - now, 'rate_limit', 0, deadline - now}
+    end
+    redis.call('SET', rate_key, tostring(tat + interval), 'PX', math.ceil(tat + interval - now + 60000))
     if wait > 0 then
-      redis.call('ZADD', schedule_key, now + wait + grace, job_id)
-      return {'wait', wait, 'rate_limit'}
+      redis.call('ZADD', schedule_key, due_score(now + wait + grace, deadline), job_id)
+      return {'wait', wait, 'rate_limit', 1, deadline - now}
     end
   end
 
   local lease_until = now + tonumber(lease_ms)
   redis.call('HSET', job_key, 'state', phase == 'start' and 'starting' or 'polling', 'lease', lease_until,
     'lease_owner', owner)
-  redis.call('ZADD', schedule_key, lease_until + grace, job_id)
+  redis.call('ZADD', schedule_key, due_score(lease_until + grace, deadline), job_id)
   local out = redis.call('HMGET', job_key, 'seq', 'kind', 'params', 'progress_id', 'session_id', 'polls', 'errors',
     'deadline_ms', 'cekura_status', 'current_stage', 'submitted_ms')
   table.insert(out, 1, now)

@@ -1,22 +1,50 @@
 -- End a job: write its outcome and publish its one result event in the same atomic step, so a crash can
--- neither lose the event nor publish it twice. A job that already finished is left alone.
--- KEYS: job hash, schedule zset, results stream, secret key
--- ARGV: job_id, expect ('start'|'poll'|'any'), seq, results_maxlen, ttl_s, field/value pairs...
--- Returns {'ok', entry_id, prior_state, session_id, kind} | {'done', status} | {'stale'} | {'gone'}
-local f = redis.call('HMGET', KEYS[1], 'state', 'seq', 'status')
+-- neither lose the event nor publish it twice. A job that already finished is left alone. `finished_at` is
+-- taken from the server's clock.
+-- With a remote cancel given (a cancel request), a job that was polling a kind listed in `cancel_kinds` with a
+-- Cekura session also gets its `cancel_remote` message written here, so the cancel can't be recorded while the
+-- call that stops the operation at Cekura is lost.
+-- KEYS: job hash, schedule zset, results stream, secret key, Dramatiq message hash, Dramatiq queue list
+-- ARGV: job_id, expect ('start'|'poll'|'any'), seq, results_maxlen, ttl_s,
+--       cancel_kinds (space-separated kinds that cancel at Cekura; '' = no remote cancel), queue_name,
+--       cancel actor name, message_id, redis_message_id, field/value pairs...
+-- Returns {'ok', entry_id, prior_state, session_id, kind, duration_ms, remote_cancel (1|0)} | {'done', status}
+--       | {'stale'} | {'gone'} | {'corrupt'}
+local job_key, schedule_key, results_stream, secret_key, messages_key, queue_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_id, expect, seq, results_maxlen, ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local cancel_kinds, queue_name, cancel_actor, message_id, redis_message_id = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local FIELDS_FROM = 11
+
+local f = hash_fields(job_key, 'state', 'seq', 'status')
+if not f then return {'corrupt'} end
 local state = f[1]
 if not state then return {'gone'} end
 if state == 'finished' then return {'done', f[3] or ''} end
-if ARGV[2] == 'poll' and (state ~= 'polling' or f[2] ~= ARGV[3]) then return {'stale'} end
-if ARGV[2] == 'start' and state ~= 'starting' then return {'stale'} end
-redis.call('HSET', KEYS[1], 'state', 'finished', 'lease', 0, 'updated_ms', now, unpack(ARGV, 6))
-local e = redis.call('HMGET', KEYS[1], 'kind', 'status', 'cekura_status', 'progress_id', 'result', 'error', 'polls',
-  'submitted_at', 'finished_at', 'metadata', 'session_id')
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-  'job_id', ARGV[1], 'kind', e[1] or '', 'status', e[2] or '', 'cekura_status', e[3] or '',
+if expect == 'poll' and (state ~= 'polling' or f[2] ~= seq) then return {'stale'} end
+if expect == 'start' and state ~= 'starting' then return {'stale'} end
+redis.call('HSET', job_key, 'state', 'finished', 'lease', 0, 'updated_ms', now, 'finished_at', iso(now),
+  unpack(ARGV, FIELDS_FROM))
+local e = redis.call('HMGET', job_key, 'kind', 'status', 'cekura_status', 'progress_id', 'result', 'error', 'polls',
+  'submitted_at', 'finished_at', 'metadata', 'session_id', 'submitted_ms')
+local id = redis.call('XADD', results_stream, 'MAXLEN', '~', results_maxlen, '*',
+  'job_id', job_id, 'kind', e[1] or '', 'status', e[2] or '', 'cekura_status', e[3] or '',
   'progress_id', e[4] or '', 'result', e[5] or '', 'error', e[6] or '', 'polls', e[7] or '0',
   'submitted_at', e[8] or '', 'finished_at', e[9] or '', 'metadata', e[10] or '{}')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[4])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-return {'ok', id, state, e[11] or '', e[1] or ''}
+redis.call('ZREM', schedule_key, job_id)
+redis.call('DEL', secret_key)
+redis.call('EXPIRE', job_key, ttl_s)
+
+local kind, session_id = e[1] or '', e[11] or ''
+local remote_cancel = 0
+if cancel_kinds ~= '' and state == 'polling' and session_id ~= '' and tonumber(session_id)
+    and string.find(' ' .. cancel_kinds .. ' ', ' ' .. kind .. ' ', 1, true) then
+  local message = cjson.encode({
+    queue_name = queue_name, actor_name = cancel_actor, args = {job_id, kind, tonumber(session_id)},
+    kwargs = {}, options = {redis_message_id = redis_message_id}, message_id = message_id, message_timestamp = now,
+  })
+  redis.call('HSET', messages_key, redis_message_id, message)
+  redis.call('RPUSH', queue_key, redis_message_id)
+  remote_cancel = 1
+end
+return {'ok', id, state, session_id, kind, now - (tonumber(e[12]) or now), remote_cancel}

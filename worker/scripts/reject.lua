@@ -1,7 +1,19 @@
 -- Publish one `rejected` result event for a bad request, once per request-stream entry (a redelivered
--- entry finds its marker and publishes nothing).
+-- entry finds its marker and publishes nothing). The event's `submitted_at` and `finished_at`, when given,
+-- are set from the server's clock, like every time the scripts record.
 -- KEYS: results stream, marker key
 -- ARGV: results_maxlen, marker_ttl_s, field/value pairs...
 -- Returns the entry id, or false when this entry was already rejected.
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then return false end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local results_stream, marker_key = KEYS[1], KEYS[2]
+local results_maxlen, marker_ttl_s = ARGV[1], tonumber(ARGV[2])
+local FIELDS_FROM = 3
+
+if not redis.call('SET', marker_key, '1', 'NX', 'EX', marker_ttl_s) then return false end
+local fields = {}
+for i = FIELDS_FROM, #ARGV, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  if name == 'submitted_at' or name == 'finished_at' then value = iso(now) end
+  table.insert(fields, name)
+  table.insert(fields, value)
+end
+return redis.call('XADD', results_stream, 'MAXLEN', '~', results_maxlen, '*', unpack(fields))

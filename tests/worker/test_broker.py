@@ -276,3 +276,67 @@ def test_the_reconciler_resends_a_lost_start_message(
     assert client.wait("lost-start", timeout=10)["status"] == "completed"
     assert sim.stats()["started_jobs"] == 1
     assert len([e for e in client.results() if e["job_id"] == "lost-start"]) == 1
+
+
+# -- acks, ack sets and heartbeats --------------------------------------------------------------------------------
+
+
+def test_a_fetch_whose_reply_was_lost_leaves_messages_that_the_sweep_requeues(
+    rt: Runtime, recorder: dramatiq.Actor[[str], None]
+) -> None:
+    # The fetch script ran (the message is in this worker's ack set) but its reply never reached the consumer, as
+    # when the connection drops mid-reply. Dramatiq's maintenance only looks at dead workers' ack sets.
+    recorder.send("lost-reply")
+    queue, _, _ = _keys(rt)
+    rt.broker.fetch(rt.settings.cekura_queue, 10, [])  # the reply is dropped on the floor
+    acks = f"{rt.broker.namespace}:__acks__.{rt.broker.broker_id}.{rt.settings.cekura_queue}"
+    (stuck,) = rt.redis.smembers(acks)
+    assert rt.redis.llen(queue) == 0
+    assert rt.broker.sweep_acks() == []  # first sighting: it may be a fetch still on its way
+    assert rt.broker.sweep_acks() == [stuck.decode()]
+    assert rt.redis.smembers(acks) == set()
+    assert rt.redis.lrange(queue, 0, -1) == [stuck]
+
+
+def test_the_sweep_leaves_messages_a_consumer_holds_alone(
+    rt: Runtime, worker: dramatiq.Worker, recorder: dramatiq.Actor[[str], None]
+) -> None:
+    held = rt.broker.held.setdefault(rt.settings.cekura_queue, set())
+    acks = f"{rt.broker.namespace}:__acks__.{rt.broker.broker_id}.{rt.settings.cekura_queue}"
+    rt.redis.sadd(acks, "in-hand")
+    held.add("in-hand")
+    try:
+        assert rt.broker.sweep_acks() == []
+        assert rt.broker.sweep_acks() == []
+        assert rt.redis.sismember(acks, "in-hand")
+    finally:
+        held.discard("in-hand")
+        rt.redis.srem(acks, "in-hand")
+
+
+def test_acks_survive_a_fetch_that_fails_with_a_script_error(rt: Runtime) -> None:
+    consumer = rt.broker.consume(rt.settings.cekura_queue, prefetch=4, timeout=50)
+    consumer._acks.append("some-message")  # buffered, to ride on the next fetch
+    bad = "redis.call('NOSUCHCOMMAND')"
+    original = rt.broker._fetch_script
+    rt.broker._fetch_script = type(original)(rt.redis, bad)  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - redis.ResponseError, whatever its subclass
+            next(consumer)
+        assert consumer._acks == ["some-message"]  # kept for the next fetch, not dropped
+    finally:
+        rt.broker._fetch_script = original  # type: ignore[method-assign]
+        consumer._acks.clear()
+
+
+def test_the_worker_heartbeat_set_forgets_processes_gone_for_an_hour(rt: Runtime) -> None:
+    from worker.heartbeat import Heartbeat, server_ms, workers_key
+
+    key = workers_key(rt.settings)
+    now = server_ms(rt.redis)
+    rt.redis.zadd(key, {"gone-host:1": now - 2 * 3600 * 1000, "recent-host:2": now - 60 * 1000})
+    Heartbeat(rt.redis, rt.settings, lambda: True).beat()
+    members = {m.decode() for m in rt.redis.zrange(key, 0, -1)}
+    assert "gone-host:1" not in members
+    assert "recent-host:2" in members
+    assert len(members) == 2

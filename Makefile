@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-chaos lint bench bench-long lock clean
+.PHONY: install demo test test-chaos lint validate-deploy bench bench-long lock clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+
+# Render deploy/overlays/* and check them, the alert rules and the dashboard offline (needs kubectl and promtool).
+validate-deploy: $(STAMP)
+	$(PY) deploy/validate.py
 
 bench: $(STAMP)
 	$(PY) -m bench --mode short

@@ -7,10 +7,15 @@ right however many processes there are, and a restarted process's counts are kep
 queued messages, overdue work, live workers) is state in Redis, not in any process, so `RedisCollector` reads it
 when Prometheus scrapes, with the same code as `cekura-worker status`; every replica reports the same fleet-wide
 values, so aggregate those gauges with `max`, not `sum`.
+
+Two of those gauges exist for autoscalers (KEDA, see `deploy/`): `cekura_steps_due`, the Dramatiq messages due
+now that no worker has taken, and `cekura_oldest_due_seconds`, how long the oldest of them has waited. A fleet
+that keeps up holds both near zero whatever its load, so they say "add workers" without knowing the cadence.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,6 +61,7 @@ class RedisCollector(Collector):
         up = GaugeMetricFamily("cekura_redis_up", "1 when the scrape-time read of Redis succeeded, else 0.")
         try:
             summary = summarize(self.client, self.settings)
+            due = due_steps(self.client, self.settings)
         except (redis.RedisError, OSError) as exc:
             log.warning("metrics_redis_read_failed", error=f"{type(exc).__name__}: {exc}")
             up.add_metric([], 0)
@@ -64,6 +70,7 @@ class RedisCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from gauges(summary)
+        yield from due_gauges(due)
 
 
 def gauges(summary: dict[str, Any]) -> Iterable[Metric]:
@@ -120,6 +127,69 @@ def gauges(summary: dict[str, Any]) -> Iterable[Metric]:
 
     yield GaugeMetricFamily(
         "cekura_live_worker_processes", "Worker processes with a fresh heartbeat.", value=summary["workers"]["live"]
+    )
+
+
+def _due_ms(data: bytes | None) -> int | None:
+    """When a message on the ready queue became due: its `due_ms` option if it was delayed, else when it was sent."""
+    if data is None:  # acked and deleted between the two round trips
+        return None
+    try:
+        message = json.loads(data)
+        due = message.get("options", {}).get("due_ms", message.get("message_timestamp"))
+        return int(due)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def due_steps(client: redis.Redis, settings: Settings) -> tuple[int, float]:
+    """(Dramatiq messages due now and not yet taken by a worker, seconds the oldest of them has been due).
+
+    Due means on the ready queue (`<namespace>:<queue>`), or in the delayed set (`<queue>.ZQ`) with an eta at or
+    before the Redis server's clock, which is what the ZQ scores are written with. Messages a worker has popped
+    are not counted: they are running or about to. The oldest is the earlier of the delayed set's head, if due,
+    and the ready queue's head (every push is an RPUSH and every fetch pops from the left, so the head waited
+    longest). Both matter: each fetch moves up to `DEFAULT_PROMOTE_LIMIT` due messages onto the ready queue, so
+    a backlog of a saturated fleet sits there rather than in the delayed set. Two round trips: the count of due
+    delayed messages needs the server's time first.
+    """
+    queue = f"{settings.key('dramatiq')}:{settings.cekura_queue}"
+    delayed = f"{queue}.ZQ"
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.llen(queue)
+    pipe.lindex(queue, 0)
+    pipe.zrange(delayed, 0, 0, withscores=True)
+    (seconds, micros), ready, head_id, delayed_head = pipe.execute()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+
+    pipe = client.pipeline(transaction=False)
+    pipe.zcount(delayed, "-inf", now_ms)
+    if head_id is not None:
+        pipe.hget(f"{queue}.msgs", head_id)
+    delayed_due, *head_data = pipe.execute()
+
+    oldest_ms = now_ms
+    if delayed_head and delayed_head[0][1] <= now_ms:
+        oldest_ms = min(oldest_ms, int(delayed_head[0][1]))
+    head_due = _due_ms(head_data[0]) if head_data else None
+    if head_due is not None:
+        oldest_ms = min(oldest_ms, head_due)
+    return int(ready) + int(delayed_due), round((now_ms - oldest_ms) / 1000, 3)
+
+
+def due_gauges(due: tuple[int, float]) -> Iterable[Metric]:
+    """The autoscaling gauges for a `due_steps` reading."""
+    steps, oldest_s = due
+    yield GaugeMetricFamily(
+        "cekura_steps_due",
+        "Dramatiq messages (starts, polls, retries) due now and not yet taken by a worker, fleet-wide.",
+        value=steps,
+    )
+    yield GaugeMetricFamily(
+        "cekura_oldest_due_seconds",
+        "How long the oldest due message not yet taken by a worker has been due; 0 when none is.",
+        value=oldest_s,
     )
 
 

@@ -4,36 +4,52 @@ Each field's name is its environment variable, lower-cased, so `CEKURA_POLL_MAX_
 Nothing else in the project reads `os.environ`: code takes a `Settings` (tests build one directly) or calls
 `get_settings()`. (The one exception is `PROMETHEUS_MULTIPROC_DIR`, the hand-off prometheus_client itself
 defines between the supervisor and its worker processes.)
+
+Secrets are checked as well as typed: a Kubernetes secret made from a file ends in a newline, which httpcore would
+refuse in a header and then quote, escaped, in its error, out of reach of redaction. So `CEKURA_API_KEY` and
+`REDIS_URL` lose surrounding whitespace, and a value that still holds a control character is refused without being
+shown (`hide_input_in_errors`: a pydantic error never quotes any input).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
 
+#: Share of CEKURA_LEASE_S one Cekura call may take in all, connect to last byte (`Settings.cekura_call_limit_s`):
+#: CEKURA_HTTP_TIMEOUT_S bounds each socket operation, so an answer trickling in would otherwise outlive the lease
+#: and the reconciler would send the call again while the first is still in flight.
+DEFAULT_CALL_LIMIT_SHARE = 0.5
+
 
 class Settings(BaseSettings):
-    """Typed, validated settings with safe development defaults and no default for secrets."""
+    """Typed, validated settings with safe development defaults and no default for secrets.
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+    One value is derived rather than set: `cekura_call_limit_s`, the total time a Cekura call may take, is half of
+    CEKURA_LEASE_S, so a call always ends (timed out, to be retried) before its job's lease lapses.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # Cekura API
-    cekura_api_key: SecretStr | None = None
+    cekura_api_key: SecretStr | None = None  # surrounding whitespace stripped; printable ASCII only
     cekura_api_url: str = "https://api.cekura.ai"
-    cekura_http_timeout_s: float = Field(10.0, gt=0, le=120)
+    cekura_http_timeout_s: float = Field(10.0, gt=0, le=120)  # each connect/read/write; see cekura_call_limit_s
     cekura_max_response_bytes: int = Field(1_048_576, ge=1024)
     cekura_ca_bundle: str | None = None
     cekura_rate_limit_rps: float = Field(0.0, ge=0)  # 0: no fleet-wide cap
     cekura_rate_limit_burst: int = Field(10, ge=1)
 
     # Redis and streams
-    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")  # surrounding whitespace stripped
     redis_ca_bundle: str | None = None  # CA file for rediss:// (verification always stays on)
     cekura_key_prefix: str = Field("cekura", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     cekura_queue: str = Field("cekura", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -64,7 +80,7 @@ class Settings(BaseSettings):
     # Reliability
     cekura_reconcile_interval_s: float = Field(5.0, gt=0, le=600)
     cekura_reconcile_grace_s: float = Field(30.0, gt=0, le=3600)
-    cekura_lease_s: float = Field(30.0, gt=0, le=3600)
+    cekura_lease_s: float = Field(30.0, gt=0, le=3600)  # half of it is each Cekura call's total time limit
 
     # Worker processes
     cekura_processes: int = Field(2, ge=1, le=64)
@@ -72,6 +88,8 @@ class Settings(BaseSettings):
     cekura_idle_wake_ms: int = Field(1000, ge=10, le=60_000)
     cekura_shutdown_timeout_s: float = Field(20.0, gt=0, le=300)
     cekura_heartbeat_interval_s: float = Field(5.0, gt=0, le=300)
+    #: Where each worker process touches its liveness file (`healthcheck --liveness` reads it); a tmpfs is fine.
+    cekura_health_dir: str = "/tmp/cekura-worker"
     cekura_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     # Logs
@@ -93,13 +111,33 @@ class Settings(BaseSettings):
             raise ValueError("must not carry a query, fragment or credentials")
         return value.rstrip("/")
 
+    @field_validator("cekura_api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
+            raise ValueError("is empty")
+        # It travels as an HTTP header value: anything else would be refused there, and quoted in the error.
+        if not (key.isascii() and key.isprintable()):
+            raise ValueError("must be printable ASCII, without control characters (the value is not shown)")
+        return SecretStr(key)
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        url = value.get_secret_value().strip()
+        # Checked before parsing: urlsplit silently drops tabs and newlines, so the password it reported would not
+        # be the one in the variable.
+        if not url.isprintable():
+            raise ValueError("must not contain control characters (the value is not shown)")
+        parts = urlsplit(url)
+        if parts.password is not None and not unquote(parts.password).isprintable():
+            raise ValueError("must not hold a percent-encoded control character in its password (not shown)")
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
+        return SecretStr(url)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
@@ -112,6 +150,14 @@ class Settings(BaseSettings):
         if self.cekura_job_deadline_s > self.cekura_job_deadline_max_s:
             raise ValueError("CEKURA_JOB_DEADLINE_S must not exceed CEKURA_JOB_DEADLINE_MAX_S")
         return self
+
+    @property
+    def cekura_call_limit_s(self) -> float:
+        """The total time one Cekura call may take, connect to last byte: `DEFAULT_CALL_LIMIT_SHARE` of the lease.
+
+        CEKURA_LEASE_S is at least twice CEKURA_HTTP_TIMEOUT_S, so this is never shorter than one socket operation.
+        """
+        return self.cekura_lease_s * DEFAULT_CALL_LIMIT_SHARE
 
     @property
     def redis_url_redacted(self) -> str:

@@ -87,6 +87,8 @@ def running_workers(
 
 #: The result event's fields as the issue specifies them, written out here so the tests pin the contract
 #: independently of `worker.store.RESULT_FIELDS` (which `test_result_fields_constant_matches_the_contract` checks).
+#: A `rejected` event has these too (see `REJECTED_EVENT_FIELDS`), but answers a request, not a job: its `job_id`
+#: is always empty.
 RESULT_EVENT_FIELDS = frozenset(
     {
         "job_id",
@@ -102,3 +104,8 @@ RESULT_EVENT_FIELDS = frozenset(
         "metadata",
     }
 )
+
+#: A `rejected` event's fields: the result event's, with `job_id` always empty (a rejected request never became a
+#: job), plus `request_id` (the request-stream entry) and `requested_job_id` (the job id the request asked for, when
+#: it could be read safely: a valid id in a request within the size limit; else empty).
+REJECTED_EVENT_FIELDS = RESULT_EVENT_FIELDS | {"request_id", "requested_job_id"}

@@ -12,14 +12,30 @@ that was most of the process's `poll()` calls and a fifth of its lock waits.
 
 Requests go only to `CEKURA_API_URL`: paths come from the job kind's declaration with integer ids, the
 progress id travels percent-encoded in the query, and no request field can set a header. Answers larger than
-`CEKURA_MAX_RESPONSE_BYTES` are refused.
+`CEKURA_MAX_RESPONSE_BYTES` are refused, and so is any answer `json.loads` would choke on or decode into values
+nothing downstream can store (deep nesting, NaN, huge integers, invalid UTF-8): they become `PermanentError`.
+
+A call has a total time limit as well as httpcore's per-operation timeouts: `CEKURA_HTTP_TIMEOUT_S` bounds each
+connect, read and write, so an answer trickling in a byte at a time would outlive the job's lease and the
+reconciler would send the call again while the first is in flight. `_DeadlineBackend` wraps httpcore's
+`SyncBackend` through its public `NetworkBackend` / `NetworkStream` interface and gives every socket operation
+`min(timeout, time left)` of a per-thread deadline that `_call` sets (`Settings.cekura_call_limit_s`, half the
+lease); past it, the operation raises httpcore's own timeout. It costs one `time.monotonic()` per socket operation.
+
+Errors keep secrets out: httpcore's `LocalProtocolError` quotes the request header it refused (the API key among
+them), so an error that is not a network error is reported by its type only; network errors pass through
+`redact()`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import ssl
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -30,6 +46,7 @@ from actors.kinds import JobKind, Params
 from config.settings import Settings
 from worker.backoff import parse_retry_after
 from worker.errors import CekuraError, ConfigError, PermanentError, RateLimited, TransientError
+from worker.redact import redact
 
 #: How much of an error body is quoted in a job's `error` field.
 DEFAULT_ERROR_EXCERPT = 300
@@ -40,7 +57,93 @@ DEFAULT_RETRY_AFTER_S = 5.0
 #: Seconds an idle keep-alive connection is kept before a new one is opened.
 DEFAULT_KEEPALIVE_EXPIRY_S = 30.0
 
+#: Longest integer, in digits, accepted in an answer: ids and counts are far shorter, and converting a long run of
+#: digits costs time quadratic in its length.
+DEFAULT_MAX_INT_DIGITS = 64
+
+#: Bytes handed to the socket per write, each with the time left before the call's deadline.
+DEFAULT_WRITE_CHUNK_BYTES = 16_384
+
 _SUCCESS = frozenset({200, 201, 202})
+
+#: A JSON escape of a UTF-16 surrogate: only an answer holding one can decode to a string UTF-8 cannot encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _Deadline(threading.local):
+    """When the current thread's Cekura call must be over, as a `time.monotonic()` value (none outside a call)."""
+
+    at = math.inf
+
+
+def _within(deadline: _Deadline, timeout: float | None, expired: type[Exception]) -> float:
+    """The timeout for one socket operation: `timeout`, cut to the time left before the deadline.
+
+    Raises `expired` (one of httpcore's timeouts) once the deadline has passed, as the operation itself would.
+    """
+    left = deadline.at - time.monotonic()
+    if left <= 0:
+        raise expired("the call's total time limit has passed")
+    return left if timeout is None or left < timeout else timeout
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every operation ends by the call's deadline, whatever its own timeout."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within(self._deadline, timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # SyncStream gives each send() of a partial write the whole timeout again; written in chunks, each chunk
+        # gets only the time left. (A request under one chunk, the usual case, is one write of the same object.)
+        for start in range(0, len(buffer), DEFAULT_WRITE_CHUNK_BYTES):
+            chunk = buffer[start : start + DEFAULT_WRITE_CHUNK_BYTES]
+            self._stream.write(chunk, _within(self._deadline, timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _within(self._deadline, timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's `SyncBackend`, with streams that keep to the deadline `CekuraClient._call` sets for its thread."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _within(self._deadline, timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _within(self._deadline, timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options), self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +173,9 @@ class CekuraClient:
         #: Path of CEKURA_API_URL, if any, before each operation's path; URLs are built from parts, unparsed.
         self._prefix = urlsplit(settings.cekura_api_url).path.rstrip("/").encode()
         self._ssl_context = ssl.create_default_context(cafile=settings.cekura_ca_bundle)
+        self._call_limit_s = settings.cekura_call_limit_s
+        self._deadline = _Deadline()
+        self._backend = _DeadlineBackend(self._deadline)
         self._local = threading.local()
         self._connections: set[httpcore.HTTPConnection] = set()
         self._connections_lock = threading.Lock()
@@ -87,7 +193,10 @@ class CekuraClient:
         if connection is not None and not (connection.has_expired() or connection.is_closed()):
             return connection
         fresh = httpcore.HTTPConnection(
-            self._origin, ssl_context=self._ssl_context, keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY_S
+            self._origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY_S,
+            network_backend=self._backend,
         )
         with self._connections_lock:
             if connection is not None:
@@ -97,6 +206,17 @@ class CekuraClient:
             connection.close()
         self._local.connection = fresh
         return fresh
+
+    def _discard(self) -> None:
+        """Close this thread's connection after a failed call: whatever state it was left in, the next call opens
+        a new one."""
+        connection: httpcore.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            return
+        self._local.connection = None
+        with self._connections_lock:
+            self._connections.discard(connection)
+        connection.close()
 
     def start(self, kind: JobKind, params: Params) -> Started:
         path, _ = kind.paths(params)
@@ -141,6 +261,7 @@ class CekuraClient:
         else:
             headers = self._get_headers
         request = httpcore.Request(method, url, headers=headers, content=content, extensions=self._extensions)
+        self._deadline.at = time.monotonic() + self._call_limit_s
         try:
             response = self._connection().handle_request(request)
             try:
@@ -148,19 +269,23 @@ class CekuraClient:
             finally:
                 response.close()
         except httpcore.TimeoutException as exc:
+            self._discard()
             raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ConnectionNotAvailable) as exc:
+        except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.ConnectionNotAvailable) as exc:
+            self._discard()
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # e.g. a refused certificate
-            raise TransientError(f"{method} {path}: connection failed ({detail})") from None
+            raise TransientError(f"{method} {path}: connection failed ({redact(detail)})") from None
+        except CekuraError:
+            self._discard()
+            raise
+        except Exception as exc:
+            # LocalProtocolError quotes the header value it refused, and any other surprise may quote the request
+            # too: name the type only. A request that could not be sent will not be sent by trying again.
+            self._discard()
+            raise PermanentError(f"{method} {path}: request could not be sent ({type(exc).__name__})") from None
         status = response.status
         if status in _SUCCESS:
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise PermanentError(f"invalid response from {path}: not JSON", status_code=status) from None
-            if not isinstance(data, dict):
-                raise PermanentError(f"invalid response from {path}: not a JSON object", status_code=status)
-            return data
+            return _decode(body, path, status)
         raise self._error(method, path, status, body, _header(response, b"retry-after"))
 
     def _read(self, response: httpcore.Response, path: str) -> bytes:
@@ -194,6 +319,58 @@ class CekuraClient:
         if status == 403:
             return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status)
         return PermanentError(f"{where}: {excerpt}", status_code=status)
+
+
+def _decode(body: bytes, path: str, status: int) -> dict[str, Any]:
+    """The JSON object in a successful answer; anything else, however pathological, is a `PermanentError`."""
+    try:
+        # RFC 8259: JSON between systems is UTF-8 (json.loads would guess UTF-16 or -32); a BOM is tolerated.
+        data = _DECODER.decode(body.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError:
+        reason = "not UTF-8"
+    except RecursionError:
+        reason = "nested too deeply"
+    except json.JSONDecodeError as exc:
+        reason = f"not JSON ({exc.msg})"
+    except ValueError as exc:  # from the hooks below: a value no consumer of the result could rely on
+        reason = str(exc)[:DEFAULT_ERROR_EXCERPT]
+    else:
+        if not isinstance(data, dict):
+            reason = "not a JSON object"
+        elif b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None and not _encodable(data):
+            reason = "a string holds an unpaired UTF-16 surrogate"
+        else:
+            return data
+    raise PermanentError(f"invalid response from {path}: {reason}", status_code=status)
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits) > DEFAULT_MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} digits")
+    return int(digits)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")  # json.loads accepts NaN and Infinity unless told not to
+
+
+#: One decoder for every answer (json.loads with hooks would build a new one per call).
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
+
+
+def _encodable(data: dict[str, Any]) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

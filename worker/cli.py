@@ -114,9 +114,9 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.health import check
+    from worker.health import check, check_liveness
 
-    ok, reason = check(settings)
+    ok, reason = check_liveness(settings) if args.liveness else check(settings)
     print(reason, flush=True)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -180,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    p = sub.add_parser("healthcheck", help="exit 0 if Redis answers and this host's workers beat; else 1 with a reason")
+    p = sub.add_parser(
+        "healthcheck",
+        help="probe this container: exit 0 if healthy, else 1 with a reason",
+        description="Liveness: this container's worker processes are alive (local files only; passes while Redis "
+        "is down). Readiness (the default): Redis answers and this host's workers beat there.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--liveness", action="store_true", help="only this container's processes; never asks Redis")
+    mode.add_argument("--readiness", action="store_true", help="Redis answers and this host's workers beat (default)")
     p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser("demo", help="run one job of each kind against the simulator and print the results")

@@ -6,7 +6,8 @@
     client.status(job_id)                  # dict, readable while the job runs and for a day after
     event = client.wait(job_id, timeout=60)
 
-It validates exactly as the request stream does and raises `InvalidRequest` with the same messages.
+It validates exactly as the request stream does and raises `InvalidRequest` with the same messages, for any input
+it can't accept, before sending anything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from config.settings import Settings, get_settings
 from worker import requests, submission
 from worker.broker import CekuraBroker
 from worker.connection import connect
+from worker.errors import InvalidRequest
 from worker.redact import redact
 from worker.store import RESULT_FIELDS, JobStore, iso_from_ms
 
@@ -88,17 +90,20 @@ class Client:
 
     def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """Submit several jobs (each a dict of `submit`'s arguments); all are validated before any is sent."""
-        built = [
-            requests.build(
-                item.get("kind"),
-                item.get("params", {}),
-                job_id=item.get("job_id"),
-                metadata=item.get("metadata"),
-                deadline_s=item.get("deadline_s"),
-                settings=self.settings,
+        built = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise InvalidRequest(f"each item must be a mapping of submit's arguments, got {type(item).__name__}")
+            built.append(
+                requests.build(
+                    item.get("kind"),
+                    item.get("params", {}),
+                    job_id=item.get("job_id"),
+                    metadata=item.get("metadata"),
+                    deadline_s=item.get("deadline_s"),
+                    settings=self.settings,
+                )
             )
-            for item in items
-        ]
         return [submission.submit(self.store, self.broker, request).job_id for request in built]
 
     def status(self, job_id: str) -> dict[str, Any] | None:
@@ -114,7 +119,9 @@ class Client:
     def results(self, *, after: str = "0", follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, str]]:
         """Result events after stream id `after` ("0" from the start, "$" only new ones); `follow` keeps waiting.
 
-        For at-least-once processing downstream, read the stream with your own consumer group instead.
+        A `rejected` event answers a request, not a job: its `job_id` is empty, `requested_job_id` is the id the
+        request asked for (when it could be read safely) and `request_id` its stream entry. For at-least-once
+        processing downstream, read the stream with your own consumer group instead.
         """
         stream = self.settings.cekura_results_stream
         last = after

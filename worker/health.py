@@ -1,8 +1,13 @@
-"""`cekura-worker healthcheck`: is Redis answering, and is a worker process on this host beating?
+"""`cekura-worker healthcheck`: probes for a container orchestrator, following Kubernetes' split.
 
-It runs as a container `HEALTHCHECK` every few seconds, so it stays cheap: one connection with short timeouts
-and no retries, two commands, and no Dramatiq or actor imports. The host is the container's hostname, so each
-replica reports only on its own processes.
+- `--liveness`: are this container's worker processes alive and unstuck? It reads only local files (each
+  process's `LocalBeat` touches one while its Dramatiq, intake and reconciler threads run), never Redis, so a
+  Redis outage, which the workers ride out by themselves, never gets them restarted.
+- `--readiness` (the default): does Redis answer, and has a worker process on this host beaten there recently?
+
+Both run every few seconds, so they stay cheap: no Dramatiq or actor imports; readiness makes one connection with
+short timeouts and no retries, and two commands. The host is the container's hostname, so each replica reports
+only on its own processes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from worker.connection import connect
-from worker.heartbeat import live_workers, server_ms, workers_key
+from worker.heartbeat import live_local_processes, live_workers, server_ms, workers_key
 
 #: Connect and read timeout of the healthcheck's Redis connection, in seconds.
 DEFAULT_TIMEOUT_S = 2.0
@@ -48,6 +53,19 @@ def _last_beat_ago(client: redis.Redis, settings: Settings, host: str) -> float 
         if name.rsplit(":", 1)[0] == host and (latest is None or score > latest):
             latest = score
     return None if latest is None else max(0.0, (server_ms(client) - latest) / 1000)
+
+
+def check_liveness(settings: Settings) -> tuple[bool, str]:
+    """(True, summary) when a worker process of this container beat locally within three heartbeat intervals."""
+    window = 3 * settings.cekura_heartbeat_interval_s
+    processes = live_local_processes(settings)
+    fresh = [pid for pid, age in processes if age <= window]
+    if fresh:
+        return True, f"ok: {len(fresh)} live worker process(es) here (pids {', '.join(map(str, sorted(fresh)))})"
+    if processes:
+        pid, age = processes[0]
+        return False, f"worker processes here are stuck: the freshest beat (pid {pid}) is {age:.0f} s old"
+    return False, f"no worker process here has beaten (nothing alive in {settings.cekura_health_dir})"
 
 
 def check(settings: Settings) -> tuple[bool, str]:

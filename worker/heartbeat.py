@@ -1,9 +1,13 @@
 """Worker heartbeats: each worker process records `<host>:<pid>` in a sorted set while its Dramatiq threads
-are alive, which is what `cekura-worker healthcheck` and `cekura-worker status` read.
+(and its intake and reconciler threads) are alive, which is what `healthcheck --readiness` and `status` read.
 
 Beats are scored with the Redis server's clock and read against it, so hosts whose clocks disagree still see
-each other as alive. Beats older than `DEFAULT_HEARTBEAT_KEEP_S` are trimmed as new ones are written, so the
-set holds only processes that ran recently, however many have come and gone.
+each other as alive. Beats older than `DEFAULT_HEARTBEAT_KEEP_S` are trimmed as new ones are written, so the set
+holds only processes that ran recently, however many have come and gone.
+
+`LocalBeat` touches a file of this process's in `CEKURA_HEALTH_DIR` on the same condition, in a thread of its own
+so that a Redis outage (whose commands may block for seconds while they retry) never delays it: that file is what
+`healthcheck --liveness` reads, so a live worker never looks dead because Redis is away.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 import structlog
@@ -29,6 +35,21 @@ def server_ms(client: redis.Redis) -> int:
     """The Redis server's clock in epoch ms."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def local_beat_path(settings: Settings, pid: int | None = None) -> Path:
+    """This process's liveness file: `<CEKURA_HEALTH_DIR>/<pid>.alive`."""
+    return Path(settings.cekura_health_dir) / f"{pid or os.getpid()}.alive"
+
+
+def touch_local(settings: Settings) -> None:
+    """Record on local disk that this process's worker threads are alive now."""
+    path = local_beat_path(settings)
+    try:
+        path.touch()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
 
 
 def workers_key(settings: Settings) -> str:
@@ -74,6 +95,49 @@ class Heartbeat(threading.Thread):
                 break
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(self.key, self.member)
+
+
+class LocalBeat(threading.Thread):
+    """Touches this process's liveness file every `CEKURA_HEARTBEAT_INTERVAL_S` while `alive()`; removes it on stop."""
+
+    def __init__(self, settings: Settings, alive: Callable[[], bool]) -> None:
+        super().__init__(name="cekura-local-beat", daemon=True)
+        self.settings = settings
+        self.alive = alive
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while True:
+            try:
+                if self.alive():
+                    touch_local(self.settings)
+            except OSError as exc:
+                log.warning("local_heartbeat_failed", error=str(exc))
+            if self._stopping.wait(self.settings.cekura_heartbeat_interval_s):
+                break
+        with contextlib.suppress(OSError):
+            local_beat_path(self.settings).unlink()
+
+
+def live_local_processes(settings: Settings) -> list[tuple[int, float]]:
+    """(pid, seconds since its last beat) of this host's worker processes that are running, freshest first."""
+    out: list[tuple[int, float]] = []
+    now = time.time()
+    try:
+        entries = list(Path(settings.cekura_health_dir).glob("*.alive"))
+    except OSError:
+        return out
+    for path in entries:
+        try:
+            pid, age = int(path.stem), now - path.stat().st_mtime
+            os.kill(pid, 0)
+        except (ValueError, OSError):
+            continue  # not ours, or its process is gone
+        out.append((pid, max(0.0, age)))
+    return sorted(out, key=lambda item: item[1])
 
 
 def live_workers(client: redis.Redis, settings: Settings, *, host: str | None = None) -> list[str]:

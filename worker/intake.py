@@ -4,6 +4,15 @@ reads it through one consumer group, so each entry is handled once across the fl
 An entry is acknowledged (and deleted, so the stream doesn't grow) only after its job is recorded or its
 `rejected` event published. Entries left pending by a consumer that died are claimed with XAUTOCLAIM after
 `DEFAULT_CLAIM_IDLE_MS` and handled by a live one.
+
+Redis errors split two ways. One that says something about the server (a lost connection, a timeout, a failover,
+a full or busy server) stops the batch: nothing is acknowledged and the loop backs off and reads again. One that
+says something about the entry (an error reply such as WRONGTYPE or a script error, which comes back the same
+every time) leaves only that entry pending and the batch goes on; once the entry has been delivered
+`DEFAULT_MAX_ENTRY_TRIES` times it is rejected, so one poison entry can't hold up the entries behind it.
+
+Nothing here parses a request over `CEKURA_REQUEST_MAX_BYTES`, not even to name it in a rejection: a 30 MB entry
+parsed as JSON takes most of a gigabyte.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any
 
 import redis
 import structlog
+from redis.exceptions import ClusterDownError, NoPermissionError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from worker import metrics, requests, submission
 from worker.app import Runtime
@@ -37,10 +47,37 @@ DEFAULT_BATCH = 100
 #: A consumer with nothing pending and idle this long (a worker process that is gone) leaves the group.
 DEFAULT_FORGET_IDLE_MS = 3_600_000
 
+#: Deliveries of an entry whose handling fails with a Redis error reply each time, after which it is rejected.
+DEFAULT_MAX_ENTRY_TRIES = 3
+
+#: The longest wait between attempts after the loop failed, in seconds.
+DEFAULT_MAX_BACKOFF_S = 30.0
+
+#: How much of a Redis error's text a rejection quotes.
+DEFAULT_ERROR_QUOTE_CHARS = 300
+
+#: Error replies about the server, not the entry (they pass): the batch is retried like after a lost connection.
+_PASSING_REPLIES = frozenset({"BUSY", "LOADING", "MASTERDOWN", "NOGROUP", "NOREPLICAS", "TRYAGAIN"})
+
 
 def consumer_name() -> str:
     """This process's consumer name in the group: host and pid, unique in the fleet."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def about_the_server(exc: redis.RedisError) -> bool:
+    """Whether a Redis error may pass on its own (connection, timeout, failover, memory, permissions, a busy or
+    loading server, a vanished group) rather than come back every time this entry is handled."""
+    passing = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        ReadOnlyError,
+        OutOfMemoryError,
+        TryAgainError,
+        ClusterDownError,
+        NoPermissionError,
+    )
+    return isinstance(exc, passing) or str(exc).split(" ", 1)[0] in _PASSING_REPLIES
 
 
 class Intake(threading.Thread):
@@ -79,8 +116,13 @@ class Intake(threading.Thread):
                     group_ready = False
                     continue
                 failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                delay = _backoff(failures)
                 log.warning("intake_redis_error", error=str(exc), retry_in_s=delay)
+                self._stopping.wait(delay)
+            except Exception:  # a bug (or MemoryError) must not end the thread unseen: log it and go on
+                failures += 1
+                delay = _backoff(failures)
+                log.exception("intake_loop_failed", retry_in_s=delay)
                 self._stopping.wait(delay)
 
     def ensure_group(self) -> None:
@@ -104,7 +146,8 @@ class Intake(threading.Thread):
         return handled
 
     def claim_abandoned(self) -> int:
-        """Take over entries another consumer left pending too long, and handle them."""
+        """Take over entries left pending too long (by a consumer that died, or by a Redis error reply), and handle
+        them."""
         handled = 0
         cursor = "0-0"
         while True:
@@ -133,9 +176,25 @@ class Intake(threading.Thread):
                 removed += 1
         return removed
 
-    def handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+    def handle(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
+        """Record, cancel or reject one entry and acknowledge it; False when it stays pending after a Redis error
+        reply, to be tried again when claimed. Raises the Redis errors that are about the server."""
         entry = as_text(entry_id)
         raw = fields.get(b"request", fields.get("request"))
+        try:
+            self._dispatch(entry, raw)
+        except redis.RedisError as exc:
+            if about_the_server(exc):
+                raise  # not acknowledged: retried by this consumer or, if it dies, claimed by another
+            if not self._give_up(entry_id, raw, exc):
+                return False
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+        return True
+
+    def _dispatch(self, entry: str, raw: Any) -> None:
         try:
             # A request without a job_id gets one derived from its entry, so a redelivered entry is the same job.
             request = requests.parse(raw, self.rt.settings, default_job_id=f"req-{entry}")
@@ -143,24 +202,44 @@ class Intake(threading.Thread):
                 outcome = submission.cancel(self.rt.store, self.rt.broker, request.job_id)
                 log.info("cancel_request_handled", entry_id=entry, job_id=request.job_id, result=outcome.result)
             else:
+                # Once the job is recorded this raises only Redis errors: a failed start message is left to the
+                # reconciler, so the entry is never rejected for a job that exists.
                 submission.submit(self.rt.store, self.rt.broker, request)
         except InvalidRequest as exc:
             self.reject(entry, raw, str(exc))
         except redis.RedisError:
-            raise  # not acknowledged: retried by this consumer or, if it dies, claimed by another
+            raise
         except Exception as exc:  # a bug must not wedge the stream: reject the entry, keep the trace
             log.exception("intake_entry_failed", entry_id=entry)
             self.reject(entry, raw, f"internal error while handling the request ({type(exc).__name__})")
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
+
+    def _give_up(self, entry_id: Any, raw: Any, exc: redis.RedisError) -> bool:
+        """After a Redis error reply about this entry: True once it has been tried enough and is rejected."""
+        entry = as_text(entry_id)
+        pending = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        tries = int(pending[0]["times_delivered"]) if pending else 0
+        error = str(exc)[:DEFAULT_ERROR_QUOTE_CHARS]
+        if tries < DEFAULT_MAX_ENTRY_TRIES:
+            log.warning(
+                "intake_entry_redis_error", entry_id=entry, error=error, tries=tries, max_tries=DEFAULT_MAX_ENTRY_TRIES
+            )
+            return False
+        try:
+            self.reject(entry, raw, f"request could not be recorded after {tries} tries: {error}")
+        except redis.RedisError as again:
+            if about_the_server(again):
+                raise
+            log.error("intake_entry_stuck", entry_id=entry, error=str(again)[:DEFAULT_ERROR_QUOTE_CHARS], tries=tries)
+            return False
+        return True
 
     def reject(self, entry_id: str, raw: Any, reason: str) -> None:
-        job_id, kind = _identify(raw)
+        """Publish the entry's `rejected` event (once per entry). Its `job_id` is empty, since no job was made;
+        `requested_job_id` is the id the request asked for, when it can be read safely."""
+        requested_job_id, kind = _identify(raw, self.rt.settings.cekura_request_max_bytes)
         now = iso_now()
         fields = {
-            "job_id": job_id,
+            "job_id": "",
             "kind": kind,
             "status": "rejected",
             "cekura_status": "",
@@ -172,14 +251,26 @@ class Intake(threading.Thread):
             "finished_at": now,
             "metadata": "{}",
             "request_id": entry_id,
+            "requested_job_id": requested_job_id,
         }
         if self.rt.store.reject(entry_id, fields):
             metrics.JOBS_REJECTED.inc()
-            log.warning("request_rejected", entry_id=entry_id, job_id=job_id or None, reason=reason)
+            log.warning("request_rejected", entry_id=entry_id, requested_job_id=requested_job_id or None, reason=reason)
 
 
-def _identify(raw: Any) -> tuple[str, str]:
-    """The job id and kind of a rejected request, when they can be read safely."""
+def _backoff(failures: int) -> float:
+    return min(DEFAULT_MAX_BACKOFF_S, 0.5 * 2.0 ** min(failures, 6))
+
+
+def _identify(raw: Any, max_bytes: int) -> tuple[str, str]:
+    """The job id and kind a rejected request asked for, when they can be read safely: never from a request over
+    the size limit, which is not parsed at all."""
+    if isinstance(raw, str):
+        if len(raw) > max_bytes:  # at least one byte a character: over the limit without encoding it
+            return "", ""
+        raw = raw.encode("utf-8", "surrogatepass")
+    if not isinstance(raw, bytes) or len(raw) > max_bytes:
+        return "", ""
     try:
         value = json.loads(raw)
     except (TypeError, ValueError, RecursionError):

@@ -19,17 +19,18 @@ import structlog
 
 from config.settings import get_settings
 from worker.app import setup
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import Heartbeat, LocalBeat
 from worker.intake import Intake
 from worker.reconciler import Reconciler
 
 log = structlog.get_logger(__name__)
 
 
-def threads_alive(worker: dramatiq.Worker) -> bool:
-    """True while every worker thread and consumer thread of `worker` is running."""
+def threads_alive(worker: dramatiq.Worker, *services: threading.Thread) -> bool:
+    """True while every worker thread and consumer thread of `worker`, and every one of `services` (the intake
+    and the reconciler), is running: the heartbeat asks this, so the healthcheck fails when one has died."""
     threads = [*worker.workers, *worker.consumers.values()]
-    return bool(threads) and all(thread.is_alive() for thread in threads)
+    return bool(threads) and all(thread.is_alive() for thread in [*threads, *services])
 
 
 def _stop_when_gone(parent: BaseProcess, stopping: threading.Event) -> None:
@@ -58,10 +59,16 @@ def main(threads: int) -> None:
 
     worker = dramatiq.Worker(rt.broker, worker_threads=threads, worker_timeout=settings.cekura_idle_wake_ms)
     worker.start()
-    services: list[Intake | Reconciler | Heartbeat] = [
-        Intake(rt),
-        Reconciler(rt),
-        Heartbeat(rt.redis, settings, lambda: threads_alive(worker)),
+    intake, reconciler = Intake(rt), Reconciler(rt)
+
+    def alive() -> bool:  # what every beat of this process stands for
+        return threads_alive(worker, intake, reconciler)
+
+    services: list[Intake | Reconciler | Heartbeat | LocalBeat] = [
+        intake,
+        reconciler,
+        Heartbeat(rt.redis, settings, alive),
+        LocalBeat(settings, alive),
     ]
     for service in services:
         service.start()

@@ -3,6 +3,10 @@
 A request is JSON: `{"kind", "params", "job_id"?, "deadline_s"?, "metadata"?}` to submit, or
 `{"action": "cancel", "job_id"}` to cancel. Anything else raises `InvalidRequest` with a message that says
 what is wrong and quotes no secret (validation errors name fields, never values).
+
+Every check that walks a request's values is iterative and bounded (`DEFAULT_MAX_DEPTH` levels of nesting, no more
+values than the size limit allows), so no input can exhaust the stack or reach the depth at which pydantic's
+serializer gives up (255) after the request was accepted; and nothing over `CEKURA_REQUEST_MAX_BYTES` is parsed.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,10 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: The smallest deadline a request may ask for, in seconds.
 DEFAULT_MIN_DEADLINE_S = 1.0
 
+#: How deeply objects and arrays may nest in a request's values: ample for any Cekura payload, far below the
+#: 255 levels at which pydantic's serializer refuses to store params.
+DEFAULT_MAX_DEPTH = 64
+
 _SUBMIT_KEYS = frozenset({"kind", "params", "job_id", "deadline_s", "metadata"})
 _CANCEL_KEYS = frozenset({"action", "job_id"})
 
@@ -38,6 +46,8 @@ class JobRequest:
     params: Params
     job_id: str
     deadline_s: float
+    #: The params as recorded: JSON-ready, secrets left out (serialized once here, where a failure is a rejection).
+    public_params: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,9 +85,10 @@ def parse(
         raise InvalidRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"request must be a JSON object, got {_json_type(value)}")
+    roots: list[tuple[Any, str]] = []
     for key, item in value.items():  # located like build() locates them: "params.x", not "request.params.x"
-        _check_text(key, "request")
-        _check_text(item, key if key.isprintable() else "request")
+        roots += [(key, "request"), (item, key if key.isprintable() else "request")]
+    _check_values(roots, settings)
     if "action" in value:
         return _parse_action(value)
     unknown = sorted(set(value) - _SUBMIT_KEYS)
@@ -110,7 +121,7 @@ def build(
     job_kind = KINDS[kind]
     if not isinstance(params, Mapping):
         raise InvalidRequest(f"params must be a JSON object, got {_json_type(params)}")
-    _check_text(params, "params")
+    _check_values([(params, "params")], settings)
     try:
         model = job_kind.validate(params)
     except ValidationError as exc:
@@ -124,10 +135,14 @@ def build(
     elif not isinstance(metadata, Mapping):
         raise InvalidRequest(f"metadata must be a JSON object, got {_json_type(metadata)}")
     else:
-        _check_text(metadata, "metadata")
+        _check_values([(metadata, "metadata")], settings)
     deadline = _deadline(deadline_s, settings)
     _check_size_and_numbers(kind, params, job_id, deadline_s, metadata, settings)
-    return JobRequest(job_kind, model, job_id, deadline, dict(metadata))
+    try:
+        public = job_kind.public_params(model)
+    except (TypeError, ValueError) as exc:  # pydantic-core's serializer: the checks above should leave it nothing
+        raise InvalidRequest(f"invalid params for {kind}: {exc}") from None
+    return JobRequest(job_kind, model, job_id, deadline, public, dict(metadata))
 
 
 def check_job_id(job_id: Any) -> str:
@@ -178,22 +193,55 @@ def _check_size_and_numbers(
         raise InvalidRequest(f"request is {len(data)} bytes, over the {settings.cekura_request_max_bytes}-byte limit")
 
 
-def _check_text(value: Any, where: str) -> None:
-    """Refuse NUL characters and lone surrogates anywhere in keys or string values."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidRequest(f"{where} contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequest(f"{where} contains a lone surrogate (invalid Unicode)") from None
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_text(key, where)
-            _check_text(item, f"{where}.{key}" if isinstance(key, str) and key.isprintable() else where)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_text(item, where)
+#: A value's location as a chain of (parent, name) links, turned into "params.a.b" only for an error message:
+#: built eagerly, the names of a wide object under a long key would be copied once per child.
+_Where = tuple[Any, str]
+
+
+def _check_values(roots: Iterable[tuple[Any, str]], settings: Settings) -> None:
+    """Refuse NUL characters and lone surrogates in keys and strings, and objects and arrays nested more than
+    `DEFAULT_MAX_DEPTH` deep; each root is a value and the name of where it sits.
+
+    It walks with a list, not recursion, and stops after as many values as the size limit has bytes (each
+    takes at least one), so neither a deep request nor a circular or shared structure from Python runs away.
+    """
+    limit = settings.cekura_request_max_bytes
+    stack: list[tuple[Any, _Where, int]] = [(value, (None, where), 1) for value, where in reversed(list(roots))]
+    seen = len(stack)
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidRequest(f"{_name(where)} contains a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{_name(where)} contains a lone surrogate (invalid Unicode)") from None
+            continue
+        if not isinstance(value, Mapping | list | tuple):
+            continue
+        if depth > DEFAULT_MAX_DEPTH:
+            raise InvalidRequest(f"{_name(where)} is nested too deeply (more than {DEFAULT_MAX_DEPTH} levels)")
+        seen += 2 * len(value) if isinstance(value, Mapping) else len(value)
+        if seen > limit:
+            raise InvalidRequest(f"request holds more than {limit} values, over the {limit}-byte limit")
+        children: list[tuple[Any, _Where, int]] = []
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                child = (where, key) if isinstance(key, str) and key.isprintable() else where
+                children += [(key, where, depth), (item, child, depth + 1)]
+        else:
+            children = [(item, where, depth + 1) for item in value]
+        stack.extend(reversed(children))
+
+
+def _name(where: _Where) -> str:
+    names = []
+    link: _Where | None = where
+    while link is not None:
+        link, name = link
+        names.append(name)
+    return ".".join(reversed(names))
 
 
 def _describe(exc: ValidationError) -> str:

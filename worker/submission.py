@@ -1,19 +1,27 @@
 """Submitting and cancelling jobs: the shared path behind the Python client, the CLI and the request stream.
 
 It needs only the job store and a broker to enqueue on, not the actors, so producers never import them.
+
+Once a job is recorded, a submission fails only when Redis can't be reached (`redis.ConnectionError` or
+`TimeoutError`), which the caller retries: the job is found and its start sent again. Any other failure to send the
+start is logged and swallowed, because the job exists and will run: the reconciler sends the start of a job still
+queued after `CEKURA_RECONCILE_GRACE_S`. A caller that turned such an error into a rejection would publish a
+`rejected` event for a job that goes on to finish.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import dramatiq
+import redis
 import structlog
 
 from actors import names
 from worker import metrics
 from worker.requests import JobRequest, check_job_id
-from worker.store import JobStore
+from worker.store import JobStore, RemoteCancel
 
 log = structlog.get_logger(__name__)
 
@@ -49,31 +57,52 @@ def _send(broker: dramatiq.Broker, queue: str, actor_name: str, *args: object) -
 
 
 def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Submitted:
-    """Record the job (once per job id) and send its start message."""
+    """Record the job (once per job id) and send its start message; after recording, raises only Redis
+    connection errors (see the module docstring)."""
     secrets = request.kind.secrets(request.params)
     created, state = store.submit(
         request.job_id,
         request.kind.name,
-        request.kind.public_params(request.params),
+        request.public_params,
         request.metadata,
         request.deadline_s,
         secrets,
     )
-    if state == "queued":
-        # Also for an existing queued job: its first start message may have been lost; duplicates are harmless.
-        _send(broker, store.settings.cekura_queue, names.START, request.job_id)
     if created:
         metrics.JOBS_SUBMITTED.labels(request.kind.name).inc()
         log.info("job_submitted", job_id=request.job_id, kind=request.kind.name, deadline_s=request.deadline_s)
     else:
         log.info("job_already_submitted", job_id=request.job_id, kind=request.kind.name, state=state)
+    if state == "queued":
+        # Also for an existing queued job: its first start message may have been lost; duplicates are harmless.
+        try:
+            _send(broker, store.settings.cekura_queue, names.START, request.job_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:
+            log.exception(
+                "start_enqueue_failed",
+                job_id=request.job_id,
+                kind=request.kind.name,
+                hint="the reconciler sends the start once the job is overdue",
+            )
     return Submitted(request.job_id, created, state)
 
 
 def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
-    """End a job `cancelled` now; a running scenario-agent job is also cancelled at Cekura."""
+    """End a job `cancelled` now; a running job of a kind that can be stopped at Cekura (scenario agent) also gets
+    its `cancel_remote` message, written by the same script that records the cancel, so neither is lost alone."""
+    from actors.kinds import KINDS
+
     check_job_id(job_id)
-    done = store.finish(job_id, "any", 0, {"status": "cancelled", "error": "cancelled by request"})
+    remote = RemoteCancel(
+        kinds=frozenset(name for name, kind in KINDS.items() if kind.cancel_path),
+        queue_name=store.settings.cekura_queue,
+        namespace=store.settings.key("dramatiq"),
+        actor_name=names.CANCEL_REMOTE,
+    )
+    fields = {"status": "cancelled", "error": "cancelled by request"}
+    done = store.finish(job_id, "any", 0, fields, remote_cancel=remote, message_id=str(uuid.uuid4()))
     if done.verdict == "gone":
         return Cancelled(job_id, "unknown")
     if done.verdict == "done":
@@ -81,9 +110,8 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
     metrics.JOBS_FINISHED.labels(done.kind, "cancelled").inc()
     log.info("job_cancelled", job_id=job_id, kind=done.kind, prior_state=done.prior_state)
     # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns.
-    if done.prior_state == "polling" and done.session_id:
-        from actors.kinds import KINDS
-
-        if KINDS[done.kind].cancel_path:
-            _send(broker, store.settings.cekura_queue, names.CANCEL_REMOTE, job_id, done.kind, int(done.session_id))
+    if done.remote_cancel:
+        wakeup = getattr(broker, "wakeup", None)  # this process's consumer, if it has one, takes it at once
+        if wakeup is not None:
+            wakeup.set()
     return Cancelled(job_id, "cancelled", "cancelled")

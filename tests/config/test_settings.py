@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from config.settings import Settings, get_settings, load_settings, redact_url
 from worker.cli import EXIT_USAGE, main
@@ -175,3 +176,69 @@ def test_keys_live_under_the_prefix() -> None:
 def test_the_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
     assert Settings(redis_url=url).redis_url_redacted == shown  # type: ignore[arg-type]
+
+
+def test_the_api_key_loses_the_newline_a_secret_file_leaves_on_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEKURA_API_KEY", "  sk-from-a-file-123\n")
+    s = load_settings()
+    assert s.cekura_api_key is not None
+    assert s.cekura_api_key.get_secret_value() == "sk-from-a-file-123"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sk-inner\nnewline-1", "sk-\x00nul-byte-22", "sk-escape\x1b[0m-3", "sk-del\x7f-4444", "sk-caf\u00e9-5", "\n \t"],
+)
+def test_an_api_key_with_control_or_non_ascii_characters_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cekura_api_key=key)
+    message = str(caught.value)
+    assert "CEKURA_API_KEY:" in message
+    for part in ("sk-", "inner", "nul-byte", "escape", "del", "caf"):
+        assert part not in message
+
+
+def test_an_api_key_refused_in_the_environment_is_not_shown_by_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CEKURA_API_KEY", "sk-tab\tinside-9876")
+    assert main(["run", "--processes", "1"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "CEKURA_API_KEY" in err
+    assert "9876" not in err
+
+
+def test_a_settings_validation_error_never_quotes_its_input() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(cekura_api_key="sk-bell\x07-4321")  # type: ignore[arg-type]
+    assert "4321" not in str(caught.value)
+    assert "4321" not in repr(caught.value)
+
+
+def test_the_redis_url_loses_surrounding_whitespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:pw-from-file@redis.internal:6379/0\n")
+    assert load_settings().redis_url.get_secret_value() == "redis://:pw-from-file@redis.internal:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw\nsecret-77@redis.internal/0",
+        "redis://:pw\tsecret-77@redis.internal/0",
+        "redis://:pw%0Asecret-77@r/0",
+    ],
+)
+def test_a_redis_url_with_a_control_character_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis_url=url)
+    message = str(caught.value)
+    assert "REDIS_URL:" in message
+    assert "secret-77" not in message
+    assert "pw" not in message
+
+
+@pytest.mark.parametrize(("lease_s", "limit_s"), [(30.0, 15.0), (5.0, 2.5), (2.0, 1.0)])
+def test_a_cekura_calls_total_time_limit_is_half_the_lease(lease_s: float, limit_s: float) -> None:
+    s = load_settings(cekura_lease_s=lease_s, cekura_http_timeout_s=1.0)
+    assert s.cekura_call_limit_s == limit_s
+    assert s.cekura_call_limit_s >= s.cekura_http_timeout_s  # one socket operation always fits in a call

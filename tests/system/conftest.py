@@ -285,6 +285,14 @@ class WorkerRun:
                     pids.append(child.pid)
         return sorted(pids)
 
+    def peak_rss_bytes(self) -> int:
+        """The highest resident set size any live worker process has reached so far (Linux's VmHWM)."""
+        peaks = [0]
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+                peaks += [int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")]
+        return max(peaks)
+
     def lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 
@@ -334,6 +342,12 @@ def result_events(client: redis.Redis, stream: str = "cekura:results") -> list[d
     return events
 
 
+def answered_id(event: dict[str, str]) -> str:
+    """The job id an event answers for: its `job_id`, or for a `rejected` event (whose `job_id` is always empty: the
+    request never became a job) the `requested_job_id` its request asked for."""
+    return event["job_id"] or event.get("requested_job_id", "")
+
+
 def events_per_job(client: redis.Redis, stream: str = "cekura:results") -> Counter[str]:
     return Counter(event["job_id"] for event in result_events(client, stream))
 
@@ -341,14 +355,15 @@ def events_per_job(client: redis.Redis, stream: str = "cekura:results") -> Count
 def wait_all_finished(
     client: redis.Redis, job_ids: set[str], *, timeout: float, worker: WorkerRun | None = None
 ) -> dict[str, dict[str, str]]:
-    """Wait until every job in `job_ids` has a result event; returns the last event per job id."""
+    """Wait until every job in `job_ids` has a result event (a rejected request counts for the job id it asked for);
+    returns the last event per job id."""
     deadline = time.monotonic() + timeout
     while True:
         events = result_events(client)
-        seen = {e["job_id"] for e in events}
+        seen = {answered_id(e) for e in events}
         missing = job_ids - seen
         if not missing:
-            return {e["job_id"]: e for e in events if e["job_id"] in job_ids}
+            return {answered_id(e): e for e in events if answered_id(e) in job_ids}
         if time.monotonic() > deadline:
             tail = worker.tail() if worker is not None else ""
             pytest.fail(
@@ -428,7 +443,7 @@ def assert_nothing_left_behind(raw: redis.Redis, job_ids: set[str]) -> int:
     assert raw.zcard("cekura:schedule") == 0, raw.zrange("cekura:schedule", 0, 10)
     states = Counter(raw.hget(f"cekura:job:{job_id}", "state") for job_id in job_ids)
     assert states == {b"finished": len(job_ids)}, states
-    assert not list(raw.scan_iter("cekura:job:*:secret"))
+    assert not list(raw.scan_iter("cekura:secret:*"))
     queue = "cekura:dramatiq:cekura"
     stored = set(raw.hkeys(f"{queue}.msgs"))
     referenced = set(raw.lrange(queue, 0, -1)) | set(raw.zrange(f"{queue}.ZQ", 0, -1))

@@ -133,7 +133,7 @@ def test_provider_key_leaves_redis_once_the_start_call_succeeds(system: System) 
     params = {"agent_id": 777, "enabled": True, "api_key": provider_key}
     client.submit("agent.toggle_mock_tools", params, job_id="polling", deadline_s=60)
     with server.client() as raw:
-        assert raw.exists("cekura:job:polling:secret") == 1, "the key is kept apart until the start call needs it"
+        assert raw.exists("cekura:secret:polling") == 1, "the key is kept apart until the start call needs it"
         assert provider_key not in str(raw.hgetall("cekura:job:polling"))
 
     system.worker(system.worker_env(server, sim), processes=1, threads=2)
@@ -141,7 +141,7 @@ def test_provider_key_leaves_redis_once_the_start_call_succeeds(system: System) 
         lambda: (client.status("polling") or {}).get("state") == "polling", timeout=30, what="the start call"
     )
     with server.client() as raw:
-        assert raw.exists("cekura:job:polling:secret") == 0
+        assert raw.exists("cekura:secret:polling") == 0
         assert provider_key not in _dump_redis(raw)
     assert sim.stats()["started_by_kind"]["toggle_mock_tools"] == 1
 

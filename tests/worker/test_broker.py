@@ -321,7 +321,7 @@ def test_acks_survive_a_fetch_that_fails_with_a_script_error(rt: Runtime) -> Non
     original = rt.broker._fetch_script
     rt.broker._fetch_script = type(original)(rt.redis, bad)  # type: ignore[method-assign]
     try:
-        with pytest.raises(Exception):  # noqa: B017, PT011 - redis.ResponseError, whatever its subclass
+        with pytest.raises(Exception):  # noqa: B017 - redis.ResponseError, whatever its subclass
             next(consumer)
         assert consumer._acks == ["some-message"]  # kept for the next fetch, not dropped
     finally:

@@ -53,7 +53,8 @@ def test_a_redelivered_bad_entry_publishes_its_rejection_once(rt: Runtime, clien
     events = _events(client)
     assert len(events) == 1
     assert events[0]["status"] == "rejected"
-    assert events[0]["job_id"] == "bad-twice"
+    assert events[0]["job_id"] == ""
+    assert events[0]["requested_job_id"] == "bad-twice"
     assert events[0]["error"].endswith(f"(request entry {entry_id})")
     assert rt.store.get("bad-twice") is None
 
@@ -82,6 +83,26 @@ def test_the_same_bad_request_in_two_entries_is_rejected_twice(rt: Runtime, clie
     ids = [_xadd(rt, request), _xadd(rt, request)]
     assert _intake(rt).read_once() == 2
     assert sorted(e["request_id"] for e in _events(client)) == sorted(ids)
+
+
+def test_rejected_requests_naming_a_live_job_add_no_event_under_its_id(
+    rt: Runtime, worker: dramatiq.Worker, client: Client
+) -> None:
+    # A rejected request never became a job: its event says which job it asked for, but is not that job's event.
+    client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="order-77")
+    bad_ids = [
+        _xadd(rt, {"kind": "agent.auto_fetch", "params": {"agent_id": "five"}, "job_id": "order-77"}),
+        _xadd(rt, {"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "job_id": "order-77", "priority": 1}),
+    ]
+    assert _intake(rt).read_once() == 2
+    assert client.wait("order-77", timeout=15)["status"] == "completed"
+    events = _events(client)
+    assert [(e["status"], e["job_id"]) for e in events if e["job_id"] == "order-77"] == [("completed", "order-77")]
+    rejected = [e for e in events if e["status"] == "rejected"]
+    assert [(e["job_id"], e["requested_job_id"], e["request_id"]) for e in rejected] == [
+        ("", "order-77", entry_id) for entry_id in bad_ids
+    ]
+    assert len(events) == 3
 
 
 # -- duplicates -----------------------------------------------------------------------------------------------------
@@ -164,7 +185,7 @@ def test_entries_left_pending_by_a_dead_consumer_are_completed_by_another(
         assert client.wait(job_id, timeout=15)["status"] == "completed"
     events = _events(client)
     assert sorted(e["job_id"] for e in events if e["status"] == "completed") == job_ids
-    assert [e["job_id"] for e in events if e["status"] == "rejected"] == ["orphan-bad"]
+    assert [e["requested_job_id"] for e in events if e["status"] == "rejected"] == ["orphan-bad"]
     assert b.claim_abandoned() == 0
     assert _start_calls(sim) == 3
 

@@ -18,6 +18,7 @@ import dramatiq
 import pytest
 
 from config.settings import Settings, get_settings
+from tests.support import REJECTED_EVENT_FIELDS
 from worker.app import Runtime
 from worker.cli import EXIT_USAGE, main
 from worker.client import Client
@@ -36,7 +37,7 @@ class Bad:
 
     fields: dict[str, bytes]
     problem: str
-    job_id: str = ""  # echoed in the rejected event when the entry carries a usable one
+    job_id: str = ""  # the event's `requested_job_id` when the entry carries a usable one (its `job_id` is empty)
     kind: str = ""
 
 
@@ -50,6 +51,19 @@ def _raw(data: bytes) -> dict[str, bytes]:
 
 def _p(text: str) -> str:
     return re.escape(text)
+
+
+#: Deeper than any request may nest (`DEFAULT_MAX_DEPTH`), and than pydantic's serializer goes (255 levels).
+DEEP = 900
+TOO_DEEP = "params.updated_scenarios.steps is nested too deeply (more than 64 levels)"
+
+
+def _nested(depth: int) -> list[Any]:
+    """`depth` lists, one inside the other (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 LATIN1 = b'{"kind":"scenario.agent","params":{"user_message":"caf\xe9"}}'
@@ -231,7 +245,7 @@ BAD: dict[str, Bad] = {
         _json({"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "metadata": {"blob": "x" * 70_000}}),
         r"request is 700\d\d bytes, over the 65536-byte limit",
         "",
-        "agent.auto_fetch",
+        "",  # not even the kind: a request over the limit is never parsed
     ),
     "lone_surrogate_in_param": Bad(
         _raw(b'{"kind":"scenario.agent","params":{"user_message":"hi \\ud800"}}'),
@@ -254,6 +268,14 @@ BAD: dict[str, Bad] = {
     "nul_in_metadata": Bad(
         _raw(b'{"kind":"scenario.agent","params":{},"metadata":{"note":"\\u0000"}}'),
         _p("metadata.note contains a NUL character"),
+        "",
+        "scenario.agent",
+    ),
+    "nested_too_deeply": Bad(
+        _raw(
+            b'{"kind":"scenario.agent","params":{"updated_scenarios":[{"steps":' + b"[" * DEEP + b"]" * DEEP + b"}]}}"
+        ),
+        _p(TOO_DEEP),
         "",
         "scenario.agent",
     ),
@@ -313,7 +335,9 @@ def test_a_bad_stream_entry_makes_one_rejected_event_naming_problem_and_entry(rt
     assert event["status"] == "rejected"
     assert re.fullmatch(case.problem + re.escape(f" (request entry {entry_id})"), event["error"]), event["error"]
     assert event["request_id"] == entry_id
-    assert event["job_id"] == case.job_id
+    assert event["job_id"] == ""  # a rejected request never became a job
+    assert event["requested_job_id"] == case.job_id
+    assert set(event) - {"id"} == REJECTED_EVENT_FIELDS
     assert event["kind"] == case.kind
     assert event["polls"] == "0"
     assert event["result"] == ""
@@ -392,6 +416,7 @@ CLIENT_CASES = [
     pytest.param(Py("scenario.agent", {}, {"metadata": {"\udfff": 1}}), id="lone_surrogate_in_key"),
     pytest.param(Py("scenario.agent", {"user_message": "a\x00b"}, {}), id="nul_in_param"),
     pytest.param(Py("scenario.agent", {}, {"metadata": {"note": "\x00"}}), id="nul_in_metadata"),
+    pytest.param(Py("scenario.agent", {"updated_scenarios": [{"steps": _nested(DEEP)}]}, {}), id="nested_too_deeply"),
 ]
 
 
@@ -421,6 +446,33 @@ def test_the_client_refuses_numbers_that_json_cannot_carry(
     with pytest.raises(InvalidRequest):
         client.submit(kind, params, **extra)
     _assert_nothing_else_happened(rt)
+
+
+def test_the_client_refuses_structures_no_request_can_express_with_invalid_request(rt: Runtime, client: Client) -> None:
+    # Python values can do what JSON text can't: refer to themselves, or share one value many times over.
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(InvalidRequest, match=r"^params\.updated_scenarios\.steps is nested too deeply"):
+        client.submit("scenario.agent", {"updated_scenarios": [{"steps": circular}]})
+    with pytest.raises(InvalidRequest, match=r"^metadata\.loop is nested too deeply"):
+        client.submit("agent.auto_fetch", {"agent_id": 5}, metadata={"loop": circular})
+    shared: list[Any] = ["x"]
+    for _ in range(40):  # 2**40 values once expanded, but only 80 objects
+        shared = [shared, shared]
+    with pytest.raises(InvalidRequest, match=r"^request holds more than 65536 values, over the 65536-byte limit$"):
+        client.submit("scenario.agent", {"updated_scenarios": [{"steps": shared}]})
+    with pytest.raises(InvalidRequest, match=r"^each item must be a mapping of submit's arguments, got str$"):
+        client.submit_many(["agent.auto_fetch"])  # type: ignore[list-item]
+    _assert_nothing_else_happened(rt)
+
+
+def test_a_request_nested_as_deeply_as_allowed_is_accepted_and_recorded(rt: Runtime, client: Client) -> None:
+    # The depth limit counts from the request's fields: params (1), updated_scenarios (2), a scenario (3), steps (4).
+    params = {"updated_scenarios": [{"steps": _nested(61)}]}
+    client.submit("scenario.agent", params, job_id="deep-enough")
+    assert (client.status("deep-enough") or {})["params"] == params
+    with pytest.raises(InvalidRequest, match=f"^{re.escape(TOO_DEEP)}$"):
+        client.submit("scenario.agent", {"updated_scenarios": [{"steps": _nested(62)}]})
 
 
 def test_the_client_refuses_a_request_over_the_size_limit(rt: Runtime, client: Client) -> None:

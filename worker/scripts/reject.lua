@@ -8,7 +8,7 @@ local results_stream, marker_key = KEYS[1], KEYS[2]
 local results_maxlen, marker_ttl_s = ARGV[1], tonumber(ARGV[2])
 local FIELDS_FROM = 3
 
-if not redis.call('SET', marker_key, '1', 'NX', 'EX', marker_ttl_s) then return false end
+if redis.call('EXISTS', marker_key) == 1 then return false end
 local fields = {}
 for i = FIELDS_FROM, #ARGV, 2 do
   local name, value = ARGV[i], ARGV[i + 1]
@@ -16,4 +16,8 @@ for i = FIELDS_FROM, #ARGV, 2 do
   table.insert(fields, name)
   table.insert(fields, value)
 end
-return redis.call('XADD', results_stream, 'MAXLEN', '~', results_maxlen, '*', unpack(fields))
+-- The marker is set only once the event is written: a failed XADD (a stray key at the stream, say) leaves the
+-- entry to be rejected again on its next delivery rather than acknowledged with no event.
+local id = redis.call('XADD', results_stream, 'MAXLEN', '~', results_maxlen, '*', unpack(fields))
+redis.call('SET', marker_key, '1', 'EX', marker_ttl_s)
+return id

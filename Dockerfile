@@ -15,6 +15,8 @@ COPY pyproject.toml requirements.lock README.md ./
 COPY config ./config
 COPY actors ./actors
 COPY worker ./worker
+# The Cekura simulator: a package of its own that the worker never imports; compose's simulator runs it.
+COPY simulator ./simulator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.lock .
 
 FROM ${PYTHON_IMAGE} AS runtime

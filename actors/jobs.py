@@ -22,12 +22,12 @@ import structlog
 
 from actors import names
 from actors.kinds import KINDS, JobKind, Outcome, Params
-from worker import metrics
-from worker.app import Runtime, runtime
-from worker.backoff import poll_delay, retry_delay
+from worker.cekura.backoff import poll_delay, retry_delay
 from worker.errors import CekuraError, PermanentError, RateLimited
+from worker.ops import metrics
 from worker.redact import redact
-from worker.store import Claim, Phase
+from worker.runtime.app import Runtime, runtime
+from worker.store.jobs import Claim, Phase
 
 log = structlog.get_logger(__name__)
 

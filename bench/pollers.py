@@ -154,8 +154,8 @@ class _CekuraSubmitter:
 
     def __init__(self, redis_url: str, env: dict[str, str]) -> None:
         from config.settings import load_settings
-        from worker import logging as service_logging
         from worker.client import Client
+        from worker.runtime import logging as service_logging
 
         settings = load_settings(
             redis_url=redis_url,

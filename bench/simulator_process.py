@@ -19,7 +19,7 @@ import httpx
 from bench.processes import Child, free_port, spawn
 
 #: The module whose `main()` runs the simulator's CLI.
-DEFAULT_SIMULATOR_MODULE = "worker.simulator"
+DEFAULT_SIMULATOR_MODULE = "simulator"
 #: The API key the simulator accepts and the pollers send.
 API_KEY = "sim-key"
 #: Seconds to wait for the simulator's "listening on" line.

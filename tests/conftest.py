@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from config.settings import Settings, load_settings
-from worker.app import Runtime, setup
+from simulator import SimConfig, SimulatorHandle, start_in_thread
 from worker.client import Client
-from worker.simulator import SimConfig, SimulatorHandle, start_in_thread
+from worker.runtime.app import Runtime, bind_actors, setup
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SIM_KEY = "sim-key"
@@ -79,7 +79,9 @@ def settings(sim: SimulatorHandle, redis_client: redis.Redis) -> Settings:
 
 @pytest.fixture
 def rt(settings: Settings) -> Runtime:
-    return setup(settings)
+    runtime = setup(settings)
+    bind_actors()  # the test session is an entry point, like a worker process: actors after setup()
+    return runtime
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
-from worker.supervisor import run_in_subprocess
+from worker.runtime.supervisor import run_in_subprocess
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ def running_workers(
 
 
 #: The result event's fields as the issue specifies them, written out here so the tests pin the contract
-#: independently of `worker.store.RESULT_FIELDS` (which `test_result_fields_constant_matches_the_contract` checks).
+#: independently of `worker.store.jobs.RESULT_FIELDS` (which `test_result_fields_constant_matches_the_contract` checks).
 #: A `rejected` event has these too (see `REJECTED_EVENT_FIELDS`), but answers a request, not a job: its `job_id`
 #: is always empty.
 RESULT_EVENT_FIELDS = frozenset(

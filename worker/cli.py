@@ -45,8 +45,8 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import logging as service_logging
-    from worker.supervisor import run
+    from worker.runtime import logging as service_logging
+    from worker.runtime.supervisor import run
 
     if settings.cekura_api_key is None:
         raise ConfigError("CEKURA_API_KEY is not set: the workers need it to call the Cekura API")
@@ -82,7 +82,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_FAILED
             _print_json(view)
             return EXIT_OK
-        from worker.summary import render_table, summarize
+        from worker.ops.summary import render_table, summarize
 
         summary = summarize(client.redis, settings)
     if args.format == "json":
@@ -114,7 +114,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.health import check, check_liveness
+    from worker.ops.health import check, check_liveness
 
     ok, reason = check_liveness(settings) if args.liveness else check(settings)
     print(reason, flush=True)
@@ -122,7 +122,7 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.demo import run_demo
+    from simulator.demo import run_demo
 
     return run_demo(settings)
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
-        from worker.simulator import main as simulate
+        from simulator import main as simulate
 
         simulate(argv[1:])
         return EXIT_OK

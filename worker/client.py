@@ -21,12 +21,12 @@ import redis
 import structlog
 
 from config.settings import Settings, get_settings
-from worker import requests, submission
-from worker.broker import CekuraBroker
-from worker.connection import connect
+from worker.broker.redis_broker import CekuraBroker
 from worker.errors import InvalidRequest
+from worker.intake import requests, submission
 from worker.redact import redact
-from worker.store import RESULT_FIELDS, JobStore, iso_from_ms
+from worker.runtime.connection import connect
+from worker.store.jobs import RESULT_FIELDS, JobStore, iso_from_ms
 
 _JSON_FIELDS = ("params", "metadata", "result")
 _MS_FIELDS = {

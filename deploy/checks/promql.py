@@ -6,8 +6,8 @@ aggregation, one of PromQL's keywords is skipped, and any other identifier outsi
 That covers what dashboards and alert rules write (promtool checks the syntax itself).
 
 `exported_metrics` reads the worker's metric declarations from source, with `ast`: the prometheus_client
-`Counter`/`Histogram`/`Gauge` calls in `worker/metrics.py` and the `GaugeMetricFamily` calls in
-`worker/exposition.py`, with their label lists, expanded to the sample names a scrape shows (`_total`;
+`Counter`/`Histogram`/`Gauge` calls in `worker/ops/metrics.py` and the `GaugeMetricFamily` calls in
+`worker/ops/exposition.py`, with their label lists, expanded to the sample names a scrape shows (`_total`;
 `_bucket`, `_count`, `_sum`). tests/deploy checks this catalogue against a live scrape of the exposition, so it
 can't drift from what the worker really serves.
 """
@@ -150,7 +150,7 @@ def _declarations(path: Path) -> Iterator[tuple[str, str, list[str]]]:
 def exported_metrics(repo: Path) -> dict[str, frozenset[str]]:
     """{sample name: its labels} of every metric the worker serves at /metrics, read from its source."""
     out: dict[str, frozenset[str]] = {}
-    for source in ("worker/metrics.py", "worker/exposition.py"):
+    for source in ("worker/ops/metrics.py", "worker/ops/exposition.py"):
         for func, name, labels in _declarations(repo / source):
             base = name.removesuffix("_total") if func in ("Counter", "CounterMetricFamily") else name
             if func in ("Counter", "CounterMetricFamily"):

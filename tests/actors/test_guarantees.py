@@ -20,12 +20,12 @@ import pytest
 
 from actors import names
 from config.settings import Settings, load_settings
+from simulator import SimulatorHandle
 from tests.support import wait_for
-from worker.app import Runtime, setup
 from worker.client import Client
-from worker.reconciler import reconcile_once
-from worker.simulator import SimulatorHandle
-from worker.store import Phase
+from worker.runtime.app import Runtime, bind_actors, setup
+from worker.runtime.reconciler import reconcile_once
+from worker.store.jobs import Phase
 
 
 def _iso(value: str) -> datetime:
@@ -257,7 +257,9 @@ def hostile(request: pytest.FixtureRequest) -> Iterator[HostileCekura]:
 
 def _hostile_runtime(settings: Settings, server: HostileCekura, **overrides: Any) -> Runtime:
     values = {**settings.model_dump(), "cekura_api_url": server.url, **overrides}
-    return setup(load_settings(**values))
+    rt = setup(load_settings(**values))
+    bind_actors()
+    return rt
 
 
 @pytest.mark.parametrize("hostile", [{"mode": "trickle", "byte_s": 0.3}], indirect=True)
@@ -278,7 +280,7 @@ def test_an_answer_that_trickles_in_is_cut_off_before_the_lease_ends_and_the_sta
     worker.start()
     try:
         with Client(rt.settings, client=rt.redis, broker=rt.broker) as client:
-            from worker.reconciler import Reconciler
+            from worker.runtime.reconciler import Reconciler
 
             reconciler = Reconciler(rt)
             reconciler.start()
@@ -379,7 +381,7 @@ def test_an_unexpected_exception_while_handling_a_step_fails_the_job_once(
 def test_a_remote_cancel_is_written_with_the_cancel_itself(client: Client, rt: Runtime, sim: SimulatorHandle) -> None:
     # No worker runs: the cancel_remote message must already sit on the queue when the cancel returns, so a
     # failure to enqueue it afterwards can't lose it.
-    from worker.store import RemoteCancel
+    from worker.store.jobs import RemoteCancel
 
     created, _ = rt.store.submit("rc-1", "scenario.agent", {"user_message": "x"}, {}, 60, {})
     assert created
@@ -419,8 +421,8 @@ def test_timestamps_are_taken_from_the_redis_servers_clock(rt: Runtime) -> None:
     [0, 1, 951782400000, 1709164800000, 1735689599999, 4102444800000, 1795996785599, 32503680000123],
 )
 def test_the_lua_iso_formatter_agrees_with_python(rt: Runtime, ms: int) -> None:
-    from worker.scripts import PRELUDE
-    from worker.store import iso_from_ms
+    from worker.store.jobs import iso_from_ms
+    from worker.store.scripts import PRELUDE
 
     script = PRELUDE + "return iso(tonumber(ARGV[1]))"
     assert rt.redis.eval(script, 0, ms).decode() == iso_from_ms(ms)

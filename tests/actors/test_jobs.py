@@ -9,7 +9,7 @@ import pytest
 
 from tests.support import RESULT_EVENT_FIELDS
 from worker.client import Client
-from worker.store import RESULT_FIELDS
+from worker.store.jobs import RESULT_FIELDS
 
 CASES = [
     ("agent.auto_fetch", {"agent_id": 5}, "completed", "completed"),

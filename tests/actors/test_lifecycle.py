@@ -17,12 +17,12 @@ import pytest
 
 from actors import names
 from config.settings import Settings, get_settings, load_settings
+from simulator import SimulatorHandle
 from tests.support import RESULT_EVENT_FIELDS, wait_for
-from worker.app import Runtime
 from worker.cli import EXIT_FAILED, EXIT_OK, main
 from worker.client import Client
-from worker.intake import Intake
-from worker.simulator import SimulatorHandle
+from worker.intake.stream import Intake
+from worker.runtime.app import Runtime
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 STAGES = ["validate", "prompt", "settings", "phone", "tools", "dynamic_variables", "kb", "finalize"]

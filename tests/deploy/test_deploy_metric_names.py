@@ -1,8 +1,8 @@
 """Every metric the dashboard, the alert rules and the ScaledObject query is one the worker really serves.
 
-The exposition runs for real: a worker-like process records one sample of every metric in `worker/metrics.py`
+The exposition runs for real: a worker-like process records one sample of every metric in `worker/ops/metrics.py`
 into a multiprocess directory, and this process serves that directory plus the Redis gauges over HTTP with
-`worker.exposition.build_registry`, as `cekura-worker run` does; the test scrapes `/metrics`. That live list is
+`worker.ops.exposition.build_registry`, as `cekura-worker run` does; the test scrapes `/metrics`. That live list is
 also the reference for the catalogue `deploy/checks/promql.py` reads from source, which `make validate-deploy`
 checks names against without Redis.
 """
@@ -26,16 +26,16 @@ from config.settings import Settings
 from deploy.checks import monitoring, promql
 from tests.deploy.support import DEPLOY, REPO
 from tests.support import free_port
-from worker.exposition import build_registry
+from worker.ops.exposition import build_registry
 
 #: Run in a fresh interpreter with PROMETHEUS_MULTIPROC_DIR set (prometheus_client picks its multiprocess value
-#: class at import): one child of every metric in worker/metrics.py, recorded as a worker process would. It reads
+#: class at import): one child of every metric in worker/ops/metrics.py, recorded as a worker process would. It reads
 #: each metric's label names from `_labelnames`, a private attribute of prometheus_client's metric classes.
 _RECORD_EVERY_METRIC = """
 from prometheus_client.metrics import MetricWrapperBase
-import worker.metrics
+import worker.ops.metrics
 
-for metric in vars(worker.metrics).values():
+for metric in vars(worker.ops.metrics).values():
     if isinstance(metric, MetricWrapperBase):
         child = metric.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else metric
         (getattr(child, "inc", None) or child.observe)(0)

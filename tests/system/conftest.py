@@ -466,7 +466,7 @@ class JobSpec:
     expect: str
 
 
-#: One of each steerable outcome of each kind (simulator conventions in `worker/simulator/jobs.py`).
+#: One of each steerable outcome of each kind (simulator conventions in `simulator/jobs.py`).
 JOB_TEMPLATES: tuple[JobSpec, ...] = (
     JobSpec("agent.auto_fetch", {"agent_id": 5}, "completed"),
     JobSpec("agent.auto_fetch", {"agent_id": 12}, "completed"),

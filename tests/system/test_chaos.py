@@ -29,7 +29,7 @@ CHAOS_JOBS = int(os.environ.get("CHAOS_JOBS", "150"))
 KILLS = max(4, CHAOS_JOBS // 60)
 
 #: Kill even while the intake may hold request-stream entries. An entry read by a process that dies waits for
-#: XAUTOCLAIM (30 s idle, checked every 15 s: `worker/intake.py`), which costs up to ~45 s, so only the long form
+#: XAUTOCLAIM (30 s idle, checked every 15 s: `worker/intake/stream.py`), which costs up to ~45 s, so only the long form
 #: does it; the short form lets the intake drain the stream before each kill.
 BLIND_KILLS = CHAOS_JOBS >= 300
 

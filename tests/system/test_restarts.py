@@ -67,7 +67,7 @@ def test_jobs_survive_redis_restarts_without_restarting_the_worker(system: Syste
 
 def test_sigterm_stops_the_group_in_time_and_a_new_worker_finishes_every_job(system: System) -> None:
     shutdown_timeout_s = 4.0
-    kill_grace_s = 3.0  # worker/supervisor.py DEFAULT_KILL_GRACE_S, the documented bound's extra
+    kill_grace_s = 3.0  # worker/runtime/supervisor.py DEFAULT_KILL_GRACE_S, the documented bound's extra
     server = system.redis()
     # Slow answers and some that hang past the HTTP timeout, so calls are in flight when SIGTERM comes.
     sim = system.simulator("--duration", "2", "--latency-ms", "100", "--hang-rate", "0.1", "--hang-s", "10")

@@ -102,7 +102,7 @@ def test_no_secret_reaches_logs_redis_events_or_cli_output(system: System) -> No
         (good, ["healthcheck"]),
         (bad, ["healthcheck"]),
     ]
-    if importlib.util.find_spec("worker.summary") is not None:  # the status summary (worker/summary.py)
+    if importlib.util.find_spec("worker.ops.summary") is not None:  # the status summary (worker/ops/summary.py)
         commands += [(good, ["status", "--format", "table"]), (good, ["status", "--format", "json"])]
     for (env_used, args), done in zip(commands, system.cli_many(commands), strict=True):
         wrong_password_used = env_used is bad

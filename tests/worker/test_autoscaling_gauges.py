@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from config.settings import Settings
-from worker.app import Runtime
 from worker.client import Client
-from worker.exposition import build_registry, due_steps
+from worker.ops.exposition import build_registry, due_steps
+from worker.runtime.app import Runtime
 
 #: Far enough ahead that a delayed message can't become due while a test runs.
 FUTURE_DELAY_MS = 600_000

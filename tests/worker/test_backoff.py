@@ -14,9 +14,9 @@ import dramatiq
 import pytest
 
 from config.settings import Settings, load_settings
-from worker.backoff import DEFAULT_MAX_RETRY_AFTER_S, parse_retry_after, poll_delay, retry_delay
+from simulator import SimulatorHandle
+from worker.cekura.backoff import DEFAULT_MAX_RETRY_AFTER_S, parse_retry_after, poll_delay, retry_delay
 from worker.client import Client
-from worker.simulator import SimulatorHandle
 
 
 def _settings(**overrides: Any) -> Settings:

@@ -13,11 +13,11 @@ from dramatiq.errors import ActorNotFound
 
 from actors import names
 from config.settings import Settings, load_settings
+from simulator import SimulatorHandle
 from tests.support import wait_for
-from worker.app import Runtime, runtime
 from worker.client import Client
-from worker.reconciler import reconcile_once
-from worker.simulator import SimulatorHandle
+from worker.runtime.app import Runtime, runtime
+from worker.runtime.reconciler import reconcile_once
 
 #: Where the test actor records that it ran.
 RAN_KEY = "test:broker:ran"
@@ -178,7 +178,7 @@ def test_the_fetch_claims_a_poll_messages_job_and_only_that_message_may_take_it_
     rt: Runtime, client: Client
 ) -> None:
     from actors.jobs import poll
-    from worker.store import Phase
+    from worker.store.jobs import Phase
 
     _, delayed, _ = _keys(rt)
     _started_without_a_worker(rt, client, "fetch-claim", 778)
@@ -330,7 +330,7 @@ def test_acks_survive_a_fetch_that_fails_with_a_script_error(rt: Runtime) -> Non
 
 
 def test_the_worker_heartbeat_set_forgets_processes_gone_for_an_hour(rt: Runtime) -> None:
-    from worker.heartbeat import Heartbeat, server_ms, workers_key
+    from worker.runtime.heartbeat import Heartbeat, server_ms, workers_key
 
     key = workers_key(rt.settings)
     now = server_ms(rt.redis)

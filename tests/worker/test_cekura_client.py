@@ -23,7 +23,8 @@ from actors.kinds import KINDS
 from config.settings import Settings, load_settings
 from tests.conftest import TEST_REDIS_URL
 from worker import redact
-from worker.cekura import CekuraClient, _Deadline, _DeadlineStream
+from worker.cekura.client import CekuraClient
+from worker.cekura.transport import _Deadline, _DeadlineStream
 from worker.errors import PermanentError, TransientError
 
 KIND = KINDS["metric.clean_description"]

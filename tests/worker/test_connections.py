@@ -11,10 +11,10 @@ import redis
 
 from actors.kinds import KINDS
 from config.settings import Settings
+from simulator import SimulatorHandle
 from tests.support import wait_for
-from worker.cekura import CekuraClient
-from worker.connection import ThreadConnections, connect, thread_connections
-from worker.simulator import SimulatorHandle
+from worker.cekura.client import CekuraClient
+from worker.runtime.connection import ThreadConnections, connect, thread_connections
 
 KIND = KINDS["metric.clean_description"]
 BODY = {"agent": 1, "metric_description": "calls end politely", "eval_type": "boolean"}

@@ -1,4 +1,4 @@
-"""Dramatiq's side of the contract `worker/broker.py` and `worker/scripts/fetch.lua` rely on.
+"""Dramatiq's side of the contract `worker/broker/redis_broker.py` and `worker/store/scripts/fetch.lua` rely on.
 
 `CekuraBroker` extends Dramatiq's Redis broker through parts Dramatiq neither documents nor promises to keep: the
 private `_RedisConsumer`, the `dispatch.lua` script's positional arguments and commands, `_dispatch` and the
@@ -167,7 +167,7 @@ def test_redis_consumer_base_class() -> None:
     check(
         inspect.isclass(_RedisConsumer) and issubclass(_RedisConsumer, Consumer),
         "dramatiq.brokers.redis._RedisConsumer is no longer a dramatiq.broker.Consumer subclass "
-        "(worker/broker.py's _ZSetConsumer subclasses it)",
+        "(worker/broker/redis_broker.py's _ZSetConsumer subclasses it)",
     )
 
 
@@ -367,7 +367,7 @@ def test_consume_uses_consumer_class(r: redis.Redis) -> None:
 
 
 def test_consume_uses_cekura_consumer_class(r: redis.Redis) -> None:
-    from worker.broker import CekuraBroker, _ZSetConsumer
+    from worker.broker.redis_broker import CekuraBroker, _ZSetConsumer
 
     cekura = CekuraBroker(client=r, middleware=[], namespace=NS)
     consumer = cekura.consume(queue_name=QUEUE, prefetch=4, timeout=100)
@@ -756,8 +756,8 @@ def test_flush_deletes_queue_keys(r: redis.Redis, broker: RedisBroker) -> None:
 
 
 def test_fetch_lua_state_suits_dispatch(r: redis.Redis, broker: RedisBroker) -> None:
-    """worker/scripts/fetch.lua pops like dispatch.lua's fetch; Dramatiq's ack, requeue and maintenance then apply."""
-    from worker import scripts
+    """fetch.lua pops like dispatch.lua's fetch; Dramatiq's ack, requeue and maintenance then apply."""
+    from worker.store import scripts
 
     fetch = scripts.load(r, "fetch")
     k = keys(worker="w")
@@ -949,7 +949,7 @@ def test_send_with_options_delay() -> None:
 
 
 def test_actor_broker_is_rebindable() -> None:
-    """worker/app.py moves actors to a new broker with `actor.broker = broker; broker.declare_actor(actor)`."""
+    """worker/runtime/app.py moves actors to a new broker with `actor.broker = broker; broker.declare_actor(actor)`."""
     old, new = FakeBroker([], []), FakeBroker([], [])
     actor = dramatiq.actor(lambda tag: None, broker=old, actor_name="contract_rebind", queue_name=QUEUE)
     actor.broker = new
@@ -957,7 +957,7 @@ def test_actor_broker_is_rebindable() -> None:
     actor.send("moved")
     check(
         not old.enqueued and len(new.enqueued) == 1 and new.get_actor("contract_rebind") is actor,
-        "Actor.send no longer goes through the actor's `broker` attribute, so worker/app.py can't rebind actors",
+        "Actor.send no longer goes through the actor's `broker` attribute, so setup() cannot rebind actors",
     )
 
 
@@ -1142,7 +1142,7 @@ def test_worker_thread_attributes(run: Run) -> None:
         and all(isinstance(t, threading.Thread) for t in run.threads["consumers"].values())
         and all(run.threads["alive"]),
         "dramatiq.Worker no longer exposes its threads as `workers` (list) and `consumers` (dict by queue); "
-        "worker/process.py's threads_alive reads them",
+        "worker/runtime/process.py's threads_alive reads them",
     )
 
 
@@ -1203,7 +1203,7 @@ def test_seam_current_message(run: Run) -> None:
     check(
         current is run.proxies["ok"] and getattr(current, "tag", None) == "ok",
         "CurrentMessage.get_current_message() no longer returns the consumer's own MessageProxy object "
-        "(a documented seam that could replace _CurrentClaim; worker/broker.py does not use it yet)",
+        "(a documented seam that could replace _CurrentClaim; worker/broker/redis_broker.py does not use it yet)",
     )
 
 
@@ -1213,12 +1213,12 @@ def test_seam_thread_boot_hooks(run: Run) -> None:
     check(
         len(consumer_boots) == 1 and all(t is c and t.queue_name == QUEUE for t, c in consumer_boots),
         "after_consumer_thread_boot no longer runs once per queue in the consumer thread itself "
-        "(a documented seam; worker/broker.py does not use it)",
+        "(a documented seam; worker/broker/redis_broker.py does not use it)",
     )
     check(
         len(worker_boots) == WORKER_THREADS and all(t is c for t, c in worker_boots),
         "after_worker_thread_boot no longer runs in each worker thread "
-        "(a documented seam; worker/broker.py does not use it)",
+        "(a documented seam; worker/broker/redis_broker.py does not use it)",
     )
 
 

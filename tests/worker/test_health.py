@@ -18,8 +18,8 @@ import redis
 
 from config.settings import Settings
 from tests.support import free_port, running_workers, service_env, wait_for
-from worker.health import check
-from worker.heartbeat import Heartbeat, workers_key
+from worker.ops.health import check
+from worker.runtime.heartbeat import Heartbeat, workers_key
 
 HEARTBEAT_S = 1.0
 

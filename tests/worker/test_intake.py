@@ -10,11 +10,11 @@ from typing import Any
 import dramatiq
 import pytest
 
+from simulator import SimulatorHandle
 from tests.support import wait_for
-from worker.app import Runtime
 from worker.client import Client
-from worker.intake import Intake
-from worker.simulator import SimulatorHandle
+from worker.intake.stream import Intake
+from worker.runtime.app import Runtime
 
 
 def _xadd(rt: Runtime, request: Any) -> str:
@@ -249,7 +249,7 @@ def test_consumers_of_departed_processes_leave_the_group(rt: Runtime, monkeypatc
     _xadd(rt, {"kind": "agent.auto_fetch", "params": {"agent_id": 5}})
     rt.redis.xreadgroup(group, "holding", {stream: ">"})  # gone too, but still holds an entry
     assert intake.forget_departed() == 0  # nobody has been idle an hour yet
-    monkeypatch.setattr("worker.intake.DEFAULT_FORGET_IDLE_MS", -1)  # now everyone has
+    monkeypatch.setattr("worker.intake.stream.DEFAULT_FORGET_IDLE_MS", -1)  # now everyone has
     assert intake.forget_departed() == 1
     names = sorted(c["name"].decode() for c in rt.redis.xinfo_consumers(stream, group))
     assert names == ["holding", "live"]

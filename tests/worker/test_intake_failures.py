@@ -15,10 +15,10 @@ import redis
 
 from actors import names
 from tests.support import wait_for
-from worker.app import Runtime
 from worker.client import Client
-from worker.intake import DEFAULT_MAX_ENTRY_TRIES, Intake
-from worker.reconciler import reconcile_once
+from worker.intake.stream import DEFAULT_MAX_ENTRY_TRIES, Intake
+from worker.runtime.app import Runtime
+from worker.runtime.reconciler import reconcile_once
 
 #: How soon an entry read in the same batch as a failing one must be handled (it takes milliseconds): well inside
 #: the 1 s the intake waits after a failed batch, which is how long it took when a failure stopped the batch.

@@ -17,10 +17,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
+from simulator import SimulatorHandle
 from tests.support import free_port, running_workers, service_env, wait_for
 from worker.client import Client
-from worker.heartbeat import live_workers, workers_key
-from worker.simulator import SimulatorHandle
+from worker.runtime.heartbeat import live_workers, workers_key
 
 STREAM_JOBS = 6
 CLIENT_JOBS = 12

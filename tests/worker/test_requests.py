@@ -19,11 +19,11 @@ import pytest
 
 from config.settings import Settings, get_settings
 from tests.support import REJECTED_EVENT_FIELDS
-from worker.app import Runtime
 from worker.cli import EXIT_USAGE, main
 from worker.client import Client
 from worker.errors import InvalidRequest
-from worker.intake import Intake
+from worker.intake.stream import Intake
+from worker.runtime.app import Runtime
 
 KNOWN_KINDS = "agent.auto_fetch, agent.toggle_mock_tools, metric.clean_description, scenario.agent"
 JOB_ID_RULE = "job_id must be 1-128 characters of A-Z a-z 0-9 . _ : -"

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.simulator import Faults, SimConfig, SimulatorHandle, start_in_thread
+from simulator import Faults, SimConfig, SimulatorHandle, start_in_thread
 
 KEY = "sim-key"
 DURATION = 0.2
@@ -689,7 +689,7 @@ def test_chunked_request_bodies_are_refused_and_connection_close_is_honoured(sim
 
 
 def test_the_command_line_prints_its_url_and_stops_on_sigterm() -> None:
-    code = "from worker.simulator import main; raise SystemExit(main(['--port', '0', '--duration', '0.1']))"
+    code = "from simulator import main; raise SystemExit(main(['--port', '0', '--duration', '0.1']))"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env

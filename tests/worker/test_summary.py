@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
-from worker.app import Runtime
 from worker.client import Client
-from worker.exposition import build_registry
-from worker.heartbeat import Heartbeat
-from worker.intake import Intake
-from worker.summary import render_table, summarize
+from worker.intake.stream import Intake
+from worker.ops.exposition import build_registry
+from worker.ops.summary import render_table, summarize
+from worker.runtime.app import Runtime
+from worker.runtime.heartbeat import Heartbeat
 
 
 def _gauges(settings: Settings, tmp_path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -10,12 +10,12 @@ import dramatiq
 import pytest
 
 from tests.support import wait_for
-from worker.app import Runtime
-from worker.health import check
-from worker.heartbeat import Heartbeat, workers_key
-from worker.intake import Intake
-from worker.process import threads_alive
-from worker.reconciler import Reconciler
+from worker.intake.stream import Intake
+from worker.ops.health import check
+from worker.runtime.app import Runtime
+from worker.runtime.heartbeat import Heartbeat, workers_key
+from worker.runtime.process import threads_alive
+from worker.runtime.reconciler import Reconciler
 
 
 def _logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
@@ -63,7 +63,7 @@ def test_the_reconciler_loop_logs_an_unexpected_error_and_goes_on(
             raise RuntimeError("injected")
         return 0
 
-    monkeypatch.setattr("worker.reconciler.reconcile_once", fails_once)
+    monkeypatch.setattr("worker.runtime.reconciler.reconcile_once", fails_once)
     reconciler = Reconciler(rt)
     reconciler.start()
     try:

@@ -25,9 +25,9 @@ from redis.retry import Retry
 from config.settings import Settings, load_settings
 from tests.support import free_port, running_workers, service_env, wait_for
 from worker.client import Client
-from worker.connection import connect
-from worker.health import check
-from worker.heartbeat import live_workers
+from worker.ops.health import check
+from worker.runtime.connection import connect
+from worker.runtime.heartbeat import live_workers
 
 PASSWORD = "secret-pw-for-tls-test"
 
@@ -211,10 +211,10 @@ def test_the_cekura_client_trusts_the_apis_certificate_through_the_ca_bundle_and
     certificates: Path, settings: Settings
 ) -> None:
     from actors.kinds import KINDS
+    from simulator import SimConfig, start_in_thread
     from tests.conftest import SIM_KEY
-    from worker.cekura import CekuraClient
+    from worker.cekura.client import CekuraClient
     from worker.errors import TransientError
-    from worker.simulator import SimConfig, start_in_thread
 
     kind = KINDS["metric.clean_description"]
     params = kind.validate({"agent": 1, "metric_description": "over TLS", "eval_type": "boolean"})

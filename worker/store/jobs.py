@@ -1,4 +1,4 @@
-"""Job state in Redis, changed only through the Lua scripts in `worker/scripts/`.
+"""Job state in Redis, changed only through the Lua scripts in `worker/store/scripts/`.
 
 Each job is a hash `<prefix>:job:<job_id>`; active jobs also sit in the sorted set `<prefix>:schedule`, scored by
 when their next step is due (the reconciler's view). Every state change that matters for correctness is one
@@ -23,9 +23,9 @@ from typing import Any, cast
 import redis
 
 from config.settings import Settings
-from worker import scripts
-from worker.broker import FetchClaims, Scheduled
+from worker.broker.redis_broker import FetchClaims, Scheduled
 from worker.errors import InvalidRequest
+from worker.store import scripts
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
 DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import parse_qs
 
-from worker.simulator import jobs
-from worker.simulator.faults import (
+from simulator import jobs
+from simulator.faults import (
     DROP,
     ERROR,
     HANG,

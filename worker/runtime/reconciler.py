@@ -19,9 +19,9 @@ import redis
 import structlog
 
 from actors import names
-from worker import metrics
-from worker.app import Runtime
-from worker.store import DEFAULT_RECONCILE_BATCH
+from worker.ops import metrics
+from worker.runtime.app import Runtime
+from worker.store.jobs import DEFAULT_RECONCILE_BATCH
 
 log = structlog.get_logger(__name__)
 

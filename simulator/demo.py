@@ -24,9 +24,9 @@ from typing import Any
 import redis
 
 from config.settings import Settings, load_settings, redact_url
+from simulator import SimConfig, start_in_thread
 from worker.client import Client
-from worker.simulator import SimConfig, start_in_thread
-from worker.supervisor import run_in_subprocess
+from worker.runtime.supervisor import run_in_subprocess
 
 #: How long the demo waits for all result events before giving up.
 DEFAULT_DEMO_TIMEOUT_S = 60.0

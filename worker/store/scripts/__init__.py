@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from worker.connection import thread_connections
+from worker.runtime.connection import thread_connections
 
 _DIR = Path(__file__).parent
 
@@ -48,7 +48,7 @@ _USES_CLAIM = frozenset({"claim", "fetch"})
 
 
 def load(client: redis.Redis, name: str, *, clock: bool = True, per_thread: bool = False) -> LuaScript:
-    """The script `worker/scripts/<name>.lua`, with the clock prelude unless `clock` is False."""
+    """The script `worker/store/scripts/<name>.lua`, with the clock prelude unless `clock` is False."""
     source = (_DIR / f"{name}.lua").read_text()
     if name in _USES_CLAIM:
         source = (_DIR / "_claim.lua").read_text() + source

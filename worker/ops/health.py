@@ -20,8 +20,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings
-from worker.connection import connect
-from worker.heartbeat import live_local_processes, live_workers, server_ms, workers_key
+from worker.runtime.connection import connect
+from worker.runtime.heartbeat import live_local_processes, live_workers, server_ms, workers_key
 
 #: Connect and read timeout of the healthcheck's Redis connection, in seconds.
 DEFAULT_TIMEOUT_S = 2.0

@@ -2,7 +2,7 @@
 plus gauges read from Redis at scrape time.
 
 Worker processes write their counters and histograms to files in `PROMETHEUS_MULTIPROC_DIR`
-(`worker/metrics.py` defines them); `MultiProcessCollector` adds them up per label set, so the numbers are
+(`worker/ops/metrics.py` defines them); `MultiProcessCollector` adds them up per label set, so the numbers are
 right however many processes there are, and a restarted process's counts are kept. What is *in flight* (jobs,
 queued messages, overdue work, live workers) is state in Redis, not in any process, so `RedisCollector` reads it
 when Prometheus scrapes, with the same code as `cekura-worker status`; every replica reports the same fleet-wide
@@ -31,9 +31,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings
-from worker.connection import connect
 from worker.errors import ConfigError
-from worker.summary import ACTIVE_STATES, summarize
+from worker.ops.summary import ACTIVE_STATES, summarize
+from worker.runtime.connection import connect
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ class RedisCollector(Collector):
 
 
 def gauges(summary: dict[str, Any]) -> Iterable[Metric]:
-    """Prometheus gauges for a `worker.summary.summarize` snapshot."""
+    """Prometheus gauges for a `worker.ops.summary.summarize` snapshot."""
     from actors.kinds import KINDS  # plain declarations: no Dramatiq, no broker
 
     in_flight = GaugeMetricFamily(

@@ -2,7 +2,7 @@
 
 Dramatiq's and other libraries' stdlib log records go through structlog's `ProcessorFormatter`, so every line
 has the same shape: `timestamp` (ISO 8601 UTC), `level`, `event`, `logger`, plus the job context that
-`worker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`).
+`worker.broker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`).
 """
 
 from __future__ import annotations

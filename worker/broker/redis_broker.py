@@ -14,7 +14,7 @@ one atomic round trip, and the consumer sleeps exactly until the next eta (or un
 something sooner), so polls run on time without holding anything in memory.
 
 With `fetch_claims` set, the fetch also *claims* the job of every poll message it pops (the same claim the
-actor would otherwise make in a round trip of its own, see `worker/scripts/_claim.lua`); the actor takes the
+actor would otherwise make in a round trip of its own, see `worker/store/scripts/_claim.lua`); the actor takes the
 claim with `take_fetched_claim()`. That is one Redis round trip less per poll.
 
 One clock. Due times, heartbeats and dead-worker maintenance all use the Redis server's clock, never the
@@ -25,66 +25,7 @@ timestamp from the caller (ack, nack, requeue), the broker passes its estimate o
 clock plus the offset measured at each fetch) and never lets that script run maintenance. A worker whose clock
 is minutes off therefore polls on time and is never taken for dead by the others.
 
-Dramatiq internals relied on (Dramatiq is pinned to 2.2.x; the contract was checked on 1.17 to 2.2.1); each is
-pinned by the named test in tests/worker/test_dramatiq_contract.py, which fails naming the assumption it broke:
-
-- `dramatiq.brokers.redis._RedisConsumer` is `_ZSetConsumer`'s base: test_redis_consumer_base_class
-- `_RedisConsumer(broker, queue_name, prefetch, timeout)` keeps all four as attributes: test_redis_consumer_constructor
-- `_RedisConsumer`'s own members: __init__, __next__, ack, nack, requeue, the count: test_redis_consumer_members
-- `message_cache` (here (data, claim, fetched_ms)) is read only by __next__ and the count: test_message_cache_readers
-- `outstanding_message_count` = len(queued_message_ids) + len(message_cache): test_outstanding_message_count
-- inherited `nack`: do_nack(queue, options["redis_message_id"]), forgets the message id: test_consumer_nack
-- inherited `nack` raises ConnectionClosed on redis.ConnectionError: test_consumer_nack_connection_closed
-- inherited `requeue(messages)` (a generator too): do_requeue(queue, *redis_message_ids): test_consumer_requeue
-- `consume(queue_name, prefetch, timeout)` builds the `consumer_class` property: test_consume_uses_consumer_class
-- ...and so builds CekuraBroker's `_ZSetConsumer`: test_consume_uses_cekura_consumer_class
-- kwargs namespace/heartbeat_timeout/maintenance_chance/dead_message_ttl, kept by name: test_broker_constructor_kwargs
-- `client=` becomes `broker.client`; `middleware=[]` means none: test_broker_client_and_middleware
-- `broker_id`: unique glob-free str, the worker id in ack-set keys and heartbeats: test_broker_id
-- `declare_queue` = `queues` set + declare signals + delay-queue signal (copied here minus .DQ): test_declare_queue
-- `flush(queue)` = do_purge(queue) + do_purge(queue.DQ): test_flush_uses_do_purge
-- purge deletes <q>, <q>.msgs, this broker's ack set, <q>.XQ, <q>.XQ.msgs: test_flush_deletes_queue_keys
-- `scripts["dispatch"]` callable as script(keys=, args=), next to "maxstack": test_dispatch_script_registered
-- `_max_unpack_size()`, passed as dispatch's ARGV[8]: test_max_unpack_size
-- `__getattr__` maps do_<cmd>(queue, *args) to `_dispatch(cmd)`: test_do_command_routes_through_dispatch
-- `_dispatch`'s argument list, which `CekuraBroker._dispatch` rebuilds: test_dispatch_argument_order
-- dispatch.lua ARGV: cmd, ts, queue, worker, hb_timeout, dead_ttl, maintain, max_unpack: test_dispatch_lua_argv_layout
-- dispatch.lua command arguments start at ARGV[9]: test_dispatch_lua_command_args_at_argv_9
-- keys <ns>:__heartbeats__, <ns>:__acks__.<worker>.<q>, <ns>:<q>[.msgs|.XQ|.XQ.msgs]: test_dispatch_lua_key_layout
-- every dispatch command ZADDs <ns>:__heartbeats__ ARGV[2] (epoch ms) ARGV[4]: test_dispatch_heartbeat
-- `ack`: SREM from the worker's ack set, then HDEL the data: test_dispatch_ack
-- `requeue`: RPUSH only ids removed from the worker's ack set whose data still exists: test_dispatch_requeue
-- `nack`: to <q>.XQ scored by ARGV[2], data to <q>.XQ.msgs: test_dispatch_nack
-- maintenance requeues acked ids of workers with heartbeat <= ARGV[2]-ARGV[5]: test_maintenance_requeues_dead_workers
-- maintenance covers only the queue in ARGV[3] (run_maintenance loops): test_maintenance_is_per_queue
-- maintenance drops dead letters older than ARGV[6]: test_maintenance_expires_dead_letters
-- ARGV[7] == 0 means no maintenance, whatever the command: test_maintenance_only_when_argv7_is_1
-- `qsize` (run_maintenance's vehicle) changes nothing itself: test_dispatch_qsize_is_side_effect_free
-- `fetch` (fetch.lua's model): LPOP <= min(n, ARGV[8]) into the worker's ack set: test_dispatch_fetch
-- `enqueue` = HSET <q>.msgs + RPUSH <q> (schedule/finish/advance.lua's model): test_dispatch_enqueue
-- what fetch.lua leaves is what Dramatiq's ack, requeue and maintenance expect: test_fetch_lua_state_suits_dispatch
-- `Message` has exactly its 7 fields (finish.lua builds one in Lua): test_message_fields
-- `Message.copy(options=...)` merges, original untouched; MessageProxy delegates it: test_message_copy_merges_options
-- `Message.encode()` is JSON cjson reads actor_name/args/options from: test_message_encode_is_cjson_readable
-- `Message.decode` accepts a cjson-built message: test_message_decode_takes_cjson_output
-- `MessageProxy(message)` subclassable with extra attributes; `.options` is the message's: test_message_proxy_subclass
-- emit_before/emit_after("enqueue", message, delay) reach before/after_enqueue: test_enqueue_signals
-- `send_with_options(delay=ms)`/`send()` call enqueue(message, delay=ms|None), no eta: test_send_with_options_delay
-- `Retries` re-enqueues the MessageProxy itself with delay=, options changed in place: test_retries_reenqueue_the_proxy
-- `Worker` calls consume(queue_name=, prefetch=2 x threads, timeout=worker_timeout): test_worker_consume_arguments
-- consumers start only on after_declare_(delay_)queue, so no .DQ one: test_worker_consumers_from_declare_signals
-- an `eta` option makes ConsumerThread hold a message in memory (never set one): test_eta_is_held_in_worker_memory
-- the proxy __next__ returns reaches middleware and consumers[queue_name].ack: test_proxy_reaches_middleware_and_ack
-- a failed message goes to consumer.nack: test_failed_message_is_nacked
-- `Worker.stop`: work queue to consumer.requeue, then consumer.close() last: test_worker_stop_requeues_then_closes
-- ConnectionClosed (or any error) from __next__: close, then consume() again: test_next_error_reconnects
-- post-reconnect acks reach the new consumer (hence `held` per broker): test_ack_after_reconnect_goes_to_new_consumer
-- `Worker.workers` and `Worker.consumers` (worker/process.py's threads_alive): test_worker_thread_attributes
-- `actor.broker = new` + declare_actor rebinds an actor's sends (worker/app.py): test_actor_broker_is_rebindable
-
-Documented seams checked but not needed: `CurrentMessage` (the fetched proxy, so `_CurrentClaim` could read it;
-it only uses public middleware hooks already) and the thread-boot hooks: test_seam_current_message,
-test_seam_thread_boot_hooks.
+Every private part of Dramatiq this folder relies on is listed in `worker/broker/__init__.py`.
 """
 
 from __future__ import annotations
@@ -100,21 +41,17 @@ from typing import Any
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
-from worker import scripts
+from worker.broker.consumer import _monotonic_ms, _ZSetConsumer
+from worker.store import scripts
 
 #: How many due delayed messages one fetch moves onto the queue at most.
 DEFAULT_PROMOTE_LIMIT = 1000
 
 #: Milliseconds without a heartbeat after which a worker's unacked messages go back to the queue.
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 20_000
-
-
-def _monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +77,6 @@ class FetchClaims:
     cooldown_key: str
     lease_ms: int
     grace_ms: int
-
-
-class _FetchedMessage(MessageProxy):
-    """A fetched message, with the reply of the claim the fetch made for it (None if it made none)."""
-
-    def __init__(self, message: Message[Any], claim: list[Any] | None, fetched_ms: int) -> None:
-        super().__init__(message)
-        self.claim = claim
-        #: When (monotonic ms) the fetch made the claim: the lease started about then.
-        self.fetched_ms = fetched_ms
 
 
 class _CurrentClaim(Middleware):
@@ -347,120 +274,3 @@ class CekuraBroker(RedisBroker):
         )
         self.clock_offset_ms = int(reply[0]) - int((sent + time.time()) * 500)
         return int(float(reply[1])), list(zip(reply[2::2], reply[3::2], strict=True))
-
-
-class _ZSetConsumer(_RedisConsumer):
-    """Fetches through `CekuraBroker.fetch` and sleeps until the next message is due, an ack, or a local enqueue.
-
-    Acks are buffered and sent with the next fetch (at the latest one idle timeout later, and on close): a
-    round trip saved per message. A process killed with acks buffered has those messages redelivered after
-    the heartbeat timeout, which the actors' claims already make harmless. Every message popped stays in the
-    broker's `held` set until its ack or requeue has reached Redis, which is how `sweep_acks` tells a message
-    in hand from one whose fetch reply was lost.
-    """
-
-    broker: CekuraBroker
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._acks = self.broker.pending_acks.setdefault(self.queue_name, [])
-        self._acks_lock = self.broker.acks_lock
-        self._closed = False
-        self._held = self.broker.held.setdefault(self.queue_name, set())
-
-    @property
-    def low_water(self) -> int:
-        """Fetch again only once outstanding messages fall to this many, so fetches come in batches."""
-        return int(self.prefetch) // 2
-
-    def ack(self, message: MessageProxy) -> None:
-        with self._acks_lock:
-            self._acks.append(message.options["redis_message_id"])
-        self.queued_message_ids.discard(message.message_id)
-        if self._closed:
-            self._flush_acks()
-        elif self.outstanding_message_count == self.low_water:
-            self.broker.wakeup.set()
-
-    def _take_acks(self) -> list[str]:
-        with self._acks_lock:
-            acks = self._acks[:]
-            self._acks.clear()
-        return acks
-
-    def _return_acks(self, acks: list[str]) -> None:
-        with self._acks_lock:  # not sent: they ride on the next fetch, this consumer's or the next one's
-            self._acks[:0] = acks
-
-    def _flush_acks(self) -> None:
-        acks = self._take_acks()
-        for i, redis_message_id in enumerate(acks):
-            try:
-                self.broker.do_ack(self.queue_name, redis_message_id)
-            except redis.RedisError:
-                self._return_acks(acks[i:])
-                raise
-            self._held.discard(redis_message_id)
-
-    def requeue(self, messages: Any) -> None:
-        messages = list(messages)
-        super().requeue(messages)
-        self._held.difference_update(m.options["redis_message_id"] for m in messages)
-
-    def close(self) -> None:
-        self._closed = True
-        try:
-            self._flush_acks()  # first: should Redis be away, they wait for the next consumer's fetch
-            # Fetched but never handed to a worker thread: back onto the queue for another consumer now.
-            unstarted = [Message.decode(data).options["redis_message_id"] for data, _, _ in self.message_cache]
-            self.message_cache = []
-            if unstarted:
-                self.broker.do_requeue(self.queue_name, *unstarted)
-                self._held.difference_update(unstarted)
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
-
-    def nack(self, message: MessageProxy) -> None:
-        super().nack(message)
-        self._held.discard(message.options["redis_message_id"])
-        self.broker.wakeup.set()
-
-    def __next__(self) -> MessageProxy | None:
-        try:
-            if self.message_cache:
-                return self._pop()
-            self.broker.wakeup.clear()
-            if self.outstanding_message_count > self.low_water:
-                # Nothing to fetch until enough of the outstanding messages are acked: `ack` wakes us then, and
-                # an enqueue can't make us fetch sooner, so it must not wake us (at saturation that was one
-                # wasted wakeup, and a GIL handoff, per poll).
-                self.broker.next_look_ms = 0
-                self.broker.wakeup.wait(self.timeout / 1000)
-                return None
-            acks = self._take_acks()
-            try:
-                next_due, fetched = self.broker.fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count, acks
-                )
-            except redis.RedisError:
-                self._return_acks(acks)  # a script error included
-                raise
-            self._held.difference_update(acks)
-            fetched_ms = _monotonic_ms()
-            self.message_cache = [(data, claim, fetched_ms) for data, claim in fetched]
-            if self.message_cache:
-                return self._pop()
-            wait_ms = self.timeout if next_due < 0 else min(self.timeout, next_due)
-            self.broker.next_look_ms = fetched_ms + wait_ms
-            if wait_ms > 0:
-                self.broker.wakeup.wait(wait_ms / 1000)
-            return None
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
-
-    def _pop(self) -> MessageProxy:
-        data, claim, fetched_ms = self.message_cache.pop(0)
-        message = Message.decode(data)
-        self._held.add(message.options["redis_message_id"])
-        self.queued_message_ids.add(message.message_id)
-        return _FetchedMessage(message, claim, fetched_ms)

@@ -13,8 +13,8 @@ from typing import Any
 import redis
 
 from config.settings import Settings
-from worker.heartbeat import live_workers
-from worker.store import as_text, iso_from_ms
+from worker.runtime.heartbeat import live_workers
+from worker.store.jobs import as_text, iso_from_ms
 
 #: Job ids read from the schedule per pipelined batch of `HMGET`s.
 DEFAULT_BATCH = 1000

@@ -19,9 +19,9 @@ import redis
 import structlog
 
 from actors import names
-from worker import metrics
-from worker.requests import JobRequest, check_job_id
-from worker.store import JobStore, RemoteCancel
+from worker.intake.requests import JobRequest, check_job_id
+from worker.ops import metrics
+from worker.store.jobs import JobStore, RemoteCancel
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,7 @@ import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
-from worker import metrics
+from worker.ops import metrics
 
 
 class JobContext(Middleware):

@@ -18,10 +18,10 @@ import dramatiq
 import structlog
 
 from config.settings import get_settings
-from worker.app import setup
-from worker.heartbeat import Heartbeat, LocalBeat
-from worker.intake import Intake
-from worker.reconciler import Reconciler
+from worker.intake.stream import Intake
+from worker.runtime.app import bind_actors, setup
+from worker.runtime.heartbeat import Heartbeat, LocalBeat
+from worker.runtime.reconciler import Reconciler
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +43,7 @@ def main(threads: int) -> None:
     """Run until SIGTERM/SIGINT. The entry point of each process the supervisor starts."""
     settings = get_settings()
     rt = setup(settings)
+    bind_actors()
     cekura = rt.cekura  # fail fast (ConfigError) when CEKURA_API_KEY is missing
     stopping = threading.Event()
 

@@ -28,10 +28,11 @@ import redis
 import structlog
 from redis.exceptions import ClusterDownError, NoPermissionError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
-from worker import metrics, requests, submission
-from worker.app import Runtime
 from worker.errors import InvalidRequest
-from worker.store import as_text, iso_now
+from worker.intake import requests, submission
+from worker.ops import metrics
+from worker.runtime.app import Runtime
+from worker.store.jobs import as_text, iso_now
 
 log = structlog.get_logger(__name__)
 

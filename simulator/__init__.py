@@ -2,10 +2,10 @@
 
 No machine here reaches api.cekura.ai, so the demo, the integration tests and the benchmarks run against this
 simulator instead; it follows `cekura-openapi.json` (status codes, response shapes, error bodies) and steers job
-outcomes through the conventions documented in `worker.simulator.jobs`.
+outcomes through the conventions documented in `simulator.jobs`.
 """
 
-from worker.simulator.faults import Faults
-from worker.simulator.server import SimConfig, SimulatorHandle, main, run, start_in_thread
+from simulator.faults import Faults
+from simulator.server import SimConfig, SimulatorHandle, main, run, start_in_thread
 
 __all__ = ["Faults", "SimConfig", "SimulatorHandle", "main", "run", "start_in_thread"]

@@ -39,7 +39,7 @@ DEFAULT_MAX_FAILED_STARTS = 5
 
 
 def _child(threads: int) -> None:
-    from worker.process import main
+    from worker.runtime.process import main
 
     main(threads)
 
@@ -52,7 +52,7 @@ def run(settings: Settings, *, processes: int, threads: int) -> int:
     if settings.cekura_metrics_port is not None:
         # Must be in the environment before any process imports prometheus_client.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cekura-metrics-"))
-        from worker.exposition import serve_metrics
+        from worker.ops.exposition import serve_metrics
 
         serve_metrics(settings)
 

@@ -76,7 +76,7 @@ def _start(rt: Runtime, job_id: str, claim: Claim) -> None:
     params = kind.validate(raw)
     seq = int(job["seq"])
     try:
-        started = rt.cekura.start(kind, params)
+        started = rt.cekura.start(kind, params, time_left_s=_time_left_s(claim))
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("start", str(exc.status_code or "error")).inc()
         _failed_call(rt, job_id, kind, Phase.START, seq, job, exc, secrets=secrets)
@@ -101,6 +101,11 @@ def _start(rt: Runtime, job_id: str, claim: Claim) -> None:
         # Cancelled while the start call was in flight: stop the operation Cekura just began.
         log.info("job_cancelled_during_start", session_id=started.session_id)
         cancel_remote.send(job_id, kind.name, started.session_id)
+    elif verdict == "stale" and kind.cancel_path and started.session_id is not None:
+        # Another attempt started the job while this one was stalled past its lease (a paused process): this
+        # operation is an orphan at Cekura; stop it where Cekura can.
+        log.warning("duplicate_start_cancelled", session_id=started.session_id)
+        cancel_remote.send(job_id, kind.name, started.session_id)
 
 
 @dramatiq.actor(actor_name=names.POLL, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
@@ -108,47 +113,67 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
     """Poll progress once; finish the job on a terminal status, else re-send this actor with the next delay."""
     rt = runtime()
     fetched, age_s, owner = rt.broker.take_fetched_claim()
-    if fetched is not None and age_s <= rt.settings.cekura_lease_s * DEFAULT_FETCHED_CLAIM_MAX_AGE:
-        claim = rt.store.parse_claim(fetched)  # made by the fetch that brought this message
-    else:
-        # No claim yet, or one that waited too long in this process: the same message may renew its own lease.
+    claim = rt.store.parse_claim(fetched) if fetched is not None else None
+    if claim is not None and (
+        age_s > rt.settings.cekura_lease_s * DEFAULT_FETCHED_CLAIM_MAX_AGE
+        or (claim.verdict == "ok" and _time_left_s(claim, age_s) <= 0)
+    ):
+        claim = None  # it waited too long in this process, or past the deadline: ask again (the same owner may)
+    if claim is None:
         claim = rt.store.claim(job_id, Phase.POLL, seq, reserved=reserved, owner=owner if fetched else "")
+        age_s = 0.0
     if not _proceed(claim, job_id, Phase.POLL, seq):
         return
     try:
-        _poll(rt, job_id, seq, claim)
+        _poll(rt, job_id, seq, claim, age_s)
     except redis.RedisError:
         raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
     except Exception as exc:
         _internal_error(rt, job_id, Phase.POLL, claim, exc)
 
 
-def _poll(rt: Runtime, job_id: str, seq: int, claim: Claim) -> None:
+def _poll(rt: Runtime, job_id: str, seq: int, claim: Claim, age_s: float = 0.0) -> None:
     assert claim.job is not None
     job, kind = claim.job, KINDS[claim.job["kind"]]
     progress_id = job.get("progress_id", "")
     polls = int(job.get("polls", "0")) + 1
     structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=progress_id, poll=polls)
     params = kind.validate(json.loads(job["params"]))
+    # A kind's own secrets (a provider key) stay in their key until the job ends, to mask Cekura echoing them.
+    secrets = tuple(rt.store.secrets(job_id).values()) if kind.secret_fields else ()
     try:
-        data = rt.cekura.progress(kind, params, progress_id)
+        data = rt.cekura.progress(kind, params, progress_id, time_left_s=_time_left_s(claim, age_s))
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("progress", str(exc.status_code or "error")).inc()
-        _failed_call(rt, job_id, kind, Phase.POLL, seq, job, exc, polls=polls)
+        _failed_call(rt, job_id, kind, Phase.POLL, seq, job, exc, polls=polls, secrets=secrets)
         return
     _PROGRESS_OK.inc()
-    status = data["status"]
+    raw_status = data["status"]
+    status = redact(raw_status, secrets)  # Cekura's words are stored and logged: never a secret in them
     stage = data.get(kind.stage_field) if kind.stage_field else None
-    outcome = kind.outcome(status)
+    stage = redact(stage, secrets) if isinstance(stage, str) else None
+    outcome = kind.outcome(raw_status)
     if outcome is not None:
         error = ""
         if outcome in (Outcome.FAILED, Outcome.CANCELLED):
             error = str(data.get("error") or f"Cekura reported status {status!r}")
-        _finish(rt, job_id, Phase.POLL, seq, job, outcome, cekura_status=status, result=data, error=error, polls=polls)
+        _finish(
+            rt,
+            job_id,
+            Phase.POLL,
+            seq,
+            job,
+            outcome,
+            cekura_status=status,
+            result=data,
+            error=error,
+            polls=polls,
+            secrets=secrets,
+        )
         return
     delay_ms = _delay_ms(poll_delay(polls + 1, rt.settings), claim)
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
-    if isinstance(stage, str):
+    if stage is not None:
         fields["current_stage"] = stage
     with rt.broker.outbox() as next_poll:
         poll.send_with_options(args=(job_id, seq + 1), delay=delay_ms)
@@ -315,12 +340,13 @@ def _finish(
     result: dict[str, Any] | None = None,
     error: str = "",
     polls: int = 0,
+    secrets: tuple[str, ...] = (),
 ) -> None:
     fields = {
         "status": outcome.value,
-        "cekura_status": cekura_status,
-        "result": redact(json.dumps(result, separators=(",", ":"))) if result is not None else "",
-        "error": redact(error),
+        "cekura_status": redact(cekura_status, secrets),
+        "result": redact(json.dumps(result, separators=(",", ":")), secrets) if result is not None else "",
+        "error": redact(error, secrets),
         "polls": polls,
     }
     done = rt.store.finish(job_id, expect.value if expect else "any", seq, fields)
@@ -335,11 +361,17 @@ def _finish(
     level(
         "job_finished",
         outcome=outcome.value,
-        cekura_status=cekura_status,
+        cekura_status=fields["cekura_status"],
         polls=polls,
         duration_s=round(duration, 3),
         error=fields["error"] or None,
     )
+
+
+def _time_left_s(claim: Claim, age_s: float = 0.0) -> float:
+    """Seconds before the job's deadline, from a claim made `age_s` ago (the bound on the call it allows)."""
+    assert claim.job is not None
+    return (int(claim.job.get("deadline_ms", 0)) - claim.now_ms) / 1000 - age_s
 
 
 def _delay_ms(delay_s: float, claim: Claim) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,10 @@ from worker.errors import ConfigError
 #: CEKURA_HTTP_TIMEOUT_S bounds each socket operation, so an answer trickling in would otherwise outlive the lease
 #: and the reconciler would send the call again while the first is still in flight.
 DEFAULT_CALL_LIMIT_SHARE = 0.5
+
+
+#: Secrets shorter than this are refused: masking them in output would mask ordinary words too.
+MIN_SECRET_LEN = 4
 
 
 class Settings(BaseSettings):
@@ -122,6 +126,8 @@ class Settings(BaseSettings):
         # It travels as an HTTP header value: anything else would be refused there, and quoted in the error.
         if not (key.isascii() and key.isprintable()):
             raise ValueError("must be printable ASCII, without control characters (the value is not shown)")
+        if len(key) < MIN_SECRET_LEN:
+            raise ValueError(f"is shorter than {MIN_SECRET_LEN} characters: too short to be masked in output")
         return SecretStr(key)
 
     @field_validator("redis_url")
@@ -135,6 +141,20 @@ class Settings(BaseSettings):
         parts = urlsplit(url)
         if parts.password is not None and not unquote(parts.password).isprintable():
             raise ValueError("must not hold a percent-encoded control character in its password (not shown)")
+        # A password urlsplit can't see is one nothing can mask: a raw '#', '/' or '?' in it moves the '@' out of
+        # the netloc, and a `password=` query parameter (which redis-py reads) isn't in the netloc at all.
+        after_scheme = url.split("://", 1)[-1]
+        if "@" in after_scheme and "@" not in parts.netloc:
+            raise ValueError("has '#', '/' or '?' in its password: percent-encode them (the value is not shown)")
+        query_keys = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+        if query_keys & {"password", "username"}:
+            raise ValueError("must carry its user and password before the host, not as query parameters (not shown)")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port, whose message would quote it
+        except ValueError:
+            raise ValueError("has a malformed host or port (the value is not shown)") from None
+        if parts.password is not None and 0 < len(unquote(parts.password)) < MIN_SECRET_LEN:
+            raise ValueError(f"has a password shorter than {MIN_SECRET_LEN} characters: too short to be masked")
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return SecretStr(url)

@@ -5,7 +5,9 @@ simulator instead; it follows `cekura-openapi.json` (status codes, response shap
 outcomes through the conventions documented in `simulator.jobs`.
 """
 
+from simulator.cli import main
+from simulator.config import SimConfig
 from simulator.faults import Faults
-from simulator.server import SimConfig, SimulatorHandle, main, run, start_in_thread
+from simulator.server import SimulatorHandle, run, start_in_thread
 
 __all__ = ["Faults", "SimConfig", "SimulatorHandle", "main", "run", "start_in_thread"]

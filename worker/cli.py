@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,24 +21,41 @@ EXIT_FAILED = 1
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
-    """`key=value`; the value is read as JSON when it parses (42, true, [1,2], "quoted"), else as text."""
+    """`key=value`; the value is read as JSON when it parses (42, true, [1,2], "quoted"), else as text. NaN and
+    Infinity are not JSON (Python's json.loads takes them): they stay text, as does JSON nested too deeply to read.
+
+    KEY is a parameter name (an identifier). The usage error never quotes the argument, which may hold a secret
+    (`api_key:...` typed for `api_key=...`): at most it names the text before the first `=` or `:` when that is a
+    short identifier."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not sep or not _PARAM_NAME.fullmatch(key):  # `api_key:abc==` must not become a param named after a secret
+        name = re.match("[^=:]*", text)
+        hint = f" (for {name[0]!r}?)" if name and name.end() < len(text) and _PARAM_NAME.fullmatch(name[0]) else ""
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE{hint}")
     try:
-        return key, json.loads(value)
-    except ValueError:
+        return key, json.loads(value, parse_constant=_not_json)
+    except (ValueError, RecursionError):
         return key, value
 
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise argparse.ArgumentTypeError("not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+#: A `-p` KEY, and all a `-p` usage error may name of its argument.
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _print_json(value: Any) -> None:

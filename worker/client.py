@@ -113,7 +113,8 @@ class Client:
         return None if raw is None else job_view(raw)
 
     def cancel(self, job_id: str) -> submission.Cancelled:
-        """Cancel a job; the answer says whether it was cancelled, had already finished, or is unknown."""
+        """Cancel a job; the answer says whether it was cancelled, had already finished, or is unknown. Raises
+        `InvalidRequest` for a job id whose key holds something other than a job, as `submit` does."""
         return submission.cancel(self.store, self.broker, job_id)
 
     def results(self, *, after: str = "0", follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, str]]:

@@ -14,6 +14,7 @@ costs one substring test per secret, as it did before the forms were added.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -45,10 +46,14 @@ def variants(secret: str) -> tuple[str, ...]:
     """`secret` and each distinct escaped form it can take in an error message, a JSON text or a URL, longest first.
 
     The forms: Python's `repr()` of the string and of its UTF-8 bytes (without the quotes), JSON-escaped with and
-    without `ensure_ascii`, and percent-encoded as a path (`quote`), a query component and a form value.
+    without `ensure_ascii`, percent-encoded as a path (`quote`), a query component and a form value, HTML-escaped
+    (with and without quotes), and the secret without surrounding whitespace.
     """
     forms = {
         secret,
+        secret.strip(),
+        html.escape(secret),
+        html.escape(secret, quote=False),
         repr(secret)[1:-1],
         repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
         json.dumps(secret)[1:-1],
@@ -85,17 +90,17 @@ def register_settings(settings: Settings) -> None:
 
 
 def _mask(text: str, groups: Iterable[_Group]) -> str:
-    for anchor, forms in groups:
-        if anchor in text:
-            for form in forms:
-                if form in text:
-                    text = text.replace(form, MASK)
+    # Every form of every secret that occurs, longest first: a secret that contains another (a password that is a
+    # prefix of the API key, say) is masked whole before the shorter one could cut it apart.
+    found = {form for anchor, forms in groups if anchor in text for form in forms if form and form in text}
+    for form in sorted(found, key=len, reverse=True):
+        text = text.replace(form, MASK)
     return text
 
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:
     """`text` with every registered secret, and each of `extra`, replaced by `***` in any of its escaped forms."""
-    text = _mask(text, _groups)
     if extra:
-        text = _mask(text, (_group(secret) for secret in extra if len(secret) >= DEFAULT_MIN_SECRET_LEN))
-    return text
+        extra_groups = tuple(_group(secret) for secret in extra if len(secret.strip()) >= DEFAULT_MIN_SECRET_LEN)
+        return _mask(text, _groups + extra_groups)
+    return _mask(text, _groups)

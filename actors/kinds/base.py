@@ -31,6 +31,23 @@ class Params(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+#: Secrets shorter than this are refused: too short to be masked in output without masking ordinary words.
+MIN_SECRET_LEN = 4
+
+
+def check_secret(cls: type, value: SecretStr | None) -> SecretStr | None:
+    """A params validator for secret fields: surrounding whitespace stripped, then printable and long enough to be
+    masked wherever Cekura might echo it. Its messages never show the value."""
+    if value is None:
+        return None
+    secret = value.get_secret_value().strip()
+    if not secret.isprintable():
+        raise ValueError("must not contain control characters (the value is not shown)")
+    if len(secret) < MIN_SECRET_LEN:
+        raise ValueError(f"must be at least {MIN_SECRET_LEN} characters (the value is not shown)")
+    return SecretStr(secret)
+
+
 def _json_body(params: BaseModel) -> dict[str, Any]:
     """The start body: the params as given, secrets revealed (they are meant for Cekura)."""
     body = params.model_dump(mode="python", exclude_unset=True)

@@ -4,15 +4,17 @@ Cekura dropped this operation from its public docs in mid-2026; an API that answ
 `failed` ("operation not available") instead of retrying.
 """
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
-from actors.kinds.base import JobKind, Outcome, Params
+from actors.kinds.base import JobKind, Outcome, Params, check_secret
 
 
 class ToggleMockToolsParams(Params):
     agent_id: int
     enabled: bool
     api_key: SecretStr | None = None  # the voice provider's key: a secret
+
+    _api_key = field_validator("api_key")(check_secret)
 
 
 KIND = JobKind(

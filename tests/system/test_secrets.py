@@ -124,7 +124,8 @@ def test_no_secret_reaches_logs_redis_events_or_cli_output(system: System) -> No
     system.assert_log_shape(refused.lines() + worker.lines())
 
 
-def test_provider_key_leaves_redis_once_the_start_call_succeeds(system: System) -> None:
+def test_provider_key_lives_only_in_its_own_key_and_leaves_redis_with_the_job(system: System) -> None:
+    # It stays until the job ends (not only until the start call), so Cekura echoing it in a poll can be masked.
     server = system.redis()
     sim = system.simulator("--duration", "0.5")
     client = system.client(server)
@@ -141,6 +142,11 @@ def test_provider_key_leaves_redis_once_the_start_call_succeeds(system: System) 
         lambda: (client.status("polling") or {}).get("state") == "polling", timeout=30, what="the start call"
     )
     with server.client() as raw:
+        assert raw.exists("cekura:secret:polling") == 1  # kept until the job ends, to mask Cekura echoing it
+        raw.rename("cekura:secret:polling", "aside")
+        assert provider_key not in _dump_redis(raw).replace(str(raw.get("aside")), "")  # nowhere else
+        raw.rename("aside", "cekura:secret:polling")
+        client.cancel("polling")
         assert raw.exists("cekura:secret:polling") == 0
         assert provider_key not in _dump_redis(raw)
     assert sim.stats()["started_by_kind"]["toggle_mock_tools"] == 1

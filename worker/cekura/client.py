@@ -36,6 +36,8 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -139,10 +141,11 @@ class CekuraClient:
             self._connections.discard(connection)
         connection.close()
 
-    def start(self, kind: JobKind, params: Params) -> Started:
+    def start(self, kind: JobKind, params: Params, *, time_left_s: float = math.inf) -> Started:
         path, _ = kind.paths(params)
         body = kind.start_body(params)
-        data = self._call("POST", path, json_body=body)
+        secrets = tuple(kind.secrets(params).values())
+        data = self._call("POST", path, json_body=body, secrets=secrets, time_left_s=time_left_s)
         progress_id = data.get("progress_id")
         if not isinstance(progress_id, str) or not progress_id or len(progress_id) > 512:
             raise PermanentError(f"invalid response from {path}: no usable progress_id")
@@ -151,9 +154,12 @@ class CekuraClient:
             raise PermanentError(f"invalid response from {path}: session_id is not an integer")
         return Started(progress_id, session_id)
 
-    def progress(self, kind: JobKind, params: Params, progress_id: str) -> dict[str, Any]:
+    def progress(
+        self, kind: JobKind, params: Params, progress_id: str, *, time_left_s: float = math.inf
+    ) -> dict[str, Any]:
         _, path = kind.paths(params)
-        data = self._call("GET", path, query=b"progress_id=" + quote(progress_id, safe="").encode())
+        query = b"progress_id=" + quote(progress_id, safe="").encode()
+        data = self._call("GET", path, query=query, time_left_s=time_left_s)
         if not isinstance(data.get("status"), str):
             raise PermanentError(f"invalid response from {path}: no status")
         return data
@@ -170,7 +176,11 @@ class CekuraClient:
         *,
         json_body: dict[str, Any] | None = None,
         query: bytes | None = None,
+        secrets: tuple[str, ...] = (),
+        time_left_s: float = math.inf,
     ) -> dict[str, Any]:
+        """One call, over within `time_left_s` (the job's deadline) and half the lease, whichever is first;
+        `secrets` are the job's own (a provider key), masked in any error text the call produces."""
         origin = self._origin
         target = self._prefix + path.encode() + (b"?" + query if query else b"")
         url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
@@ -182,7 +192,7 @@ class CekuraClient:
         else:
             headers = self._get_headers
         request = httpcore.Request(method, url, headers=headers, content=content, extensions=self._extensions)
-        self._deadline.at = time.monotonic() + self._call_limit_s
+        self._deadline.at = time.monotonic() + min(self._call_limit_s, max(0.0, time_left_s))
         try:
             response = self._connection().handle_request(request)
             try:
@@ -207,7 +217,10 @@ class CekuraClient:
         status = response.status
         if status in _SUCCESS:
             return _decode(body, path, status)
-        raise self._error(method, path, status, body, _header(response, b"retry-after"))
+        retry_after = _header(response, b"retry-after")
+        if status == 429 and retry_after is not None and not retry_after.strip().isdigit():
+            retry_after = _relative_to_server_date(retry_after, _header(response, b"date"))
+        raise self._error(method, path, status, body, retry_after, secrets)
 
     def _read(self, response: httpcore.Response, path: str) -> bytes:
         declared = _header(response, b"content-length")
@@ -223,8 +236,11 @@ class CekuraClient:
         return b"".join(chunks)
 
     @staticmethod
-    def _error(method: str, path: str, status: int, body: bytes, retry_after: str | None) -> CekuraError:
-        excerpt = body[:DEFAULT_ERROR_EXCERPT].decode("utf-8", "replace").strip()
+    def _error(
+        method: str, path: str, status: int, body: bytes, retry_after: str | None, secrets: tuple[str, ...] = ()
+    ) -> CekuraError:
+        # Masked before it is cut: a secret straddling the cut would leave a prefix no form of it matches.
+        excerpt = redact(body.decode("utf-8", "replace"), secrets)[:DEFAULT_ERROR_EXCERPT].strip()
         where = f"{method} {path} answered HTTP {status}"
         if status == 429:
             wait = parse_retry_after(retry_after)
@@ -292,6 +308,19 @@ def _encodable(data: dict[str, Any]) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _relative_to_server_date(retry_after: str, date: str | None) -> str:
+    """An HTTP-date `Retry-After` as delta-seconds measured against the answer's own `Date` header, so a host
+    clock that disagrees with Cekura's changes nothing (RFC 9110, 10.2.3); unchanged when there is no usable Date."""
+    try:
+        server_now = parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError, IndexError):
+        server_now = None
+    if server_now is None:
+        return retry_after
+    wait = parse_retry_after(retry_after, now=server_now if server_now.tzinfo else server_now.replace(tzinfo=UTC))
+    return retry_after if wait is None else str(math.ceil(wait))
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

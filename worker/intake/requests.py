@@ -69,8 +69,7 @@ def parse(
     if raw is None:
         raise InvalidRequest("entry has no 'request' field")
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if len(data) > settings.cekura_request_max_bytes:
-        raise InvalidRequest(f"request is {len(data)} bytes, over the {settings.cekura_request_max_bytes}-byte limit")
+    check_size(len(data), settings)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -96,13 +95,14 @@ def parse(
         raise InvalidRequest(f"unknown request field(s): {', '.join(map(repr, unknown))}")
     if "kind" not in value:
         raise InvalidRequest("request needs 'kind' (or 'action')")
-    return build(
+    return _build(
         value["kind"],
         value.get("params", {}),
         job_id=value.get("job_id", default_job_id),
         metadata=value.get("metadata"),
         deadline_s=value.get("deadline_s"),
         settings=settings,
+        measured=True,  # the entry's own bytes were measured above, and JSON text holds no NaN
     )
 
 
@@ -116,8 +116,34 @@ def build(
     settings: Settings,
 ) -> JobRequest:
     """Validate a submission given as Python values (the client's and the CLI's entry point)."""
+    return _build(
+        kind, params, job_id=job_id, metadata=metadata, deadline_s=deadline_s, settings=settings, measured=False
+    )
+
+
+def check_size(size: int, settings: Settings) -> None:
+    """Refuse a request of `size` bytes over `CEKURA_REQUEST_MAX_BYTES` (the stream's reader measures entries it
+    doesn't fetch with this too)."""
+    if size > settings.cekura_request_max_bytes:
+        raise InvalidRequest(f"request is {size} bytes, over the {settings.cekura_request_max_bytes}-byte limit")
+
+
+def _build(
+    kind: Any,
+    params: Any,
+    *,
+    job_id: Any,
+    metadata: Any,
+    deadline_s: Any,
+    settings: Settings,
+    measured: bool,
+) -> JobRequest:
+    """The checks both entry points share; `measured` when the request came as JSON text whose size was checked
+    (measuring a re-serialisation instead would count what the sender never sent, such as a generated job id)."""
+    if isinstance(kind, str):
+        kind = str.__str__(kind)  # a plain str: a subclass's __hash__, __eq__ or __repr__ could raise
     if not isinstance(kind, str) or kind not in KINDS:
-        raise InvalidRequest(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+        raise InvalidRequest(f"unknown kind {_show_kind(kind)}; known kinds: {', '.join(sorted(KINDS))}")
     job_kind = KINDS[kind]
     if not isinstance(params, Mapping):
         raise InvalidRequest(f"params must be a JSON object, got {_json_type(params)}")
@@ -126,6 +152,7 @@ def build(
         model = job_kind.validate(params)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid params for {kind}: {_describe(exc)}") from None
+    given_job_id, given_metadata = job_id, metadata
     if job_id is None:
         job_id = new_job_id()
     else:
@@ -137,7 +164,10 @@ def build(
     else:
         _check_values([(metadata, "metadata")], settings)
     deadline = _deadline(deadline_s, settings)
-    _check_size_and_numbers(kind, params, job_id, deadline_s, metadata, settings)
+    if not measured:
+        given = {"job_id": given_job_id, "deadline_s": deadline_s, "metadata": given_metadata}
+        sent = {name: value for name, value in given.items() if value is not None}
+        _check_size_and_numbers({"kind": kind, "params": params, **sent}, settings)
     try:
         public = job_kind.public_params(model)
     except (TypeError, ValueError) as exc:  # pydantic-core's serializer: the checks above should leave it nothing
@@ -177,20 +207,19 @@ def _deadline(value: Any, settings: Settings) -> float:
     return float(value)
 
 
-def _check_size_and_numbers(
-    kind: str, params: Any, job_id: str, deadline_s: Any, metadata: Any, settings: Settings
-) -> None:
-    """What the stream checks on the raw entry, checked on the request as it would be sent: JSON-only numbers
-    (no NaN or Infinity) and the size limit, with the stream's messages."""
-    request = {"kind": kind, "params": params, "job_id": job_id, "deadline_s": deadline_s, "metadata": metadata}
+def _check_size_and_numbers(request: dict[str, Any], settings: Settings) -> None:
+    """What the stream checks on the raw entry, checked on a Python request as it would be sent: JSON-only numbers
+    (no NaN or Infinity) and the size limit, with the stream's messages. `request` holds only the fields the caller
+    gave (a generated job id is not sent), serialised compactly with non-ASCII text as UTF-8, the way a producer
+    would send it: anything else counts bytes the stream would never see."""
     try:
-        data = json.dumps(request, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(request, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        data = text.encode("utf-8")
     except ValueError:
         raise InvalidRequest("request is not valid JSON: NaN or Infinity is not a JSON number") from None
     except (TypeError, RecursionError) as exc:
         raise InvalidRequest(f"request is not JSON-serialisable: {exc}") from None
-    if len(data) > settings.cekura_request_max_bytes:
-        raise InvalidRequest(f"request is {len(data)} bytes, over the {settings.cekura_request_max_bytes}-byte limit")
+    check_size(len(data), settings)
 
 
 #: A value's location as a chain of (parent, name) links, turned into "params.a.b" only for an error message:
@@ -199,8 +228,8 @@ _Where = tuple[Any, str]
 
 
 def _check_values(roots: Iterable[tuple[Any, str]], settings: Settings) -> None:
-    """Refuse NUL characters and lone surrogates in keys and strings, and objects and arrays nested more than
-    `DEFAULT_MAX_DEPTH` deep; each root is a value and the name of where it sits.
+    """Refuse NUL characters and lone surrogates in keys and strings, mapping keys that are not strings, and
+    objects and arrays nested more than `DEFAULT_MAX_DEPTH` deep; each root is a value and the name of where it sits.
 
     It walks with a list, not recursion, and stops after as many values as the size limit has bytes (each
     takes at least one), so neither a deep request nor a circular or shared structure from Python runs away.
@@ -228,7 +257,9 @@ def _check_values(roots: Iterable[tuple[Any, str]], settings: Settings) -> None:
         children: list[tuple[Any, _Where, int]] = []
         if isinstance(value, Mapping):
             for key, item in value.items():
-                child = (where, key) if isinstance(key, str) and key.isprintable() else where
+                if not isinstance(key, str):  # json.dumps would write 1 and "1" as the same key: one value lost
+                    raise InvalidRequest(f"{_name(where)} keys must be strings")
+                child = (where, key) if key.isprintable() else where
                 children += [(key, where, depth), (item, child, depth + 1)]
         else:
             children = [(item, where, depth + 1) for item in value]
@@ -255,6 +286,16 @@ def _describe(exc: ValidationError) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise InvalidRequest(f"request is not valid JSON: {name} is not a JSON number")
+
+
+def _show_kind(kind: Any) -> str:
+    """A kind for an error message: quoted when it is text, written out when it is a small JSON scalar, else named
+    by its type (the repr of an arbitrary object, or the digits of a huge int, may raise)."""
+    if isinstance(kind, str):
+        return str.__repr__(kind)
+    if kind is None or type(kind) in (bool, float) or (type(kind) is int and abs(kind) < 10**18):
+        return json.dumps(kind)
+    return f"(got {_json_type(kind)})"
 
 
 def _json_type(value: Any) -> str:

@@ -12,7 +12,15 @@ every time) leaves only that entry pending and the batch goes on; once the entry
 `DEFAULT_MAX_ENTRY_TRIES` times it is rejected, so one poison entry can't hold up the entries behind it.
 
 Nothing here parses a request over `CEKURA_REQUEST_MAX_BYTES`, not even to name it in a rejection: a 30 MB entry
-parsed as JSON takes most of a gigabyte.
+parsed as JSON takes most of a gigabyte. Nor are such entries read whole: batches (new entries, and claimed ones)
+come through the `read_requests` script, which sends a `request` field only when it is within the limit (else its
+length) and other fields by name only, so a batch costs at most `DEFAULT_BATCH` times the limit. The one exception
+is the wait for new entries when there are none: it is a blocking XREADGROUP (a script can't block, and Redis has
+no blocking read that returns ids only), so it reads its one entry whole, with COUNT 1: the bound is one entry
+over the limit at a time (at most Redis's largest value, `proto-max-bulk-len`), whatever a burst holds.
+
+An entry is one field, `request`: one with other fields is rejected, naming them, rather than trimmed (a producer
+that put its `job_id` in a field of its own would otherwise get a job under an id it never hears of).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from worker.errors import InvalidRequest
 from worker.intake import requests, submission
 from worker.ops import metrics
 from worker.runtime.app import Runtime
+from worker.store import scripts
 from worker.store.jobs import as_text, iso_now
 
 log = structlog.get_logger(__name__)
@@ -47,6 +56,11 @@ DEFAULT_BATCH = 100
 
 #: A consumer with nothing pending and idle this long (a worker process that is gone) leaves the group.
 DEFAULT_FORGET_IDLE_MS = 3_600_000
+
+#: How many of an entry's other field names a rejection may quote, and how long each may be (longer ones are
+#: counted, not shown); read_requests.lua sends no more.
+DEFAULT_MAX_FIELD_NAMES = 10
+DEFAULT_MAX_FIELD_NAME_CHARS = 64
 
 #: Deliveries of an entry whose handling fails with a Redis error reply each time, after which it is rejected.
 DEFAULT_MAX_ENTRY_TRIES = 3
@@ -94,6 +108,7 @@ class Intake(threading.Thread):
         self._stopping = threading.Event()
         # Blocking reads need a socket timeout longer than the block.
         self.client = redis.Redis(connection_pool=rt.redis.connection_pool)
+        self._read = scripts.load(self.client, "read_requests", clock=False)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -135,13 +150,20 @@ class Intake(threading.Thread):
                 raise
 
     def read_once(self, *, block_ms: int | None = None) -> int:
-        """Handle one batch of new entries; returns how many."""
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=DEFAULT_BATCH, block=block_ms
+        """Handle one batch of new entries, read through the script; when there are none and `block_ms` is given,
+        wait that long for the next one (read whole: see the module docstring). Returns how many were handled."""
+        _, entries = self._read(
+            keys=[self.stream],
+            args=["new", self.group, self.consumer, DEFAULT_BATCH, self.rt.settings.cekura_request_max_bytes, 0, "0-0"],
         )
+        for entry in entries:
+            self._handle_read(entry)
+        if entries or block_ms is None:
+            return len(entries)
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=1, block=block_ms)
         handled = 0
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
+        for _, waited in reply or []:
+            for entry_id, fields in waited:
                 self.handle(entry_id, fields)
                 handled += 1
         return handled
@@ -150,18 +172,19 @@ class Intake(threading.Thread):
         """Take over entries left pending too long (by a consumer that died, or by a Redis error reply), and handle
         them."""
         handled = 0
-        cursor = "0-0"
+        cursor: Any = "0-0"
+        max_bytes = self.rt.settings.cekura_request_max_bytes
         while True:
-            reply = self.client.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=cursor, count=DEFAULT_BATCH
+            cursor, entries = self._read(
+                keys=[self.stream],
+                args=["claim", self.group, self.consumer, DEFAULT_BATCH, max_bytes, self.claim_idle_ms, cursor],
             )
-            cursor, entries = reply[0], reply[1]
-            for entry_id, fields in entries:
-                if fields is None:  # deleted while pending
-                    self.client.xack(self.stream, self.group, entry_id)
+            for entry in entries:
+                if len(entry) == 1:  # deleted while pending (Redis 6.2; Redis 7 drops those itself)
+                    self.client.xack(self.stream, self.group, entry[0])
                     continue
-                log.info("intake_entry_reclaimed", entry_id=as_text(entry_id))
-                self.handle(entry_id, fields)
+                log.info("intake_entry_reclaimed", entry_id=as_text(entry[0]))
+                self._handle_read(entry)
                 handled += 1
             if cursor in (b"0-0", "0-0"):
                 self.forget_departed()
@@ -180,10 +203,20 @@ class Intake(threading.Thread):
     def handle(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
         """Record, cancel or reject one entry and acknowledge it; False when it stays pending after a Redis error
         reply, to be tried again when claimed. Raises the Redis errors that are about the server."""
-        entry = as_text(entry_id)
         raw = fields.get(b"request", fields.get("request"))
+        others = [name for name in fields if name not in (b"request", "request")]
+        return self._handle(entry_id, raw, None, others, len(others))
+
+    def _handle_read(self, entry: list[Any]) -> bool:
+        """`handle` for an entry as read_requests.lua describes it: {id, request | None, its length, other field
+        names, how many other fields}."""
+        entry_id, raw, size, names, others = entry
+        return self._handle(entry_id, raw, int(size), names, int(others))
+
+    def _handle(self, entry_id: Any, raw: Any, size: int | None, names: list[Any], others: int) -> bool:
+        entry = as_text(entry_id)
         try:
-            self._dispatch(entry, raw)
+            self._dispatch(entry, raw, size, names, others)
         except redis.RedisError as exc:
             if about_the_server(exc):
                 raise  # not acknowledged: retried by this consumer or, if it dies, claimed by another
@@ -195,8 +228,13 @@ class Intake(threading.Thread):
         pipe.execute()
         return True
 
-    def _dispatch(self, entry: str, raw: Any) -> None:
+    def _dispatch(self, entry: str, raw: Any, size: int | None, names: list[Any], others: int) -> None:
         try:
+            has_request = raw is not None or (size is not None and size >= 0)
+            if has_request and others:  # (an entry with no `request` at all is refused for that, below)
+                raise InvalidRequest(_extra_fields(names, others))
+            if raw is None and has_request:  # left in Redis by read_requests.lua: over the limit
+                requests.check_size(size or 0, self.rt.settings)
             # A request without a job_id gets one derived from its entry, so a redelivered entry is the same job.
             request = requests.parse(raw, self.rt.settings, default_job_id=f"req-{entry}")
             if isinstance(request, requests.CancelRequest):
@@ -261,6 +299,23 @@ class Intake(threading.Thread):
 
 def _backoff(failures: int) -> float:
     return min(DEFAULT_MAX_BACKOFF_S, 0.5 * 2.0 ** min(failures, 6))
+
+
+def _extra_fields(names: list[Any], count: int) -> str:
+    """The rejection of an entry with fields besides `request`: the names that are short and printable, sorted
+    (a name is the producer's text, shown like a field of the request would be), and how many others there are."""
+    shown = set()
+    for name in names:
+        try:
+            text = name.decode() if isinstance(name, bytes) else str(name)
+        except UnicodeDecodeError:
+            continue
+        if len(text) <= DEFAULT_MAX_FIELD_NAME_CHARS and text.isprintable():
+            shown.add(text)
+    listed = sorted(shown)[:DEFAULT_MAX_FIELD_NAMES]
+    more = count - len(listed)
+    described = ", ".join(map(repr, listed)) + (f"{' and ' if listed else ''}{more} other(s)" if more else "")
+    return f"entry has field(s) besides 'request': {described}; XADD only 'request'"
 
 
 def _identify(raw: Any, max_bytes: int) -> tuple[str, str]:

@@ -21,7 +21,7 @@ import structlog
 from actors import names
 from worker.intake.requests import JobRequest, check_job_id
 from worker.ops import metrics
-from worker.store.jobs import JobStore, RemoteCancel
+from worker.store.jobs import JobStore, RemoteCancel, not_a_job
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,10 @@ def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Sub
 
 def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
     """End a job `cancelled` now; a running job of a kind that can be stopped at Cekura (scenario agent) also gets
-    its `cancel_remote` message, written by the same script that records the cancel, so neither is lost alone."""
+    its `cancel_remote` message, written by the same script that records the cancel, so neither is lost alone.
+
+    Raises `InvalidRequest` when the job id's key holds something other than a job (so the request stream
+    publishes a `rejected` event and the client raises): nothing was cancelled, and no event was written."""
     from actors.kinds import KINDS
 
     check_job_id(job_id)
@@ -107,6 +110,8 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
         return Cancelled(job_id, "unknown")
     if done.verdict == "done":
         return Cancelled(job_id, "already_finished", done.status)
+    if done.verdict == "corrupt":  # not a job: refused like a submit with this id, not reported cancelled
+        raise not_a_job(job_id)
     metrics.JOBS_FINISHED.labels(done.kind, "cancelled").inc()
     log.info("job_cancelled", job_id=job_id, kind=done.kind, prior_state=done.prior_state)
     # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns.

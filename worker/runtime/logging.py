@@ -27,7 +27,20 @@ def _redact_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = redact(value)
+        elif isinstance(value, dict | list | tuple):
+            event[key] = _redact_nested(value)
     return event
+
+
+def _redact_nested(value: Any) -> Any:
+    """Strings inside a logged dict or list, masked too (a Cekura answer logged as a value, say)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_nested(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_nested(v) for v in value]
+    return value
 
 
 def _add_pid(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

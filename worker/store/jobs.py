@@ -117,6 +117,12 @@ def iso_from_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def not_a_job(job_id: str) -> InvalidRequest:
+    """The refusal of a job id whose key holds something other than a job (scripts answer `corrupt`): the same
+    words for a submit and a cancel."""
+    return InvalidRequest(f"job_id {job_id!r} can't be used: its key in Redis holds something other than a job")
+
+
 def iso_now() -> str:
     """The current time as ISO 8601 UTC with milliseconds."""
     return iso_from_ms(int(time.time() * 1000))
@@ -187,7 +193,7 @@ class JobStore:
             keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args
         )
         if as_text(state) == "corrupt":
-            raise InvalidRequest(f"job_id {job_id!r} can't be used: its key in Redis holds something other than a job")
+            raise not_a_job(job_id)
         return bool(created), as_text(state)
 
     def secrets(self, job_id: str) -> dict[str, str]:

@@ -35,9 +35,6 @@ local due = now + delay_ms
 redis.call('HSET', job_key, 'state', next_state, 'seq', new_seq, 'lease', 0, 'next_poll_ms', due, 'updated_ms', now,
   unpack(ARGV, FIELDS_FROM))
 redis.call('ZADD', schedule_key, due_score(due + grace_ms, deadline), job_id)
-if phase == 'start' and next_state == 'polling' then
-  redis.call('DEL', secret_key)  -- the start call has used the job's secrets: they go now, not at the end
-end
 if redis_message_id ~= '' then
   redis.call('HSET', messages_key, redis_message_id, message_data)
   redis.call('ZADD', delayed_key, now + message_delay_ms, redis_message_id)

@@ -16,6 +16,12 @@ local job_id, expect, seq, results_maxlen, ttl_s = ARGV[1], ARGV[2], ARGV[3], AR
 local cancel_kinds, queue_name, cancel_actor, message_id, redis_message_id = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local FIELDS_FROM = 11
 
+-- Nothing is written unless the event can be: a stray key where the results stream should be makes XADD fail,
+-- and Redis keeps what a script wrote before its error, so the job would be finished with no event, for good.
+local stream_type = redis.call('TYPE', results_stream)['ok']
+if stream_type ~= 'stream' and stream_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. results_stream .. ' is not a stream: the job is left unfinished')
+end
 local f = hash_fields(job_key, 'state', 'seq', 'status')
 if not f then return {'corrupt'} end
 local state = f[1]

@@ -1,0 +1,68 @@
+"""The simulator's command line (`cekura-worker simulate`): options for host, port, key, job timing and faults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from simulator.config import SimConfig
+from simulator.faults import Faults
+from simulator.server import run
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cekura-simulator", description="Serve a simulated Cekura API (start/progress operations) over HTTP."
+    )
+    defaults = SimConfig()
+    fault_defaults = Faults()
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
+    parser.add_argument("--api-key", default=defaults.api_key, help="value X-CEKURA-API-KEY must carry")
+    parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds a job runs")
+    parser.add_argument("--polls", type=int, default=None, help="a job ends on its N-th progress GET instead")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of 5xx answers")
+    parser.add_argument("--rate-429", type=float, default=0.0, help="share of 429 answers")
+    parser.add_argument("--retry-after", type=float, default=fault_defaults.retry_after_s, help="Retry-After seconds")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every operation answer")
+    parser.add_argument("--hang-rate", type=float, default=0.0, help="share of answers delayed by --hang-s")
+    parser.add_argument("--hang-s", type=float, default=fault_defaults.hang_s)
+    parser.add_argument("--drop-rate", type=float, default=0.0, help="share of connections closed unanswered")
+    parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of 200s with invalid JSON")
+    parser.add_argument("--unknown-status-rate", type=float, default=0.0, help="share of polls saying 'paused'")
+    parser.add_argument("--rate-limit-rps", type=float, default=0.0, help="429 above this many requests/s (0 = off)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: parse options, print the listening line, serve until interrupted."""
+    args = _build_parser().parse_args(argv)
+    try:
+        faults = Faults(
+            error_rate=args.error_rate,
+            rate_429=args.rate_429,
+            retry_after_s=args.retry_after,
+            latency_ms=args.latency_ms,
+            hang_rate=args.hang_rate,
+            hang_s=args.hang_s,
+            drop_rate=args.drop_rate,
+            malformed_rate=args.malformed_rate,
+            unknown_status_rate=args.unknown_status_rate,
+        )
+        cfg = SimConfig(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            duration_s=args.duration,
+            polls_to_complete=args.polls,
+            faults=faults,
+            rate_limit_rps=args.rate_limit_rps,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"cekura simulator: {exc}", file=sys.stderr)
+        return 2
+    run(cfg, on_ready=lambda url: print(f"cekura simulator listening on {url}", flush=True))
+    return 0

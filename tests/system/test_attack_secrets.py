@@ -1,0 +1,418 @@
+"""Adversarial reproductions against "secrets never leak" (CEKURA_API_KEY, the Redis password in REDIS_URL, a job's
+provider `api_key`). Each test asserts the guarantee and fails while the leak it reproduces exists.
+
+A tiny HTTP server of our own stands in for Cekura, so it can echo the key back the ways a real API (or a proxy in
+front of it) might: in an error body, HTML-escaped, in a progress payload, stripped of whitespace.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import pytest
+import redis
+
+from config.settings import Settings, load_settings
+from worker.client import Client
+from worker.errors import ConfigError, InvalidRequest
+from worker.runtime.app import Runtime, bind_actors, setup
+
+if TYPE_CHECKING:
+    from conftest import System
+
+#: (method, path, lower-cased headers, body) -> (status, extra headers, body)
+Script = Callable[[str, str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
+
+FAST: dict[str, Any] = {
+    "cekura_poll_initial_s": 0.05,
+    "cekura_poll_max_s": 0.2,
+    "cekura_poll_factor": 1.5,
+    "cekura_poll_jitter": 0.0,
+    "cekura_retry_initial_s": 0.05,
+    "cekura_retry_max_s": 0.5,
+    "cekura_http_timeout_s": 2.0,
+    "cekura_reconcile_grace_s": 2.0,
+    "cekura_reconcile_interval_s": 0.5,
+    "cekura_lease_s": 5.0,
+    "log_level": "INFO",
+    "log_format": "json",
+}
+
+
+# -- a fake Cekura ----------------------------------------------------------------------------------------------
+
+
+class FakeCekura:
+    def __init__(self) -> None:
+        self.script: Script = lambda *_: (500, [], b"{}")
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, extra, out = fake.script(self.command, self.path, headers, body)
+                self.send_response(status)
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCekura]:
+    server = FakeCekura()
+    yield server
+    server.stop()
+
+
+def _json(status: int, value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "application/json")], json.dumps(value).encode()
+
+
+# -- an in-process worker on a given Redis and key ----------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, rt: Runtime, worker: dramatiq.Worker, client: Client, raw: redis.Redis) -> None:
+        self.rt, self.worker, self.client, self.raw = rt, worker, client, raw
+
+    def results(self) -> list[dict[str, str]]:
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in self.raw.xrange("cekura:results")]
+
+    def dump(self) -> str:
+        readers: dict[str, Callable[[bytes], Any]] = {
+            "string": self.raw.get,
+            "hash": self.raw.hgetall,
+            "list": lambda key: self.raw.lrange(key, 0, -1),
+            "set": self.raw.smembers,
+            "zset": lambda key: self.raw.zrange(key, 0, -1),
+            "stream": self.raw.xrange,
+        }
+        out = []
+        for key in self.raw.scan_iter(count=1000):
+            kind = self.raw.type(key).decode()
+            value = readers[kind](key) if kind in readers else kind
+            out.append(f"{key!r} {_text(value)}")
+        return "\n".join(out)
+
+
+def _text(value: Any) -> str:
+    """Redis values as text, bytes decoded (so a secret shows as itself, not as a bytes repr)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return " ".join(f"{_text(k)}={_text(v)}" for k, v in value.items())
+    if isinstance(value, list | set | tuple):
+        return " ".join(_text(v) for v in value)
+    return str(value)
+
+
+@pytest.fixture
+def start_run(capsys: Any) -> Iterator[Callable[..., Run]]:
+    # capsys first: its stream (where the runtime logs) outlives the workers, which are stopped here
+    started: list[Run] = []
+
+    def start(settings: Settings) -> Run:
+        rt = setup(settings)  # logging goes to the sys.stdout of this moment: capsys's
+        bind_actors()
+        rt.redis.flushdb()
+        worker = dramatiq.Worker(rt.broker, worker_threads=4, worker_timeout=100)
+        worker.start()
+        run = Run(rt, worker, Client(settings, client=rt.redis, broker=rt.broker), rt.redis)
+        started.append(run)
+        return run
+
+    yield start
+    logging.getLogger().handlers[:] = [logging.NullHandler()]  # capsys's stream is closed by now
+    for run in started:
+        run.worker.stop(timeout=10_000)
+        run.raw.flushdb()
+
+
+def _settings(redis_url: str, api_url: str, api_key: str, **overrides: Any) -> Settings:
+    return load_settings(redis_url=redis_url, cekura_api_url=api_url, cekura_api_key=api_key, **{**FAST, **overrides})
+
+
+def _test_redis_url() -> str:
+    import os
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    assert not url.endswith("/0"), "never db 0"
+    return url
+
+
+TOGGLE = "agent.toggle_mock_tools"
+
+
+# -- 1. the Redis password in the URL's query string ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_redis_password_given_as_url_query_parameter_is_printed(system: System) -> None:
+    """redis-py takes `?password=` from REDIS_URL, but neither `redact_url` nor `register_settings` knows it."""
+    password = f"redis-pw-{secrets.token_hex(8)}"
+    server = system.redis(password=password)
+    env = {"REDIS_URL": f"redis://127.0.0.1:{server.port}/0?password={password}"}
+    status, health = system.cli_many([(env, ["status", "--format", "json"]), (env, ["healthcheck"])])
+    # Refused at start-up (a password outside the netloc is one nothing could mask), with a message that hides it.
+    assert status.returncode == 2 and "query parameters" in status.stderr, status.stderr
+    output = {"status": status.stdout + status.stderr, "healthcheck": health.stdout + health.stderr}
+    leaks = [name for name, text in output.items() if password in text]
+    assert not leaks, f"Redis password printed by: {leaks}\n{output}"
+
+
+# -- 2. a Redis password holding a raw '#' (or '/', '?') ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("separator", ["#", "/", "?"])
+def test_redis_password_with_raw_delimiter_is_printed_by_healthcheck(system: System, separator: str) -> None:
+    """With a '#', '/' or '?' in the password, urlsplit finds no password, so nothing is masked or registered."""
+    tail = secrets.token_hex(8)
+    password = f"pw{separator}{tail}"
+    env = {"REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0"}
+    health, status = system.cli_many([(env, ["healthcheck"]), (env, ["status"])])
+    output = {"healthcheck": health.stdout + health.stderr, "status": status.stdout + status.stderr}
+    assert health.returncode != 0
+    leaks = [name for name, text in output.items() if tail in text]
+    assert not leaks, f"part of the Redis password printed by: {leaks}\n{output}"
+
+
+# -- 3. Cekura's error body echoes the key, HTML-escaped --------------------------------------------------------------
+
+
+def test_api_key_echoed_html_escaped_in_error_body(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    api_key = f"ck&live<{secrets.token_hex(6)}>'\"x"
+    assert api_key.isprintable() and api_key.isascii()
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        page = f"<html><body><p>Invalid API key: {html.escape(headers['x-cekura-api-key'])}</p></body></html>"
+        return 400, [("Content-Type", "text/html")], page.encode()
+
+    fake.script = script
+    run = start_run(_settings(_test_redis_url(), fake.url, api_key))
+    job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="html-echo")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "failed"
+    logs = capsys.readouterr().out
+    writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
+    escaped = html.escape(api_key)
+    leaks = [where for where, text in writings.items() if escaped in text]
+    assert not leaks, f"the API key (HTML-escaped) is in: {leaks}: {event['error']}"
+
+
+# -- 4. the error excerpt cuts the key in half ---------------------------------------------------------------------
+
+
+def test_api_key_cut_by_error_excerpt_leaks_its_prefix(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    api_key = f"ck-{secrets.token_hex(16)}"
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        # 300 bytes of excerpt: the key starts 20 bytes before the cut.
+        text = "x" * 280 + "key=" + headers["x-cekura-api-key"] + " refused"
+        return 400, [("Content-Type", "text/plain")], text.encode()
+
+    fake.script = script
+    run = start_run(_settings(_test_redis_url(), fake.url, api_key))
+    job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="cut-key")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "failed"
+    logs = capsys.readouterr().out
+    prefix = api_key[:16]
+    writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
+    leaks = [where for where, text in writings.items() if prefix in text]
+    assert not leaks, f"the first 16 characters of the API key are in: {leaks}: {event['error'][-40:]!r}"
+
+
+# -- 5. one secret inside another ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_secret_that_contains_another_secret_is_only_partly_masked(
+    system: System, fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    """The Redis password is a prefix of the API key: masking the shorter one first leaves the rest of the key."""
+    password = f"pw{secrets.token_hex(3)}"
+    rest = secrets.token_hex(12)
+    api_key = password + rest
+    server = system.redis(password=password)
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        return _json(400, {"detail": f"key {headers['x-cekura-api-key']} is not valid for this project"})
+
+    fake.script = script
+    run = start_run(_settings(server.url, fake.url, api_key))
+    job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="nested")
+    event = run.client.wait(job_id, timeout=20)
+    logs = capsys.readouterr().out
+    assert event["status"] == "failed"
+    writings = {"event": json.dumps(event), "logs": logs}
+    leaks = [where for where, text in writings.items() if rest in text]
+    assert not leaks, f"all of the API key but its first {len(password)} characters is in {leaks}: {event['error']}"
+
+
+# -- 6. a progress payload that carries the key -----------------------------------------------------------------------
+
+
+def _auto_fetch_script(stage: Any, then: dict[str, Any]) -> Script:
+    polls = {"n": 0}
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        if method == "POST":
+            return _json(200, {"progress_id": "p-1"})
+        polls["n"] += 1
+        if polls["n"] == 1:
+            return _json(200, {"status": "in_progress", "current_stage": stage(headers)})
+        return _json(200, then)
+
+    return script
+
+
+def test_api_key_in_progress_stage_reaches_job_record_and_progress_event(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    api_key = f"ck-{secrets.token_hex(16)}"
+    fake.script = _auto_fetch_script(lambda h: f"validating key {h['x-cekura-api-key']}", {"status": "completed"})
+    run = start_run(_settings(_test_redis_url(), fake.url, api_key, cekura_progress_events=True))
+    job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="stage-echo")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "completed"
+    capsys.readouterr()
+    progress = [_text(f) for _, f in run.raw.xrange("cekura:progress")]
+    writings = {"job record": _text(run.raw.hgetall(f"cekura:job:{job_id}")), "progress events": " ".join(progress)}
+    leaks = [where for where, text in writings.items() if api_key in text]
+    assert not leaks, f"the API key is stored unredacted in: {leaks}"
+
+
+def test_api_key_in_structured_progress_stage_reaches_logs(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    """`_redact_values` masks only top-level str values; `job_progress` logs a non-string stage as it came."""
+    api_key = f"ck-{secrets.token_hex(16)}"
+    fake.script = _auto_fetch_script(
+        lambda h: {"name": "auth", "detail": f"key {h['x-cekura-api-key']} checked"}, {"status": "completed"}
+    )
+    run = start_run(_settings(_test_redis_url(), fake.url, api_key))
+    job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="nested-stage")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "completed"
+    logs = capsys.readouterr().out
+    leaked = [line for line in logs.splitlines() if api_key in line]
+    assert not leaked, f"the API key is in log lines: {leaked}"
+
+
+# -- 7. the provider api_key after its secret key is gone --------------------------------------------------------------
+
+
+def test_provider_key_echoed_in_progress_payload_reaches_result_event(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    """Secrets are deleted once the start call used them, so nothing can mask them in what the polls bring back."""
+    provider_key = f"prov-{secrets.token_hex(16)}"
+    seen: dict[str, str] = {}
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        if method == "POST":
+            seen["key"] = json.loads(body)["api_key"]
+            return _json(200, {"progress_id": "p-1"})
+        return _json(200, {"status": "failed", "error": f"the provider refused api key {seen['key']}"})
+
+    fake.script = script
+    run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
+    params = {"agent_id": 6, "enabled": True, "api_key": provider_key}
+    job_id = run.client.submit(TOGGLE, params, job_id="provider-echo")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "failed"
+    logs = capsys.readouterr().out
+    writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
+    leaks = [where for where, text in writings.items() if provider_key in text]
+    assert not leaks, f"the provider api_key is in: {leaks}: {event['error']}"
+
+
+def test_provider_key_with_whitespace_is_not_masked_when_echoed_trimmed(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    """The key is masked only as given (with its whitespace); Cekura quoting the trimmed key is not masked."""
+    core = f"prov-{secrets.token_hex(16)}"
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        key = json.loads(body)["api_key"].strip()
+        return _json(400, {"api_key": [f"{key} is not a valid provider key"]})
+
+    fake.script = script
+    run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
+    params = {"agent_id": 6, "enabled": True, "api_key": f"  {core}\n"}
+    job_id = run.client.submit(TOGGLE, params, job_id="provider-ws")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "failed"
+    logs = capsys.readouterr().out
+    writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
+    leaks = [where for where, text in writings.items() if core in text]
+    assert not leaks, f"the provider api_key is in: {leaks}: {event['error']}"
+
+
+# -- 8. secrets shorter than redact's minimum ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["CEKURA_API_KEY", "provider api_key"])
+def test_short_secret_is_accepted_and_never_masked(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any, which: str
+) -> None:
+    """Settings and params accept a 3-character secret, which `redact` then never masks (DEFAULT_MIN_SECRET_LEN)."""
+    short = "Q7Z"
+    # Refused where they enter, since a secret this short can't be masked without masking ordinary words.
+    if which == "CEKURA_API_KEY":
+        with pytest.raises(ConfigError) as refused:
+            _settings(_test_redis_url(), fake.url, short)
+        assert short not in str(refused.value) and "CEKURA_API_KEY" in str(refused.value)
+    else:
+        run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
+        with pytest.raises(InvalidRequest) as refused:
+            run.client.submit(TOGGLE, {"agent_id": 6, "enabled": True, "api_key": short}, job_id="short")
+        assert short not in str(refused.value) and "api_key" in str(refused.value)
+
+
+# -- 9. the CLI echoes a mistyped -p argument ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_usage_error_quotes_provider_key(system: System) -> None:
+    """`-p api_key:VALUE` (':' for '=') makes argparse print the whole argument, key included, on stderr."""
+    provider_key = f"prov-{secrets.token_hex(16)}"
+    done = system.cli(
+        {"REDIS_URL": "redis://127.0.0.1:1/0"},
+        "submit", TOGGLE, "-p", "agent_id=6", "-p", "enabled=true", "-p", f"api_key:{provider_key}",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert provider_key not in done.stdout + done.stderr, done.stderr

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from config.settings import Settings, load_settings
+from tests.conftest import FAST
 from worker.client import Client
 from worker.errors import ConfigError, InvalidRequest
 from worker.runtime.app import Runtime, bind_actors, setup
@@ -30,21 +31,6 @@ if TYPE_CHECKING:
 
 #: (method, path, lower-cased headers, body) -> (status, extra headers, body)
 Script = Callable[[str, str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
-
-FAST: dict[str, Any] = {
-    "cekura_poll_initial_s": 0.05,
-    "cekura_poll_max_s": 0.2,
-    "cekura_poll_factor": 1.5,
-    "cekura_poll_jitter": 0.0,
-    "cekura_retry_initial_s": 0.05,
-    "cekura_retry_max_s": 0.5,
-    "cekura_http_timeout_s": 2.0,
-    "cekura_reconcile_grace_s": 2.0,
-    "cekura_reconcile_interval_s": 0.5,
-    "cekura_lease_s": 5.0,
-    "log_level": "INFO",
-    "log_format": "json",
-}
 
 
 # -- a fake Cekura ----------------------------------------------------------------------------------------------

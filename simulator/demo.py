@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def _show(event: dict[str, str]) -> None:
 
 def run_demo(base: Settings) -> int:
     """Run the demo; returns the process exit code."""
+    # SIGTERM (a `timeout`, a closed terminal) unwinds like Ctrl-C, so the worker and Redis it started are stopped
+    # rather than left running, consuming the demo's queue.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with ExitStack() as stack:
         redis_url = base.redis_url.get_secret_value()
         if _reachable(redis_url):
@@ -196,8 +200,10 @@ def run_demo(base: Settings) -> int:
         events = client.results(after="0", follow=True, block_ms=500)
         while expected and time.monotonic() < deadline:
             event = next(events)
-            if event["job_id"] in expected:
-                expected.discard(event["job_id"])
+            # A rejected request never became a job: its event names the id it asked for in `requested_job_id`.
+            answers = event["job_id"] or event.get("requested_job_id", "")
+            if answers in expected:
+                expected.discard(answers)
                 _show(event)
         if expected:
             print(

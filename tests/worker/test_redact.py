@@ -3,6 +3,7 @@ a JSON text or a URL gives it."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
@@ -27,6 +28,9 @@ FORMS: dict[str, Callable[[str], str]] = {
     "URL path": quote,
     "URL component": lambda s: quote(s, safe=""),
     "form value": quote_plus,
+    "stripped": str.strip,
+    "HTML": html.escape,
+    "HTML, quotes kept": lambda s: html.escape(s, quote=False),
 }
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -421,8 +422,10 @@ def test_timestamps_are_taken_from_the_redis_servers_clock(rt: Runtime) -> None:
     [0, 1, 951782400000, 1709164800000, 1735689599999, 4102444800000, 1795996785599, 32503680000123],
 )
 def test_the_lua_iso_formatter_agrees_with_python(rt: Runtime, ms: int) -> None:
+    from worker.store import scripts
     from worker.store.jobs import iso_from_ms
-    from worker.store.scripts import PRELUDE
 
-    script = PRELUDE + "return iso(tonumber(ARGV[1]))"
+    prelude = (Path(scripts.__file__).parent / "_now.lua").read_text()
+
+    script = prelude + "return iso(tonumber(ARGV[1]))"
     assert rt.redis.eval(script, 0, ms).decode() == iso_from_ms(ms)

@@ -84,11 +84,11 @@ def test_no_module_is_over_400_lines(name: str) -> None:
 
 
 def test_the_claim_fields_python_reads_are_the_ones_the_lua_returns() -> None:
-    from worker.store.jobs import _CLAIM_FIELDS
+    from worker.store.records import CLAIM_FIELDS
 
     lua = (ROOT / "worker/store/scripts/_claim.lua").read_text()
     (hmget,) = re.findall(r"local out = redis\.call\('HMGET', job_key, (.*?)\)\n", lua, re.S)
-    assert tuple(re.findall(r"'(\w+)'", hmget)) == _CLAIM_FIELDS
+    assert tuple(re.findall(r"'(\w+)'", hmget)) == CLAIM_FIELDS
 
 
 def test_the_result_fields_are_the_ones_finish_lua_publishes() -> None:
@@ -97,3 +97,21 @@ def test_the_result_fields_are_the_ones_finish_lua_publishes() -> None:
     lua = (ROOT / "worker/store/scripts/finish.lua").read_text()
     (xadd,) = re.findall(r"redis\.call\('XADD', results_stream, .*?'\*',(.*?)\)\n", lua, re.S)
     assert tuple(re.findall(r"'(\w+)', ", xadd)) == RESULT_FIELDS
+
+
+SCRIPTS = ROOT / "worker/store/scripts"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SCRIPTS.glob("[!_]*.lua")))
+def test_every_script_includes_what_it_uses_in_plain_sight(name: str) -> None:
+    text = (SCRIPTS / f"{name}.lua").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    includes = set(re.findall(r"^-- #include (\S+)$", text, re.M))
+    assert all((SCRIPTS / include).exists() for include in includes), includes
+    if re.search(r"\b(now|due_score|hash_fields|iso)\b", body):
+        assert "_now.lua" in includes, f"{name}.lua uses the clock or a shared helper without `-- #include _now.lua`"
+    if re.search(r"\bclaim\(", body):
+        assert "_claim.lua" in includes, f"{name}.lua calls claim() without `-- #include _claim.lua`"
+    from worker.store import scripts
+
+    assert "-- #include" not in scripts.source(name)  # the loader put every included file in place

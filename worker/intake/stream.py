@@ -108,7 +108,7 @@ class Intake(threading.Thread):
         self._stopping = threading.Event()
         # Blocking reads need a socket timeout longer than the block.
         self.client = redis.Redis(connection_pool=rt.redis.connection_pool)
-        self._read = scripts.load(self.client, "read_requests", clock=False)
+        self._read = scripts.load(self.client, "read_requests")
 
     def stop(self) -> None:
         self._stopping.set()

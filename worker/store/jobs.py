@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, cast
 
 import redis
@@ -25,6 +23,20 @@ import redis
 from config.settings import Settings
 from worker.broker.redis_broker import FetchClaims, Scheduled
 from worker.errors import InvalidRequest
+from worker.store.records import (
+    CLAIM_FIELDS,
+    Advanced,
+    AdvanceVerdict,
+    Claim,
+    ClaimVerdict,
+    Finish,
+    FinishVerdict,
+    JobRecord,
+    Phase,
+    RemoteCancel,
+)
+
+__all__ = ["RESULT_FIELDS", "Advanced", "Claim", "Finish", "JobRecord", "JobStore", "Phase", "RemoteCancel"]
 from worker.store import scripts
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
@@ -32,54 +44,6 @@ DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
 
 #: How many overdue jobs one reconciler pass takes.
 DEFAULT_RECONCILE_BATCH = 500
-
-
-class Phase(StrEnum):
-    """Which step of a job a message drives."""
-
-    START = "start"
-    POLL = "poll"
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """The answer to "may I make this job's next Cekura call?"."""
-
-    verdict: str  # ok | wait | expired | stale | gone | corrupt
-    now_ms: int = 0
-    wait_ms: int = 0
-    wait_reason: str = ""
-    #: For `wait`: a rate slot was reserved, so the re-sent message must not take another.
-    reserved: bool = False
-    #: For `wait`: ms left before the job's deadline (no re-send may be due later than that).
-    remaining_ms: int = 0
-    job: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The answer to a finish request: `ok` means this call published the result event."""
-
-    verdict: str  # ok | done | stale | gone | corrupt
-    entry_id: str = ""
-    prior_state: str = ""
-    session_id: str = ""
-    kind: str = ""
-    status: str = ""
-    #: From submission to this finish, on the Redis server's clock.
-    duration_ms: int = 0
-    #: The job's `cancel_remote` message was written with it (see `finish(remote_cancel=...)`).
-    remote_cancel: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteCancel:
-    """What `finish` needs to write a `cancel_remote` message along with a cancel, for kinds that have one."""
-
-    kinds: frozenset[str]
-    queue_name: str
-    namespace: str
-    actor_name: str
 
 
 #: The fields of every result event, in order (finish.lua writes them; rejected events add `request_id`).
@@ -95,20 +59,6 @@ RESULT_FIELDS = (
     "submitted_at",
     "finished_at",
     "metadata",
-)
-
-_CLAIM_FIELDS = (
-    "seq",
-    "kind",
-    "params",
-    "progress_id",
-    "session_id",
-    "polls",
-    "errors",
-    "deadline_ms",
-    "cekura_status",
-    "current_stage",
-    "submitted_ms",
 )
 
 
@@ -243,13 +193,11 @@ class JobStore:
     @staticmethod
     def parse_claim(reply: Sequence[Any]) -> Claim:
         """A claim script's reply (from `claim`, or made by the broker's fetch) as a `Claim`."""
-        verdict = as_text(reply[0])
-        if verdict == "ok":
-            job = {
-                name: as_text(value) for name, value in zip(_CLAIM_FIELDS, reply[2:], strict=True) if value is not None
-            }
-            return Claim(verdict, now_ms=int(reply[1]), job=job)
-        if verdict == "wait":
+        verdict = ClaimVerdict(as_text(reply[0]))
+        if verdict is ClaimVerdict.OK:
+            fields = {name: as_text(v) for name, v in zip(CLAIM_FIELDS, reply[2:], strict=True) if v is not None}
+            return Claim(verdict, now_ms=int(reply[1]), job=JobRecord.from_fields(fields))
+        if verdict is ClaimVerdict.WAIT:
             return Claim(
                 verdict,
                 wait_ms=int(reply[1]),
@@ -269,11 +217,10 @@ class JobStore:
         delay_ms: int,
         fields: Mapping[str, Any],
         scheduled: Sequence[Scheduled] = (),
-    ) -> tuple[str, str]:
+    ) -> Advanced:
         """Record a non-final step as seq + 1 and write its next message (if given) atomically.
 
-        Returns (verdict, detail): ('ok', '1' when the Cekura status or stage changed), ('finished', session_id),
-        ('stale', '') or ('gone', '').
+        The answer says whether the Cekura status or stage changed, or, if the job ended meanwhile, its session.
         """
         if len(scheduled) > 1:
             raise ValueError("advance schedules at most one message")
@@ -298,7 +245,12 @@ class JobStore:
         keys += [message.messages_key, message.delayed_key] if message else [self.job_key(job_id)] * 2
         keys.append(self.secret_key(job_id))
         reply = self._advance(keys=keys, args=args)
-        return as_text(reply[0]), as_text(reply[1]) if len(reply) > 1 else ""
+        verdict = AdvanceVerdict(as_text(reply[0]))
+        if verdict is AdvanceVerdict.OK:
+            return Advanced(verdict, changed=int(reply[1]) == 1)
+        if verdict is AdvanceVerdict.FINISHED:
+            return Advanced(verdict, session_id=as_text(reply[1]))
+        return Advanced(verdict)
 
     def finish(
         self,
@@ -337,8 +289,8 @@ class JobStore:
             ],
             args=args,
         )
-        verdict = as_text(reply[0])
-        if verdict == "ok":
+        verdict = FinishVerdict(as_text(reply[0]))
+        if verdict is FinishVerdict.OK:
             return Finish(
                 verdict,
                 as_text(reply[1]),
@@ -348,7 +300,7 @@ class JobStore:
                 duration_ms=int(reply[5]),
                 remote_cancel=int(reply[6]) == 1,
             )
-        if verdict == "done":
+        if verdict is FinishVerdict.DONE:
             return Finish(verdict, status=as_text(reply[1]))
         return Finish(verdict)
 

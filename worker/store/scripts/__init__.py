@@ -1,5 +1,9 @@
 """The Lua scripts behind every atomic step, and a lean way to call them.
 
+A script names what it uses at its top, `-- #include _now.lua` (the server's clock and the shared helpers) and
+`-- #include _claim.lua` (the claim function), and the loader puts those files in place of the lines: nothing a
+script relies on is added out of sight.
+
 Each script is sent once (SCRIPT LOAD) and then called by its SHA with EVALSHA; a Redis that restarted and
 forgot it gets it again on NOSCRIPT. This is what `redis.commands.core.Script` does, minus the per-call
 overhead that showed up in profiles of the poll path (about a third of each call's client CPU).
@@ -8,6 +12,7 @@ overhead that showed up in profiles of the poll path (about a third of each call
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +22,13 @@ from worker.runtime.connection import thread_connections
 
 _DIR = Path(__file__).parent
 
-#: Prepended to scripts that need the time: the Redis server's clock in ms, the same for every container.
-PRELUDE = (_DIR / "_now.lua").read_text()
+#: A line that includes a shared file (`_now.lua`, `_claim.lua`) in its place.
+_INCLUDE = re.compile(r"^-- #include (_\w+\.lua)$", re.M)
+
+
+def source(name: str) -> str:
+    """The text of `<name>.lua` with its `-- #include` lines replaced by the files they name."""
+    return _INCLUDE.sub(lambda m: (_DIR / m.group(1)).read_text().rstrip("\n"), (_DIR / f"{name}.lua").read_text())
 
 
 class LuaScript:
@@ -43,13 +53,6 @@ class LuaScript:
             return self._execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-#: Scripts that call the shared `claim` function get `_claim.lua` prepended too.
-_USES_CLAIM = frozenset({"claim", "fetch"})
-
-
-def load(client: redis.Redis, name: str, *, clock: bool = True, per_thread: bool = False) -> LuaScript:
-    """The script `worker/store/scripts/<name>.lua`, with the clock prelude unless `clock` is False."""
-    source = (_DIR / f"{name}.lua").read_text()
-    if name in _USES_CLAIM:
-        source = (_DIR / "_claim.lua").read_text() + source
-    return LuaScript(client, PRELUDE + source if clock else source, per_thread=per_thread)
+def load(client: redis.Redis, name: str, *, per_thread: bool = False) -> LuaScript:
+    """The script `worker/store/scripts/<name>.lua`, includes in place."""
+    return LuaScript(client, source(name), per_thread=per_thread)

@@ -9,6 +9,7 @@
 -- `owner` names the message taking the lease (its Redis message id, or '' when unknown): the same message
 -- delivered again (requeued by a graceful stop, or after its worker died) may take the lease back; a
 -- duplicate copy may not.
+-- Needs _now.lua (`now`, `due_score`, `hash_fields`), included before it by the script that includes this.
 -- Returns {'ok', now, fields...} | {'wait', ms, reason, reserved (1|0), ms left before the deadline} | {'expired'}
 --       | {'stale'} | {'gone'}
 --       | {'corrupt'} (the job's key holds something other than a job record)

@@ -8,6 +8,7 @@
 -- ARGV: phase ('start'|'poll'), seq, new_seq, next_state, delay_ms, grace_ms, job_id, progress_maxlen (0 = off),
 --       redis_message_id ('' for none), message_delay_ms, message data, field/value pairs...
 -- Returns {'ok', changed (1|0)} | {'finished', session_id} | {'stale'} | {'gone'} | {'corrupt'}
+-- #include _now.lua
 local job_key, schedule_key, progress_stream, messages_key, delayed_key, secret_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local phase, seq, new_seq, next_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

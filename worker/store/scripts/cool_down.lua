@@ -2,6 +2,7 @@
 -- KEYS: cooldown key
 -- ARGV: ms
 -- Returns the hold's end in ms.
+-- #include _now.lua
 local until_ms = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current >= until_ms then return current end

@@ -11,6 +11,8 @@
 -- ARGV: queue_name, worker_id, prefetch, promote_limit, claiming actor ('' = no claims), job key prefix, lease_ms,
 --       grace_ms, redis message ids to ack...
 -- Returns {now, ms until the next delayed message is due or -1, message data, claim reply or false, ...}
+-- #include _now.lua
+-- #include _claim.lua
 local namespace, schedule_key, rate_key, cooldown_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue_name, worker_id, prefetch, promote_limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local claimer, job_prefix, lease_ms, grace_ms = ARGV[5], ARGV[6], ARGV[7], ARGV[8]

@@ -10,6 +10,7 @@
 --       cancel actor name, message_id, redis_message_id, field/value pairs...
 -- Returns {'ok', entry_id, prior_state, session_id, kind, duration_ms, remote_cancel (1|0)} | {'done', status}
 --       | {'stale'} | {'gone'} | {'corrupt'}
+-- #include _now.lua
 local job_key, schedule_key, results_stream, secret_key, messages_key, queue_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local job_id, expect, seq, results_maxlen, ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])

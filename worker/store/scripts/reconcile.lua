@@ -5,6 +5,7 @@
 -- KEYS: schedule zset
 -- ARGV: limit, bump_ms, job key prefix
 -- Returns {{job_id, state, seq, ...}, {skipped job_id, ...}}
+-- #include _now.lua
 local schedule_key = KEYS[1]
 local limit, bump_ms, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 

@@ -4,6 +4,7 @@
 -- KEYS: results stream, marker key
 -- ARGV: results_maxlen, marker_ttl_s, field/value pairs...
 -- Returns the entry id, or false when this entry was already rejected.
+-- #include _now.lua
 local results_stream, marker_key = KEYS[1], KEYS[2]
 local results_maxlen, marker_ttl_s = ARGV[1], tonumber(ARGV[2])
 local FIELDS_FROM = 3

@@ -4,6 +4,7 @@
 -- producers are not workers.
 -- KEYS: namespace
 -- ARGV: queue_name, redis_message_id, delay_ms (0 = now), message data
+-- #include _now.lua
 local namespace = KEYS[1]
 local queue_name, redis_message_id, delay_ms, message_data = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 

@@ -3,6 +3,7 @@
 -- KEYS: job hash, schedule zset, secret key
 -- ARGV: job_id, grace_ms, deadline_ms (relative), secret ('' for none), field/value pairs...
 -- Returns {created (1|0), state}; state is 'corrupt' when the job's key holds something other than a job record.
+-- #include _now.lua
 local job_key, schedule_key, secret_key = KEYS[1], KEYS[2], KEYS[3]
 local job_id, grace_ms, deadline_in_ms, secret = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local FIELDS_FROM = 5

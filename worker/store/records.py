@@ -1,0 +1,152 @@
+"""The typed values the job store returns: verdicts as enums and a job's record as a dataclass, parsed once from
+the scripts' replies, so the actors never read a job as `dict[str, str]`.
+
+The verdicts are `StrEnum`s, so they still compare equal to the words the Lua scripts return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Which step of a job a message drives."""
+
+    START = "start"
+    POLL = "poll"
+
+
+class ClaimVerdict(StrEnum):
+    """The answer to "may I make this job's next Cekura call?"."""
+
+    OK = "ok"  #: yes: the claim (lease) is this message's
+    WAIT = "wait"  #: not yet: a rate limit or a 429 cooldown; re-send after `wait_ms`
+    EXPIRED = "expired"  #: the job's deadline passed: time it out
+    STALE = "stale"  #: another message owns this step, or the job moved on: do nothing
+    GONE = "gone"  #: no such job (its record expired)
+    CORRUPT = "corrupt"  #: the job's key holds something other than a job record
+
+
+class AdvanceVerdict(StrEnum):
+    """What recording a non-final step did."""
+
+    OK = "ok"
+    FINISHED = "finished"  #: the job ended meanwhile (a cancel, a timeout)
+    STALE = "stale"
+    GONE = "gone"
+    CORRUPT = "corrupt"
+
+
+class FinishVerdict(StrEnum):
+    """What ending a job did: `ok` means this call published the result event."""
+
+    OK = "ok"
+    DONE = "done"  #: it had already ended
+    STALE = "stale"
+    GONE = "gone"
+    CORRUPT = "corrupt"
+
+
+#: The fields a claim returns, in the order `_claim.lua` reads them (tests/layout checks the two agree).
+CLAIM_FIELDS = (
+    "seq",
+    "kind",
+    "params",
+    "progress_id",
+    "session_id",
+    "polls",
+    "errors",
+    "deadline_ms",
+    "cekura_status",
+    "current_stage",
+    "submitted_ms",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What a step needs of a job's record, typed."""
+
+    seq: int
+    kind: str
+    params: str  #: JSON of the public params (secrets live apart)
+    progress_id: str = ""
+    session_id: int | None = None
+    polls: int = 0
+    errors: int = 0
+    deadline_ms: int = 0
+    cekura_status: str = ""
+    current_stage: str = ""
+    submitted_ms: int = 0
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> JobRecord:
+        """From a job hash's fields as text (a claim's reply, or `JobStore.get`)."""
+        session = fields.get("session_id", "")
+        return cls(
+            seq=int(fields.get("seq", "0") or 0),
+            kind=fields.get("kind", ""),
+            params=fields.get("params", "{}") or "{}",
+            progress_id=fields.get("progress_id", ""),
+            session_id=int(session) if session.lstrip("-").isdigit() else None,
+            polls=int(fields.get("polls", "0") or 0),
+            errors=int(fields.get("errors", "0") or 0),
+            deadline_ms=int(fields.get("deadline_ms", "0") or 0),
+            cekura_status=fields.get("cekura_status", ""),
+            current_stage=fields.get("current_stage", ""),
+            submitted_ms=int(fields.get("submitted_ms", "0") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim's answer; `job` is set when the verdict is `ok`."""
+
+    verdict: ClaimVerdict
+    now_ms: int = 0
+    wait_ms: int = 0
+    wait_reason: str = ""
+    #: For `wait`: a rate slot was reserved, so the re-sent message must not take another.
+    reserved: bool = False
+    #: For `wait`: ms left before the job's deadline (no re-send may be due later than that).
+    remaining_ms: int = 0
+    job: JobRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Advanced:
+    """The answer to `JobStore.advance`."""
+
+    verdict: AdvanceVerdict
+    #: The Cekura status or stage changed with this step (it was logged and, if on, published as progress).
+    changed: bool = False
+    #: For `finished`: the job's Cekura session, if it has one (to cancel an operation a late start began).
+    session_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The answer to a finish request: `ok` means this call published the result event."""
+
+    verdict: FinishVerdict
+    entry_id: str = ""
+    prior_state: str = ""
+    session_id: str = ""
+    kind: str = ""
+    status: str = ""
+    #: From submission to this finish, on the Redis server's clock.
+    duration_ms: int = 0
+    #: The job's `cancel_remote` message was written with it (see `finish(remote_cancel=...)`).
+    remote_cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCancel:
+    """What `finish` needs to write a `cancel_remote` message along with a cancel, for kinds that have one."""
+
+    kinds: frozenset[str]
+    queue_name: str
+    namespace: str
+    actor_name: str

@@ -2,18 +2,16 @@
 
 Every subprocess the harness starts (simulator, redis-server, worker processes) goes through `spawn()`, which puts
 it in a new session so the whole tree can be signalled at once, and registers it so that `stop_all()` (run from
-`finally`, `atexit` and the SIGTERM/SIGINT handlers) leaves nothing behind, even on Ctrl-C.
+`finally`, `atexit` and the SIGTERM/SIGINT handlers) leaves nothing behind, even on Ctrl-C. Killing a process group
+and picking a free port are `tests/support.py`'s, the one copy the tests use too.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from types import FrameType
 from typing import IO
 
 import psutil
+
+from tests.support import kill_group
 
 #: Seconds a process group gets between SIGTERM and SIGKILL.
 DEFAULT_STOP_GRACE_S = 5.0
@@ -56,20 +56,7 @@ class Child:
 
     def stop(self, grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
         """SIGTERM the whole process group, SIGKILL whatever is left after `grace_s`."""
-        members = self.tree()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (self.alive() or any(p.is_running() for p in members)):
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        # Children that left the group (none of ours should) are killed one by one.
-        for proc in members:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=grace_s)
+        kill_group(self.popen, grace_s=grace_s, reap_timeout_s=grace_s)
         if self in _running:
             _running.remove(self)
         if self._log_file is not None:
@@ -160,10 +147,3 @@ def cleanup_on_exit() -> Iterator[None]:
     finally:
         stop_all()
         signal.signal(signal.SIGTERM, previous)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,14 +6,13 @@ A fresh server per phase (no persistence, loopback only) means no leftover keys,
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from bench.processes import Child, free_port, spawn
+from bench.processes import Child, spawn
+from tests.support import free_port, redis_server_argv, wait_redis_ready
 
 #: Seconds to wait for redis-server to answer PING.
 DEFAULT_START_TIMEOUT_S = 10.0
@@ -44,20 +43,10 @@ class RedisServer:
 
 def start_redis(log_dir: Path, name: str) -> RedisServer:
     """Start redis-server on a free port and wait until it answers PING."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    child = spawn(name, argv, env={}, log_dir=log_dir)
+    child = spawn(name, redis_server_argv(port), env={}, log_dir=log_dir)
     client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + DEFAULT_START_TIMEOUT_S
-    while True:
-        try:
-            client.ping()
-            return RedisServer(child=child, port=port, client=client)
-        except redis.ConnectionError:
-            if not child.alive() or time.monotonic() > deadline:
-                child.stop()
-                raise RuntimeError(f"redis-server on port {port} did not start:\n{child.log_tail()}") from None
-            time.sleep(0.05)
+    if not wait_redis_ready(child.popen, client, DEFAULT_START_TIMEOUT_S):
+        child.stop()
+        raise RuntimeError(f"redis-server on port {port} did not start:\n{child.log_tail()}")
+    return RedisServer(child=child, port=port, client=client)

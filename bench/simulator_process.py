@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.processes import Child, free_port, spawn
+from bench.processes import Child, spawn
+from tests.support import free_port, wait_for_line
 
 #: The module whose `main()` runs the simulator's CLI.
 DEFAULT_SIMULATOR_MODULE = "simulator"
@@ -106,14 +106,10 @@ def start_simulator(
         "0",
     ]
     child = spawn(name, argv, env=env, log_dir=log_dir)
-    deadline = time.monotonic() + DEFAULT_START_TIMEOUT_S
-    while True:
-        match = _LISTENING.search(child.log_path.read_text(errors="replace"))
-        if match:
-            url = match.group(1).rstrip("/")
-            http = httpx.Client(base_url=url, headers={"X-CEKURA-API-KEY": API_KEY}, timeout=30)
-            return Simulator(child=child, url=url, http=http)
-        if not child.alive() or time.monotonic() > deadline:
-            child.stop()
-            raise RuntimeError(f"simulator did not report 'listening on http://...':\n{child.log_tail()}")
-        time.sleep(0.05)
+    match = wait_for_line(child.popen, child.log_path, _LISTENING, DEFAULT_START_TIMEOUT_S)
+    if match is None:
+        child.stop()
+        raise RuntimeError(f"simulator did not report 'listening on http://...':\n{child.log_tail()}")
+    url = match.group(1).rstrip("/")
+    http = httpx.Client(base_url=url, headers={"X-CEKURA-API-KEY": API_KEY}, timeout=30)
+    return Simulator(child=child, url=url, http=http)

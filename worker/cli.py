@@ -50,6 +50,24 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _duration(text: str) -> float:
+    """`90s`, `30m`, `24h`, `7d`, or a number of seconds, as seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError("expected a positive duration such as 90s, 30m, 24h or 7d")
+    return float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a whole number of at least 1")
+    return int(text)
+
+
+#: A `--since` duration: a number and an optional unit (seconds when there is none).
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
 #: A `-p` KEY, and all a `-p` usage error may name of its argument.
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -119,6 +137,35 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if outcome.result != "unknown" else EXIT_FAILED
 
 
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+    from worker.intake import submission
+
+    with Client(settings) as client:
+        outcome = submission.retry(client.store, client.broker, args.job_id, args.new_job_id)
+    if outcome.result != "submitted":
+        print(f"cekura-worker: {outcome.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.format == "json":
+        _print_json({"job_id": outcome.job_id, "retry_of": outcome.retry_of})
+    else:
+        print(outcome.job_id, flush=True)
+    return EXIT_OK
+
+
+def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+    from worker.ops import dead
+
+    with Client(settings) as client:
+        data = dead.report(client.redis, settings, since_s=args.since, limit=args.limit)
+    if args.format == "json":
+        _print_json(data)
+    else:
+        print(dead.render_table(data), flush=True)
+    return EXIT_OK
+
+
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
 
@@ -186,6 +233,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job (a running scenario-agent job is cancelled at Cekura too)")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser(
+        "retry",
+        help="submit a finished job again as a new job; prints the new job id",
+        description="Submit a finished job (its record is kept CEKURA_JOB_TTL_S) again as a new job with the same "
+        "kind, params and deadline; its metadata gets retry_of=JOB_ID. Refused for a job still running, an unknown "
+        "one, and kinds with secret params (never stored: submit those again with the secret).",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help="the finished job")
+    p.add_argument(
+        "--job-id",
+        dest="new_job_id",
+        metavar="NEW_ID",
+        help="the new job's id (default: JOB_ID-retry-N, the next free N)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="the new id alone, or a JSON object")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("dead", help="what went wrong lately: dead-lettered messages, failed and timed-out jobs")
+    dead = p.add_subparsers(dest="dead_command", required=True, metavar="SUBCOMMAND")
+    p = dead.add_parser(
+        "list",
+        help="list dead-lettered messages and failed or timed-out jobs, newest first",
+        description="Dead-lettered Dramatiq messages (actor, job id, last recorded error) and jobs whose result event "
+        "is failed or timed_out (with whether `retry` can still take them), newest first.",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N of each (default 20)")
+    p.add_argument(
+        "--since",
+        type=_duration,
+        default=86_400.0,
+        metavar="DURATION",
+        help="how far back: 90s, 30m, 24h (default), 7d",
+    )
+    p.set_defaults(func=cmd_dead_list)
 
     p = sub.add_parser("results", help="print result events as JSON lines")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events")

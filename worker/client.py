@@ -1,10 +1,11 @@
-"""The Python client for producers: submit, check, cancel and read results, with nothing but Redis.
+"""The Python client for producers: submit, check, cancel, retry and read results, with nothing but Redis.
 
     from worker.client import Client
     client = Client()                      # settings from the environment (REDIS_URL, ...)
     job_id = client.submit("agent.auto_fetch", {"agent_id": 42}, metadata={"ticket": "T-1"})
     client.status(job_id)                  # dict, readable while the job runs and for a day after
     event = client.wait(job_id, timeout=60)
+    client.retry(job_id)                   # a finished job again, as a new job: "<job_id>-retry-1"
 
 It validates exactly as the request stream does and raises `InvalidRequest` with the same messages, for any input
 it can't accept, before sending anything.
@@ -116,6 +117,18 @@ class Client:
         """Cancel a job; the answer says whether it was cancelled, had already finished, or is unknown. Raises
         `InvalidRequest` for a job id whose key holds something other than a job, as `submit` does."""
         return submission.cancel(self.store, self.broker, job_id)
+
+    def retry(self, job_id: str, new_job_id: str | None = None) -> str:
+        """Submit a finished job again as a new job (same kind, params and deadline; `retry_of` added to its
+        metadata) and return the new id: `new_job_id`, else `<job_id>-retry-<n>`.
+
+        Raises `InvalidRequest`, saying why, for a job that is unknown (or expired), still active, or of a kind
+        with secret params (never stored: submit it again with the secret), or when `new_job_id` is another job's.
+        """
+        outcome = submission.retry(self.store, self.broker, job_id, new_job_id)
+        if outcome.result != "submitted":
+            raise InvalidRequest(outcome.message)
+        return outcome.job_id
 
     def results(self, *, after: str = "0", follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, str]]:
         """Result events after stream id `after` ("0" from the start, "$" only new ones); `follow` keeps waiting.

@@ -188,7 +188,7 @@ def test_the_fetch_claims_a_poll_messages_job_and_only_that_message_may_take_it_
 
     (first, claim), (copy, copy_claim) = _fetch(rt)
     assert claim is not None and claim.verdict == "ok"
-    assert claim.job is not None and claim.job["progress_id"] and claim.job["kind"] == "agent.auto_fetch"
+    assert claim.job is not None and claim.job.progress_id and claim.job.kind == "agent.auto_fetch"
     assert copy_claim is not None and copy_claim.verdict == "stale"
     job = rt.store.get("fetch-claim")
     assert job is not None and int(job["lease"]) > claim.now_ms

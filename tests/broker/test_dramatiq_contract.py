@@ -19,7 +19,6 @@ import inspect
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -35,6 +34,8 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import BrokerError, ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, Middleware, Retries
+
+from tests.support import free_port
 
 REDIS_URL = os.environ.get("DRAMATIQ_CONTRACT_REDIS_URL", "redis://127.0.0.1:6379/10")
 NS = "contract"
@@ -261,9 +262,7 @@ def test_consumer_nack(r: redis.Redis, broker: RedisBroker) -> None:
 
 
 def test_consumer_nack_connection_closed() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     try:
         offline = RedisBroker(client=client, middleware=[], namespace=NS)

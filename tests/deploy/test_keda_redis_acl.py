@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from tests.deploy.support import DEPLOY
-from tests.support import free_port, wait_for
+from tests.support import RedisServer
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,15 +37,10 @@ def _acl_line() -> list[str]:
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[redis.Redis]:
     """A private redis-server with the KEDA user created by the README's line, a request stream and its group."""
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
+    server = RedisServer(dir=tmp_path)
+    server.start()
+    client = server.client()
     try:
-        wait_for(lambda: _pings(client), 10, "the private redis-server")
         client.execute_command(*_acl_line())
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         client.xadd(STREAM, {"request": "{}"})
@@ -54,15 +48,7 @@ def admin(tmp_path: Path) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
-        server.terminate()
-        server.wait(10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+        server.stop()
 
 
 @pytest.mark.parametrize("protocol", [3, 2])  # go-redis logs in with HELLO 3 AUTH, and falls back to AUTH

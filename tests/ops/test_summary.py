@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,9 +13,9 @@ import dramatiq
 import redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
+from tests.support import service_env
 from worker.client import Client
 from worker.intake.stream import Intake
 from worker.ops.exposition import build_registry
@@ -139,10 +138,7 @@ def test_summary_follows_polling_jobs_the_request_stream_and_workers(
 def test_status_command_prints_the_summary(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
     with Client(settings) as client:
         client.submit("metric.clean_description", {"agent": 1, "metric_description": "d", "eval_type": "boolean"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEKURA_", "REDIS_", "LOG_"))}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
+    env = service_env(settings)
 
     def status(*args: str) -> str:
         done = subprocess.run(

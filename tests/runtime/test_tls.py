@@ -12,7 +12,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings, load_settings
-from tests.support import free_port, running_workers, service_env, wait_for
+from tests.support import free_port, running_workers, service_env, wait_for, wait_redis_ready
 from worker.client import Client
 from worker.ops.health import check
 from worker.runtime.connection import connect
@@ -105,17 +104,9 @@ def tls_redis(certificates: Path) -> Iterator[TlsRedis]:
     )  # fmt: skip
     server = TlsRedis(port, str(directory / "ca.crt"), str(directory / "other-ca.crt"))
     try:
-        probe = redis.Redis.from_url(server.url, ssl_ca_certs=server.ca_file, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        probe.close()
+        with redis.Redis.from_url(server.url, ssl_ca_certs=server.ca_file, socket_timeout=1) as probe:
+            if not wait_redis_ready(process, probe, 10):
+                raise RuntimeError(f"the TLS redis-server on port {port} did not answer PING")
         yield server
     finally:
         process.terminate()

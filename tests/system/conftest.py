@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import psutil
@@ -29,7 +26,7 @@ import pytest
 import redis
 
 from config.settings import load_settings
-from tests.support import free_port
+from tests.support import RedisServer, group_alive, kill_group, running, wait_for_line, without_service_env
 from tests.support import wait_for as _wait_for
 from worker.client import Client
 
@@ -65,26 +62,6 @@ START_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
 
 _LISTENING = re.compile(r"cekura simulator listening on (http://\S+)")
-_SERVICE_PREFIXES = ("CEKURA_", "REDIS_", "LOG_", "PROMETHEUS_")
-
-
-def kill_group(popen: subprocess.Popen[bytes], *, grace_s: float = 3.0) -> None:
-    """SIGTERM the process group led by `popen`, SIGKILL what is left after `grace_s`, reap the leader."""
-    members: list[psutil.Process] = []
-    with contextlib.suppress(psutil.Error):
-        members = psutil.Process(popen.pid).children(recursive=True)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (popen.poll() is None or any(_running(p) for p in members)):
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    for proc in members:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(timeout=10)
 
 
 def wait_for(
@@ -92,127 +69,6 @@ def wait_for(
 ) -> None:
     """`tests.support.wait_for`, looking every `POLL_INTERVAL_S` unless told otherwise."""
     _wait_for(predicate, timeout, what, interval=interval)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of process group `pgid` still exists (zombies included)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-# -- redis-server ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RedisServer:
-    """A private redis-server on loopback; `start()` after `shutdown()` or `kill()` brings it back on the same port
-    and data dir (with `persistent`, its AOF is fsynced on every write, so nothing acknowledged is lost)."""
-
-    dir: Path
-    port: int = 0
-    password: str | None = None
-    persistent: bool = False
-    popen: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
-
-    def start(self) -> None:
-        """Start the server (on a fresh free port the first time) and wait until it answers PING."""
-        for _ in range(5):
-            if not self.port:
-                self.port = free_port()
-            argv = [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--daemonize",
-                "no",
-                "--save",
-                "",
-            ]
-            if self.persistent:
-                argv += ["--appendonly", "yes", "--appendfsync", "always"]
-            else:
-                argv += ["--appendonly", "no"]
-            if self.password:
-                argv += ["--requirepass", self.password]
-            if self._log is not None:
-                self._log.close()
-            self._log = (self.dir / "redis-server.log").open("ab")
-            self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            if self._wait_ready():
-                return
-            self.stop()
-            if self.persistent:  # keep the port: a restart must come back where the workers look
-                time.sleep(0.5)
-            else:
-                self.port = 0
-        raise RuntimeError(f"redis-server did not start; log in {self.dir / 'redis-server.log'}")
-
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        probe = self.client(socket_connect_timeout=1, socket_timeout=1)
-        try:
-            while time.monotonic() < deadline:
-                assert self.popen is not None
-                if self.popen.poll() is not None:
-                    return False
-                try:
-                    if probe.ping():
-                        return True
-                except redis.BusyLoadingError:
-                    pass
-                except redis.ConnectionError:
-                    pass
-                time.sleep(0.05)
-            return False
-        finally:
-            probe.close()
-
-    def shutdown(self) -> None:
-        """Stop the server the way an operator would (SHUTDOWN: AOF flushed), and wait until it has exited."""
-        with contextlib.suppress(redis.ConnectionError), self.client() as admin:
-            admin.shutdown()
-        if self.popen is not None:
-            self.popen.wait(timeout=15)
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would."""
-        if self.popen is not None:
-            self.popen.kill()
-            self.popen.wait(timeout=15)
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            kill_group(self.popen, grace_s=2.0)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 # -- the Cekura simulator -------------------------------------------------------------------------------------
@@ -257,7 +113,7 @@ class Simulator:
 
 def _clean_env() -> dict[str, str]:
     """This environment without any setting of the service, so only what a test passes reaches the worker."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES) and k != "TEST_REDIS_URL"}
+    return without_service_env("TEST_REDIS_URL")
 
 
 @dataclass
@@ -281,7 +137,7 @@ class WorkerRun:
         pids = []
         for child in children:
             with contextlib.suppress(psutil.Error):
-                if _running(child) and "spawn_main" in " ".join(child.cmdline()):
+                if running(child) and "spawn_main" in " ".join(child.cmdline()):
                     pids.append(child.pid)
         return sorted(pids)
 
@@ -558,12 +414,10 @@ class System:
                 env=_clean_env(),
                 cwd=self.tmp_path,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (match := _LISTENING.search(log_path.read_text(errors="replace"))):
-            if popen.poll() is not None or time.monotonic() > deadline:
-                kill_group(popen)
-                raise RuntimeError(f"simulator did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
+        match = wait_for_line(popen, log_path, _LISTENING, START_TIMEOUT_S)
+        if match is None:
+            kill_group(popen)
+            raise RuntimeError(f"simulator did not start:\n{log_path.read_text(errors='replace')}")
         url = match.group(1).rstrip("/")
         sim = Simulator(popen, url, api_key, log_path, httpx.Client(base_url=url, timeout=30, trust_env=False))
         self._sims.append(sim)

@@ -5,7 +5,7 @@ one clock); `consumer.py` its consumer; `middleware.py` the per-message middlewa
 touches a private part of Dramatiq.
 
 Dramatiq internals relied on (Dramatiq is pinned to 2.2.x; the contract was checked on 1.17 to 2.2.1); each is
-pinned by the named test in tests/worker/test_dramatiq_contract.py, which fails naming the assumption it broke:
+pinned by the named test in tests/broker/test_dramatiq_contract.py, which fails naming the assumption it broke:
 
 - `dramatiq.brokers.redis._RedisConsumer` is `_ZSetConsumer`'s base: test_redis_consumer_base_class
 - `_RedisConsumer(broker, queue_name, prefetch, timeout)` keeps all four as attributes: test_redis_consumer_constructor

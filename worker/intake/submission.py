@@ -1,4 +1,4 @@
-"""Submitting and cancelling jobs: the shared path behind the Python client, the CLI and the request stream.
+"""Submitting, cancelling and retrying jobs: the shared path behind the Python client, the CLI and the request stream.
 
 It needs only the job store and a broker to enqueue on, not the actors, so producers never import them.
 
@@ -11,19 +11,26 @@ queued after `CEKURA_RECONCILE_GRACE_S`. A caller that turned such an error into
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import redis
 import structlog
 
 from actors import names
+from worker.errors import InvalidRequest
+from worker.intake import requests
 from worker.intake.requests import JobRequest, check_job_id
 from worker.ops import metrics
 from worker.store.jobs import JobStore, RemoteCancel, not_a_job
 
 log = structlog.get_logger(__name__)
+
+#: The most `<job_id>-retry-<n>` ids a retry tries before asking for an explicit new job id.
+DEFAULT_MAX_RETRY_NUMBER = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,32 @@ class Cancelled:
         if self.result == "already_finished":
             return f"job {self.job_id} had already finished ({self.status}); nothing to cancel"
         return f"no job {self.job_id} is known (never submitted, or its record expired)"
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What a retry request did: `submitted` (new job `job_id`, or the one an earlier identical retry made), or why
+    it was refused: `unknown`, `active`, `secret` (a kind whose secret params were never stored) or `taken`."""
+
+    retry_of: str
+    result: str
+    job_id: str = ""
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        if self.result == "submitted":
+            return f"job {self.retry_of} retried as job {self.job_id}"
+        if self.result == "unknown":
+            return f"no job {self.retry_of} is known (never submitted, or its record expired): nothing to retry"
+        if self.result == "active":
+            return f"job {self.retry_of} is still {self.detail}: retry it once it has finished (or cancel it first)"
+        if self.result == "secret":
+            return (
+                f"job {self.retry_of} can't be retried: {self.detail} jobs take secret params, which are never "
+                "stored; submit a new job with `submit`, giving the secret again"
+            )
+        return f"job_id {self.job_id} is already taken by another job; choose another new job id"
 
 
 def _send(broker: dramatiq.Broker, queue: str, actor_name: str, *args: object) -> None:
@@ -120,3 +153,79 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
         if wakeup is not None:
             wakeup.set()
     return Cancelled(job_id, "cancelled", "cancelled")
+
+
+def retry(store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str | None = None) -> Retried:
+    """Submit a finished job again as a new job: same kind, public params and deadline, metadata plus `retry_of`.
+
+    The new id is `new_job_id`, else `<job_id>-retry-<n>` with the first free n. The request is rebuilt and
+    validated by `requests.build` like any other, so a record that no longer validates (a kind renamed, a deadline
+    over today's limit) raises `InvalidRequest`. Giving the same `new_job_id` again returns the job the first call
+    made, as `submit` does; an id held by any other job is refused (`taken`).
+    """
+    from actors.kinds import KINDS
+
+    check_job_id(job_id)
+    if new_job_id is not None:
+        check_job_id(new_job_id)
+    try:
+        record = store.get(job_id)
+    except redis.ResponseError:  # WRONGTYPE: the key holds something other than a job
+        raise not_a_job(job_id) from None
+    if record is None:
+        return Retried(job_id, "unknown")
+    if "kind" not in record or "state" not in record:
+        raise not_a_job(job_id)
+    if record["state"] != "finished":
+        return Retried(job_id, "active", detail=record["state"])
+    kind = KINDS.get(record["kind"])
+    if kind is not None and kind.secret_fields:
+        return Retried(job_id, "secret", detail=kind.name)
+    params, metadata = _stored_json(record, "params"), _stored_json(record, "metadata")
+    deadline_s = (int(record.get("deadline_ms", 0)) - int(record.get("submitted_ms", 0))) / 1000
+
+    def created(candidate: str) -> bool:
+        """Submit the retry as `candidate`: True if that made a new job, False if the id was in use."""
+        request = requests.build(
+            record["kind"],
+            params,
+            job_id=candidate,
+            metadata={**metadata, "retry_of": job_id},
+            deadline_s=deadline_s,
+            settings=store.settings,
+        )
+        if not submit(store, broker, request).created:
+            return False
+        log.info("job_retried", job_id=candidate, retry_of=job_id, kind=record["kind"])
+        return True
+
+    if new_job_id is not None:
+        # The same retry asked for again answers with its job, as `submit` does; any other job's id is refused,
+        # checked before submitting because a submit with an existing queued job's id re-sends its start.
+        if store.client.exists(store.job_key(new_job_id)) and _retry_of(store, new_job_id) != job_id:
+            return Retried(job_id, "taken", job_id=new_job_id)
+        if created(new_job_id) or _retry_of(store, new_job_id) == job_id:
+            return Retried(job_id, "submitted", job_id=new_job_id)
+        return Retried(job_id, "taken", job_id=new_job_id)
+    for number in range(1, DEFAULT_MAX_RETRY_NUMBER + 1):
+        candidate = f"{job_id}-retry-{number}"
+        if not requests.JOB_ID_PATTERN.fullmatch(candidate):
+            raise InvalidRequest(f"job_id {job_id!r} is too long to add '-retry-{number}': give a new job id")
+        # An id in use (an earlier retry's, or one a concurrent retry took since) moves on to the next number.
+        if not store.client.exists(store.job_key(candidate)) and created(candidate):
+            return Retried(job_id, "submitted", job_id=candidate)
+    raise InvalidRequest(f"job {job_id} has been retried {DEFAULT_MAX_RETRY_NUMBER} times: give a new job id")
+
+
+def _stored_json(record: dict[str, str], name: str) -> dict[str, Any]:
+    value = json.loads(record.get(name) or "{}")
+    return value if isinstance(value, dict) else {}
+
+
+def _retry_of(store: JobStore, job_id: str) -> str | None:
+    """The `retry_of` in a job's metadata: which job, if any, it was made to retry."""
+    try:
+        record = store.get(job_id)
+    except redis.ResponseError:
+        return None
+    return None if record is None else _stored_json(record, "metadata").get("retry_of")

@@ -80,19 +80,19 @@ def test_a_dead_intake_or_reconciler_thread_withholds_the_heartbeat_so_the_healt
     rt: Runtime, worker: dramatiq.Worker
 ) -> None:
     intake, reconciler = Intake(rt, name="alive-check"), Reconciler(rt)
-    heartbeat = Heartbeat(rt.redis, rt.settings, lambda: threads_alive(worker, intake, reconciler))
-    assert not threads_alive(worker, intake, reconciler)  # not started yet
+    heartbeat = Heartbeat(rt.redis, rt.settings, lambda: threads_alive(rt.broker, intake, reconciler))
+    assert not threads_alive(rt.broker, intake, reconciler)  # not started yet
     intake.start()
     reconciler.start()
     try:
-        assert threads_alive(worker, intake, reconciler)
+        assert threads_alive(rt.broker, intake, reconciler)
         heartbeat.beat()
         ok, summary = check(rt.settings)
         assert ok, summary
         for dead in (intake, reconciler):  # either one alone is enough
             dead.stop()
             dead.join(timeout=10)
-            assert not threads_alive(worker, intake, reconciler)
+            assert not threads_alive(rt.broker, intake, reconciler)
             rt.redis.delete(workers_key(rt.settings))  # as if the last beat had aged out
             heartbeat.beat()
             ok, summary = check(rt.settings)

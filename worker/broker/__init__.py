@@ -58,12 +58,12 @@ pinned by the named test in tests/broker/test_dramatiq_contract.py, which fails 
 - `Worker.stop`: work queue to consumer.requeue, then consumer.close() last: test_worker_stop_requeues_then_closes
 - ConnectionClosed (or any error) from __next__: close, then consume() again: test_next_error_reconnects
 - post-reconnect acks reach the new consumer (hence `held` per broker): test_ack_after_reconnect_goes_to_new_consumer
-- `Worker.workers` and `Worker.consumers` (worker/runtime/process.py's threads_alive): test_worker_thread_attributes
 - `actor.broker = new` + declare_actor rebinds an actor's sends (worker/runtime/app.py): test_actor_broker_is_rebindable
 
-Documented seams checked but not needed: `CurrentMessage` (the fetched proxy, so `_CurrentClaim` could read it;
-it only uses public middleware hooks already) and the thread-boot hooks: test_seam_current_message,
-test_seam_thread_boot_hooks.
+Documented seams used: the thread boot and shutdown hooks (`ThreadRoster`, for the heartbeat's liveness) instead of
+reading `Worker.workers`/`Worker.consumers`: test_seam_thread_boot_hooks. Checked but not needed: `CurrentMessage`
+(it returns the fetched proxy, so `_CurrentClaim` could read it there; it only uses public hooks already):
+test_seam_current_message.
 """
 
 from __future__ import annotations

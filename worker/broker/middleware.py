@@ -1,7 +1,9 @@
-"""Dramatiq middleware: job context on every log line of a message, and per-message metrics."""
+"""Dramatiq middleware: job context on every log line of a message, per-message metrics, and the roster of the
+worker's threads (from Dramatiq's documented thread boot and shutdown hooks)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import dramatiq
@@ -35,3 +37,41 @@ class JobContext(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+class ThreadRoster(Middleware):
+    """The Dramatiq worker and consumer threads running on this broker, for the heartbeat's "alive" question.
+
+    Threads join on their documented boot hooks and leave on their shutdown hooks, which Dramatiq emits only when a
+    thread stops normally: a thread that died stays listed, not alive, so the process stops beating.
+    """
+
+    def __init__(self) -> None:
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def _join(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.add(thread)
+
+    def _leave(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.discard(thread)
+
+    def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        self._join(thread)
+
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        self._join(thread)
+
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        self._leave(thread)
+
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        self._leave(thread)
+
+    def alive(self) -> bool:
+        """True when some threads booted and every one of them still runs."""
+        with self._lock:
+            threads = list(self._threads)
+        return bool(threads) and all(thread.is_alive() for thread in threads)

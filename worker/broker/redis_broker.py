@@ -45,6 +45,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from worker.broker.consumer import _monotonic_ms, _ZSetConsumer
+from worker.broker.middleware import ThreadRoster
 from worker.store import scripts
 
 #: How many due delayed messages one fetch moves onto the queue at most.
@@ -124,6 +125,9 @@ class CekuraBroker(RedisBroker):
         self.fetch_claims: FetchClaims | None = None
         self._current_claim = _CurrentClaim()
         self.add_middleware(self._current_claim)
+        #: The worker's Dramatiq threads, from Dramatiq's documented thread boot and shutdown hooks.
+        self.threads = ThreadRoster()
+        self.add_middleware(self.threads)
         #: Ids for delayed messages' Redis entries: unique per broker, and free (uuid4 costs a system call).
         self._entry_ids = itertools.count()
 

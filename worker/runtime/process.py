@@ -18,6 +18,7 @@ import dramatiq
 import structlog
 
 from config.settings import get_settings
+from worker.broker.redis_broker import CekuraBroker
 from worker.intake.stream import Intake
 from worker.runtime.app import bind_actors, setup
 from worker.runtime.heartbeat import Heartbeat, LocalBeat
@@ -26,11 +27,11 @@ from worker.runtime.reconciler import Reconciler
 log = structlog.get_logger(__name__)
 
 
-def threads_alive(worker: dramatiq.Worker, *services: threading.Thread) -> bool:
-    """True while every worker thread and consumer thread of `worker`, and every one of `services` (the intake
-    and the reconciler), is running: the heartbeat asks this, so the healthcheck fails when one has died."""
-    threads = [*worker.workers, *worker.consumers.values()]
-    return bool(threads) and all(thread.is_alive() for thread in [*threads, *services])
+def threads_alive(broker: CekuraBroker, *services: threading.Thread) -> bool:
+    """True while every Dramatiq worker and consumer thread on `broker` (`ThreadRoster`), and every one of
+    `services` (the intake and the reconciler), is running: the heartbeat asks this, so the probes fail when one
+    has died."""
+    return broker.threads.alive() and all(thread.is_alive() for thread in services)
 
 
 def _stop_when_gone(parent: BaseProcess, stopping: threading.Event) -> None:
@@ -63,7 +64,7 @@ def main(threads: int) -> None:
     intake, reconciler = Intake(rt), Reconciler(rt)
 
     def alive() -> bool:  # what every beat of this process stands for
-        return threads_alive(worker, intake, reconciler)
+        return threads_alive(rt.broker, intake, reconciler)
 
     services: list[Intake | Reconciler | Heartbeat | LocalBeat] = [
         intake,

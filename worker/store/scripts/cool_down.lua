@@ -3,8 +3,11 @@
 -- ARGV: ms
 -- Returns the hold's end in ms.
 -- #include _now.lua
-local until_ms = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cooldown_key = KEYS[1]
+local hold_ms = tonumber(ARGV[1])
+
+local until_ms = now + hold_ms
+local current = tonumber(redis.call('GET', cooldown_key) or '0')
 if current >= until_ms then return current end
-redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
+redis.call('SET', cooldown_key, until_ms, 'PX', hold_ms + 1000)
 return until_ms

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,16 @@ class Step:
         return max(1, min(int(delay_s * 1000), self.job.deadline_ms - self.claim.now_ms))
 
 
+def _run(body: Callable[[Step], None], step: Step) -> None:
+    """Run a claimed step; anything unexpected ends the job `failed` once (see `_internal_error`)."""
+    try:
+        body(step)
+    except redis.RedisError:
+        raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
+    except Exception as exc:
+        _internal_error(step, exc)
+
+
 def _step(rt: Runtime, job_id: str, phase: Phase, claim: Claim, age_s: float = 0.0) -> Step:
     assert claim.job is not None
     return Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)
@@ -91,13 +102,7 @@ def start(job_id: str, reserved: bool = False) -> None:
     claim = rt.store.claim(job_id, Phase.START, 0, reserved=reserved)
     if not _proceed(claim, job_id, Phase.START, 0):
         return
-    step = _step(rt, job_id, Phase.START, claim)
-    try:
-        _start(step)
-    except redis.RedisError:
-        raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
-    except Exception as exc:
-        _internal_error(step, exc)
+    _run(_start, _step(rt, job_id, Phase.START, claim))
 
 
 def _start(step: Step) -> None:
@@ -163,13 +168,7 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
         age_s = 0.0
     if not _proceed(claim, job_id, Phase.POLL, seq):
         return
-    step = _step(rt, job_id, Phase.POLL, claim, age_s)
-    try:
-        _poll(step)
-    except redis.RedisError:
-        raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
-    except Exception as exc:
-        _internal_error(step, exc)
+    _run(_poll, _step(rt, job_id, Phase.POLL, claim, age_s))
 
 
 def _poll(step: Step) -> None:

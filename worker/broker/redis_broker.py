@@ -46,6 +46,7 @@ from dramatiq.middleware import Middleware
 
 from worker.broker.consumer import _monotonic_ms, _ZSetConsumer
 from worker.broker.middleware import ThreadRoster
+from worker.runtime.connection import server_ms
 from worker.store import scripts
 
 #: How many due delayed messages one fetch moves onto the queue at most.
@@ -225,12 +226,11 @@ class CekuraBroker(RedisBroker):
         """Requeue dead workers' unacked messages now, on the server's clock, instead of on Dramatiq's
         one-in-a-thousand lottery with the host's; then sweep this worker's own ack sets (`sweep_acks`)."""
         dispatch = self.scripts["dispatch"]
-        seconds, micros = self.client.time()
-        server_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = server_ms(self.client)
         for queue_name in self.queues:
             args = [
                 "qsize",
-                server_ms,
+                now_ms,
                 queue_name,
                 self.broker_id,
                 self.heartbeat_timeout,

@@ -29,6 +29,7 @@ from dramatiq.message import Message
 from actors.kinds import KINDS
 from config.settings import Settings
 from worker.redact import redact
+from worker.runtime.connection import server_ms
 from worker.store.jobs import as_text, iso_from_ms
 
 #: The most entries of each kind a listing shows unless asked otherwise.
@@ -42,12 +43,6 @@ DEFAULT_CELL_CHARS = 100
 
 #: The outcomes `dead list` shows: the ones a retry might fix.
 FAILED_STATUSES = frozenset({"failed", "timed_out"})
-
-
-def _server_ms(client: redis.Redis) -> int:
-    """Redis's clock in ms: dead letters and stream ids are stamped with it, so `since` is counted on it too."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _last_line(traceback: Any) -> str:
@@ -134,7 +129,7 @@ _JOB_FIELDS = ("job_id", "kind", "status", "error", "finished_at")
 
 def report(client: redis.Redis, settings: Settings, *, since_s: float, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Dead letters and failed jobs of the last `since_s` seconds as one JSON-serialisable dict."""
-    now_ms = _server_ms(client)
+    now_ms = server_ms(client)
     since_ms = max(0, now_ms - int(since_s * 1000))
     return {
         "generated_at": iso_from_ms(now_ms),

@@ -33,7 +33,7 @@ from redis.retry import Retry
 from config.settings import Settings
 from worker.errors import ConfigError
 from worker.ops.summary import ACTIVE_STATES, summarize
-from worker.runtime.connection import connect
+from worker.runtime.connection import connect, time_ms
 
 log = structlog.get_logger(__name__)
 
@@ -160,8 +160,8 @@ def due_steps(client: redis.Redis, settings: Settings) -> tuple[int, float]:
     pipe.llen(queue)
     pipe.lindex(queue, 0)
     pipe.zrange(delayed, 0, 0, withscores=True)
-    (seconds, micros), ready, head_id, delayed_head = pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    time_reply, ready, head_id, delayed_head = pipe.execute()
+    now_ms = time_ms(time_reply)
 
     pipe = client.pipeline(transaction=False)
     pipe.zcount(delayed, "-inf", now_ms)

@@ -6,7 +6,7 @@
 - `--readiness` (the default): does Redis answer, and has a worker process on this host beaten there recently?
 
 Both run every few seconds, so they stay cheap: no Dramatiq or actor imports; readiness makes one connection with
-short timeouts and no retries, and two commands. The host is the container's hostname, so each replica reports
+short timeouts and no retries, and a few commands. The host is the container's hostname, so each replica reports
 only on its own processes.
 """
 
@@ -20,8 +20,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings
-from worker.runtime.connection import connect
-from worker.runtime.heartbeat import live_local_processes, live_workers, server_ms, workers_key
+from worker.runtime.connection import connect, server_ms
+from worker.runtime.heartbeat import live_local_processes, live_workers, workers_key
 
 #: Connect and read timeout of the healthcheck's Redis connection, in seconds.
 DEFAULT_TIMEOUT_S = 2.0

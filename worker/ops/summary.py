@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from config.settings import Settings
+from worker.runtime.connection import server_ms
 from worker.runtime.heartbeat import live_workers
 from worker.store.jobs import as_text, iso_from_ms
 
@@ -21,12 +22,6 @@ DEFAULT_BATCH = 1000
 
 #: The states of a job that has not finished, in the order a job goes through them.
 ACTIVE_STATES = ("queued", "starting", "polling")
-
-
-def _server_ms(client: redis.Redis) -> int:
-    """Redis's clock in ms: schedule scores are written by Lua scripts with it, so compare against it too."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _batches(client: redis.Redis, key: str) -> Iterator[list[str]]:
@@ -124,7 +119,7 @@ def stream_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
 
 def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     """The whole snapshot as a JSON-serialisable dict."""
-    now_ms = _server_ms(client)
+    now_ms = server_ms(client)
     in_flight = jobs_in_flight(client, settings)
     workers = sorted(live_workers(client, settings))
     return {

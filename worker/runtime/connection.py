@@ -103,3 +103,15 @@ def thread_connections(client: redis.Redis) -> ThreadConnections:
         if found is None:
             found = _per_pool[pool] = ThreadConnections(pool)
         return found
+
+
+def time_ms(reply: Any) -> int:
+    """A TIME reply (seconds, microseconds) as epoch ms, for a TIME sent in a pipeline."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def server_ms(client: redis.Redis) -> int:
+    """The Redis server's clock in epoch ms: the one clock every due time, deadline, lease and heartbeat is on, so
+    whatever is compared with them is read from it too."""
+    return time_ms(client.time())

@@ -24,17 +24,12 @@ import redis
 import structlog
 
 from config.settings import Settings
+from worker.runtime.connection import server_ms
 
 log = structlog.get_logger(__name__)
 
 #: How long a process's last beat is kept after it stops (the healthcheck reports "last heartbeat N s ago").
 DEFAULT_HEARTBEAT_KEEP_S = 3600
-
-
-def server_ms(client: redis.Redis) -> int:
-    """The Redis server's clock in epoch ms."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def local_beat_path(settings: Settings, pid: int | None = None) -> Path:

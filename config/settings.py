@@ -21,15 +21,12 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.redact import DEFAULT_MIN_SECRET_LEN  # shorter secrets can't be masked: refused where they enter
 
 #: Share of CEKURA_LEASE_S one Cekura call may take in all, connect to last byte (`Settings.cekura_call_limit_s`):
 #: CEKURA_HTTP_TIMEOUT_S bounds each socket operation, so an answer trickling in would otherwise outlive the lease
 #: and the reconciler would send the call again while the first is still in flight.
 DEFAULT_CALL_LIMIT_SHARE = 0.5
-
-
-#: Secrets shorter than this are refused: masking them in output would mask ordinary words too.
-MIN_SECRET_LEN = 4
 
 
 class Settings(BaseSettings):
@@ -126,8 +123,8 @@ class Settings(BaseSettings):
         # It travels as an HTTP header value: anything else would be refused there, and quoted in the error.
         if not (key.isascii() and key.isprintable()):
             raise ValueError("must be printable ASCII, without control characters (the value is not shown)")
-        if len(key) < MIN_SECRET_LEN:
-            raise ValueError(f"is shorter than {MIN_SECRET_LEN} characters: too short to be masked in output")
+        if len(key) < DEFAULT_MIN_SECRET_LEN:
+            raise ValueError(f"is shorter than {DEFAULT_MIN_SECRET_LEN} characters: too short to be masked in output")
         return SecretStr(key)
 
     @field_validator("redis_url")
@@ -153,8 +150,8 @@ class Settings(BaseSettings):
             parts.port  # noqa: B018 - raises on a malformed port, whose message would quote it
         except ValueError:
             raise ValueError("has a malformed host or port (the value is not shown)") from None
-        if parts.password is not None and 0 < len(unquote(parts.password)) < MIN_SECRET_LEN:
-            raise ValueError(f"has a password shorter than {MIN_SECRET_LEN} characters: too short to be masked")
+        if parts.password is not None and 0 < len(unquote(parts.password)) < DEFAULT_MIN_SECRET_LEN:
+            raise ValueError(f"has a password shorter than {DEFAULT_MIN_SECRET_LEN} characters: too short to be masked")
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return SecretStr(url)

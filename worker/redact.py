@@ -25,7 +25,7 @@ from urllib.parse import quote, quote_plus, unquote, urlsplit
 if TYPE_CHECKING:
     from config.settings import Settings
 
-#: Secrets shorter than this are not masked: they would mask ordinary words.
+#: Secrets shorter than this are not masked (they would mask ordinary words), so settings and params refuse them.
 DEFAULT_MIN_SECRET_LEN = 4
 
 MASK = "***"

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from worker.redact import DEFAULT_MIN_SECRET_LEN
+
 
 class Outcome(StrEnum):
     """How a job ended; the `status` field of its result event."""
@@ -31,10 +33,6 @@ class Params(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-#: Secrets shorter than this are refused: too short to be masked in output without masking ordinary words.
-MIN_SECRET_LEN = 4
-
-
 def check_secret(cls: type, value: SecretStr | None) -> SecretStr | None:
     """A params validator for secret fields: surrounding whitespace stripped, then printable and long enough to be
     masked wherever Cekura might echo it. Its messages never show the value."""
@@ -43,8 +41,8 @@ def check_secret(cls: type, value: SecretStr | None) -> SecretStr | None:
     secret = value.get_secret_value().strip()
     if not secret.isprintable():
         raise ValueError("must not contain control characters (the value is not shown)")
-    if len(secret) < MIN_SECRET_LEN:
-        raise ValueError(f"must be at least {MIN_SECRET_LEN} characters (the value is not shown)")
+    if len(secret) < DEFAULT_MIN_SECRET_LEN:
+        raise ValueError(f"must be at least {DEFAULT_MIN_SECRET_LEN} characters (the value is not shown)")
     return SecretStr(secret)
 
 

@@ -208,15 +208,17 @@ class CekuraBroker(RedisBroker):
         Dramatiq passes the host's clock as the heartbeat of every command and may run maintenance with it;
         this broker passes its estimate of the server's clock and runs maintenance only in `run_maintenance`.
         """
-        dispatch = self.scripts["dispatch"]
-        keys = [self.namespace]
 
         def do_dispatch(queue_name: str, *args: Any) -> Any:
-            head = [command, self.redis_now_ms(), queue_name, self.broker_id, self.heartbeat_timeout]
-            tail = [self.dead_message_ttl, 0, self._max_unpack_size(), *args]
-            return dispatch(args=[*head, *tail], keys=keys)
+            return self._run_dispatch(command, queue_name, self.redis_now_ms(), False, *args)
 
         return do_dispatch
+
+    def _run_dispatch(self, command: str, queue_name: str, now_ms: int, maintenance: bool, *args: Any) -> Any:
+        """Call Dramatiq's dispatch.lua with its positional ARGV (pinned by the contract tests)."""
+        head = [command, now_ms, queue_name, self.broker_id, self.heartbeat_timeout, self.dead_message_ttl]
+        tail = [1 if maintenance else 0, self._max_unpack_size(), *args]
+        return self.scripts["dispatch"](args=[*head, *tail], keys=[self.namespace])
 
     def flush(self, queue_name: str) -> None:
         super().flush(queue_name)
@@ -225,20 +227,9 @@ class CekuraBroker(RedisBroker):
     def run_maintenance(self) -> None:
         """Requeue dead workers' unacked messages now, on the server's clock, instead of on Dramatiq's
         one-in-a-thousand lottery with the host's; then sweep this worker's own ack sets (`sweep_acks`)."""
-        dispatch = self.scripts["dispatch"]
         now_ms = server_ms(self.client)
         for queue_name in self.queues:
-            args = [
-                "qsize",
-                now_ms,
-                queue_name,
-                self.broker_id,
-                self.heartbeat_timeout,
-                self.dead_message_ttl,
-                1,
-                self._max_unpack_size(),
-            ]
-            dispatch(args=args, keys=[self.namespace])
+            self._run_dispatch("qsize", queue_name, now_ms, True)
         self.sweep_acks()
 
     def sweep_acks(self) -> list[str]:

@@ -243,7 +243,6 @@ class JobStore:
             args.extend((name, value))
         keys = [self.job_key(job_id), self.schedule_key, s.cekura_progress_stream]
         keys += [message.messages_key, message.delayed_key] if message else [self.job_key(job_id)] * 2
-        keys.append(self.secret_key(job_id))
         reply = self._advance(keys=keys, args=args)
         verdict = AdvanceVerdict(as_text(reply[0]))
         if verdict is AdvanceVerdict.OK:

@@ -4,13 +4,12 @@
 -- recording and scheduling are one atomic step. Neither the step nor the message is ever due past the job's
 -- deadline. Publishes a progress event when the Cekura status or stage
 -- changed and progress events are on.
--- KEYS: job hash, schedule zset, progress stream, Dramatiq message hash, Dramatiq delayed zset, job secret key
+-- KEYS: job hash, schedule zset, progress stream, Dramatiq message hash, Dramatiq delayed zset
 -- ARGV: phase ('start'|'poll'), seq, new_seq, next_state, delay_ms, grace_ms, job_id, progress_maxlen (0 = off),
 --       redis_message_id ('' for none), message_delay_ms, message data, field/value pairs...
 -- Returns {'ok', changed (1|0)} | {'finished', session_id} | {'stale'} | {'gone'} | {'corrupt'}
 -- #include _now.lua
-local job_key, schedule_key, progress_stream, messages_key, delayed_key, secret_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_key, schedule_key, progress_stream, messages_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local phase, seq, new_seq, next_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local delay_ms, grace_ms, job_id, progress_maxlen = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local redis_message_id, message_delay_ms, message_data = ARGV[9], tonumber(ARGV[10]), ARGV[11]

@@ -41,7 +41,7 @@ from worker.intake import requests, submission
 from worker.ops import metrics
 from worker.runtime.app import Runtime
 from worker.store import scripts
-from worker.store.jobs import as_text, iso_now
+from worker.store.jobs import as_text
 
 log = structlog.get_logger(__name__)
 
@@ -276,7 +276,6 @@ class Intake(threading.Thread):
         """Publish the entry's `rejected` event (once per entry). Its `job_id` is empty, since no job was made;
         `requested_job_id` is the id the request asked for, when it can be read safely."""
         requested_job_id, kind = _identify(raw, self.rt.settings.cekura_request_max_bytes)
-        now = iso_now()
         fields = {
             "job_id": "",
             "kind": kind,
@@ -286,8 +285,8 @@ class Intake(threading.Thread):
             "result": "",
             "error": f"{reason} (request entry {entry_id})",
             "polls": "0",
-            "submitted_at": now,
-            "finished_at": now,
+            "submitted_at": "",  # both set by reject.lua, on the server's clock
+            "finished_at": "",
             "metadata": "{}",
             "request_id": entry_id,
             "requested_job_id": requested_job_id,

@@ -13,7 +13,6 @@ skipped and logged by the scripts, never allowed to abort a pass that serves the
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -71,11 +70,6 @@ def not_a_job(job_id: str) -> InvalidRequest:
     """The refusal of a job id whose key holds something other than a job (scripts answer `corrupt`): the same
     words for a submit and a cancel."""
     return InvalidRequest(f"job_id {job_id!r} can't be used: its key in Redis holds something other than a job")
-
-
-def iso_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds."""
-    return iso_from_ms(int(time.time() * 1000))
 
 
 def as_text(value: Any) -> str:

@@ -1,6 +1,6 @@
 -- Publish one `rejected` result event for a bad request, once per request-stream entry (a redelivered
--- entry finds its marker and publishes nothing). The event's `submitted_at` and `finished_at`, when given,
--- are set from the server's clock, like every time the scripts record.
+-- entry finds its marker and publishes nothing). The event's `submitted_at` and `finished_at` are filled in
+-- here from the server's clock, like every time the scripts record (the caller leaves them empty, in place).
 -- KEYS: results stream, marker key
 -- ARGV: results_maxlen, marker_ttl_s, field/value pairs...
 -- Returns the entry id, or false when this entry was already rejected.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dramatiq
@@ -73,7 +73,7 @@ class Step:
 
     def time_left_s(self) -> float:
         """Seconds before the job's deadline (the bound on this step's Cekura call)."""
-        return (self.job.deadline_ms - self.claim.now_ms) / 1000 - self.age_s
+        return self.claim.time_left_s(self.age_s)
 
     def delay_ms(self, delay_s: float) -> int:
         """A delay in ms, never past the job's deadline (so it times out on time)."""
@@ -112,7 +112,7 @@ def _start(step: Step) -> None:
     if kind.secret_fields:
         stored = rt.store.secrets(job_id)
         raw.update(stored)
-        step = _with_secrets(step, tuple(stored.values()))
+        step = replace(step, secrets=tuple(stored.values()))
     params = kind.validate(raw)
     try:
         started = rt.cekura.start(kind, params, time_left_s=step.time_left_s())
@@ -160,7 +160,7 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
     claim = rt.store.parse_claim(fetched) if fetched is not None else None
     if claim is not None and (
         age_s > rt.settings.cekura_lease_s * DEFAULT_FETCHED_CLAIM_MAX_AGE
-        or (claim.job is not None and (claim.job.deadline_ms - claim.now_ms) / 1000 - age_s <= 0)
+        or (claim.job is not None and claim.time_left_s(age_s) <= 0)
     ):
         claim = None  # it waited too long in this process, or past the deadline: ask again (the same owner may)
     if claim is None:
@@ -178,7 +178,7 @@ def _poll(step: Step) -> None:
     params = kind.validate(json.loads(job.params))
     if kind.secret_fields:
         # A kind's own secrets (a provider key) stay in their key until the job ends, to mask Cekura echoing them.
-        step = _with_secrets(step, tuple(rt.store.secrets(job_id).values()))
+        step = replace(step, secrets=tuple(rt.store.secrets(job_id).values()))
     try:
         data = rt.cekura.progress(kind, params, job.progress_id, time_left_s=step.time_left_s())
     except CekuraError as exc:
@@ -235,10 +235,6 @@ def cancel_remote(job_id: str, kind_name: str, session_id: int) -> None:
         raise
     metrics.CEKURA_CALLS.labels("cancel", "ok").inc()
     log.info("cekura_cancelled", session_id=session_id, success=answer.get("success"))
-
-
-def _with_secrets(step: Step, secrets: tuple[str, ...]) -> Step:
-    return Step(step.rt, step.job_id, step.phase, step.claim, step.job, step.kind, step.age_s, secrets)
 
 
 def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:

@@ -114,6 +114,11 @@ class Claim:
     remaining_ms: int = 0
     job: JobRecord | None = None
 
+    def time_left_s(self, age_s: float = 0.0) -> float:
+        """Seconds before the job's deadline, for an `ok` claim made `age_s` ago."""
+        assert self.job is not None
+        return (self.job.deadline_ms - self.now_ms) / 1000 - age_s
+
 
 @dataclass(frozen=True, slots=True)
 class Advanced:

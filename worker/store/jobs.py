@@ -22,6 +22,7 @@ import redis
 from config.settings import Settings
 from worker.broker.redis_broker import FetchClaims, Scheduled
 from worker.errors import InvalidRequest
+from worker.store import scripts
 from worker.store.records import (
     CLAIM_FIELDS,
     Advanced,
@@ -36,7 +37,6 @@ from worker.store.records import (
 )
 
 __all__ = ["RESULT_FIELDS", "Advanced", "Claim", "Finish", "JobRecord", "JobStore", "Phase", "RemoteCancel"]
-from worker.store import scripts
 
 #: How long a `rejected` marker for a request-stream entry is kept, to publish its event only once.
 DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400

@@ -266,9 +266,8 @@ def _time_out(rt: Runtime, job_id: str, phase: Phase, seq: int) -> None:
     fields = rt.store.get(job_id) or {}
     job = JobRecord.from_fields(fields)
     structlog.contextvars.bind_contextvars(kind=job.kind or None, progress_id=job.progress_id or None)
-    deadline_s = (job.deadline_ms - job.submitted_ms) / 1000
     outcome = Outcome.TIMED_OUT
-    error = f"deadline of {deadline_s:g}s passed before Cekura reported a terminal status"
+    error = f"deadline of {job.deadline_s:g}s passed before Cekura reported a terminal status"
     # A start message may time out a job in any state; a poll message only the poll it was sent for.
     expect = Phase.POLL.value if phase is Phase.POLL else "any"
     _publish(rt, job_id, expect, seq, job.kind, outcome, cekura_status=job.cekura_status, error=error, polls=job.polls)

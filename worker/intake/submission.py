@@ -26,6 +26,7 @@ from worker.intake import requests
 from worker.intake.requests import JobRequest, check_job_id
 from worker.ops import metrics
 from worker.store.jobs import JobStore, RemoteCancel, not_a_job
+from worker.store.records import JobRecord
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +183,7 @@ def retry(store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str
     if kind is not None and kind.secret_fields:
         return Retried(job_id, "secret", detail=kind.name)
     params, metadata = _stored_json(record, "params"), _stored_json(record, "metadata")
-    deadline_s = (int(record.get("deadline_ms", 0)) - int(record.get("submitted_ms", 0))) / 1000
+    deadline_s = JobRecord.from_fields(record).deadline_s
 
     def created(candidate: str) -> bool:
         """Submit the retry as `candidate`: True if that made a new job, False if the id was in use."""

@@ -81,6 +81,11 @@ class JobRecord:
     current_stage: str = ""
     submitted_ms: int = 0
 
+    @property
+    def deadline_s(self) -> float:
+        """The deadline the job was given, in seconds from its submission."""
+        return (self.deadline_ms - self.submitted_ms) / 1000
+
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> JobRecord:
         """From a job hash's fields as text (a claim's reply, or `JobStore.get`)."""

@@ -17,6 +17,7 @@ from simulator import SimulatorHandle
 from tests.support import wait_for
 from worker.client import Client
 from worker.runtime.app import Runtime, runtime
+from worker.runtime.connection import server_ms
 from worker.runtime.reconciler import reconcile_once
 
 #: Where the test actor records that it ran.
@@ -75,20 +76,15 @@ def _ran(rt: Runtime) -> list[dict[str, Any]]:
 # -- delayed messages ---------------------------------------------------------------------------------------------
 
 
-def _server_ms(rt: Runtime) -> int:
-    seconds, micros = rt.redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 def test_a_delayed_message_waits_in_the_sorted_set_and_runs_after_its_delay_not_before(
     rt: Runtime, worker: dramatiq.Worker, recorder: dramatiq.Actor[[str], None]
 ) -> None:
     queue, delayed, messages = _keys(rt)
-    sent_ms = _server_ms(rt)
+    sent_ms = server_ms(rt.redis)
     message = recorder.send_with_options(args=("late",), delay=1000)
     redis_id = message.options["redis_message_id"]
     eta_ms = rt.redis.zscore(delayed, redis_id)
-    assert sent_ms + 1000 <= eta_ms <= _server_ms(rt) + 1000  # due 1 s after it was stored, on the server's clock
+    assert sent_ms + 1000 <= eta_ms <= server_ms(rt.redis) + 1000  # due 1 s after it was stored, on the server's clock
     assert json.loads(rt.redis.hget(messages, redis_id))["args"] == ["late"]
     assert rt.redis.llen(queue) == 0
 

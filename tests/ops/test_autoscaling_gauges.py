@@ -21,14 +21,10 @@ from config.settings import Settings
 from worker.client import Client
 from worker.ops.exposition import build_registry, due_steps
 from worker.runtime.app import Runtime
+from worker.runtime.connection import server_ms
 
 #: Far enough ahead that a delayed message can't become due while a test runs.
 FUTURE_DELAY_MS = 600_000
-
-
-def _server_ms(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _queue_key(settings: Settings) -> str:
@@ -47,7 +43,7 @@ def _send_delayed_poll(rt: Runtime, job_id: str) -> str:
 def _make_due(redis_client: redis.Redis, settings: Settings, redis_id: str, seconds_ago: float) -> int:
     """Move a delayed message's eta (its score, and the `due_ms` the broker wrote into it) into the past."""
     queue = _queue_key(settings)
-    due_ms = _server_ms(redis_client) - int(seconds_ago * 1000)
+    due_ms = server_ms(redis_client) - int(seconds_ago * 1000)
     assert redis_client.zadd(f"{queue}.ZQ", {redis_id: due_ms}, xx=True, ch=True) == 1
     message = json.loads(redis_client.hget(f"{queue}.msgs", redis_id))
     message["options"]["due_ms"] = due_ms

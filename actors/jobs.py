@@ -6,8 +6,12 @@ claimed already (the broker's fetch made the claim as it popped the message, sav
 and for start messages, the actor claims with `JobStore.claim`. A step that doesn't end the job sends its next
 message with `send_with_options(delay=...)` inside `broker.outbox()`, and `advance` writes that message together
 with the step's state in one atomic script; a step that ends the job writes the outcome and the result event in
-one atomic `finish`. If a worker dies mid-step (or holding a message), the reconciler re-sends the job's message
-once it is overdue.
+one atomic `finish` (`actors/step.py`). If a worker dies mid-step (or holding a message), the reconciler re-sends
+the job's message once it is overdue.
+
+A job whose operation asks a question (a kind's `waiting` status) publishes it and *waits*: its one message is
+due at its deadline, and a poll of a waiting job does nothing until `answer.lua` records an answer and sends the
+poll that delivers it to Cekura before polling on.
 
 Importing this module binds the actors to the broker `setup()` made: only entry points import it, after setup
 (`worker.runtime.app.bind_actors`).
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import dramatiq
@@ -26,13 +30,14 @@ import redis
 import structlog
 
 from actors import names
-from actors.kinds import KINDS, JobKind, Outcome, Params
-from worker.cekura.backoff import poll_delay, retry_delay
-from worker.errors import CekuraError, PermanentError, RateLimited
+from actors.kinds import KINDS, Outcome, Params
+from actors.step import Step, fail, finish, internal_error, make_step, time_out
+from worker.cekura.backoff import retry_delay
+from worker.errors import CekuraError, PermanentError, RateLimited, TransientError
 from worker.ops import metrics
 from worker.redact import redact
-from worker.runtime.app import Runtime, runtime
-from worker.store.records import AdvanceVerdict, Claim, ClaimVerdict, FinishVerdict, JobRecord, Phase
+from worker.runtime.app import runtime
+from worker.store.records import AdvanceVerdict, Claim, ClaimVerdict, Phase
 
 log = structlog.get_logger(__name__)
 
@@ -46,53 +51,23 @@ DEFAULT_COOLDOWN_SPREAD_MS = 1000
 #: call (bounded by half the lease) always ends before its lease does.
 DEFAULT_FETCHED_CLAIM_MAX_AGE = 0.25
 
+#: The longest question kept in a job's record and its progress event.
+DEFAULT_MAX_QUESTION_CHARS = 4000
+
 _QUEUE = runtime().settings.cekura_queue
 
 #: The per-poll counter's child, looked up once (`labels()` on every poll showed in profiles).
 _PROGRESS_OK = metrics.CEKURA_CALLS.labels("progress", "ok")
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One claimed step of one job: what every helper below needs, passed as one value."""
-
-    rt: Runtime
-    job_id: str
-    phase: Phase
-    claim: Claim
-    job: JobRecord
-    kind: JobKind
-    #: How long ago (s) the claim was made: a poll's claim may have been made by the fetch a moment before.
-    age_s: float = 0.0
-    #: The job's own secrets (a provider key), masked in whatever this step writes.
-    secrets: tuple[str, ...] = ()
-
-    @property
-    def seq(self) -> int:
-        return self.job.seq
-
-    def time_left_s(self) -> float:
-        """Seconds before the job's deadline (the bound on this step's Cekura call)."""
-        return self.claim.time_left_s(self.age_s)
-
-    def delay_ms(self, delay_s: float) -> int:
-        """A delay in ms, never past the job's deadline (so it times out on time)."""
-        return max(1, min(int(delay_s * 1000), self.job.deadline_ms - self.claim.now_ms))
-
-
 def _run(body: Callable[[Step], None], step: Step) -> None:
-    """Run a claimed step; anything unexpected ends the job `failed` once (see `_internal_error`)."""
+    """Run a claimed step; anything unexpected ends the job `failed` once (see `internal_error`)."""
     try:
         body(step)
     except redis.RedisError:
         raise  # Dramatiq retries; should the lease be lost with it, the reconciler re-sends the job's step
     except Exception as exc:
-        _internal_error(step, exc)
-
-
-def _step(rt: Runtime, job_id: str, phase: Phase, claim: Claim, age_s: float = 0.0) -> Step:
-    assert claim.job is not None
-    return Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)
+        internal_error(step, exc)
 
 
 @dramatiq.actor(actor_name=names.START, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
@@ -102,18 +77,26 @@ def start(job_id: str, reserved: bool = False) -> None:
     claim = rt.store.claim(job_id, Phase.START, 0, reserved=reserved)
     if not _proceed(claim, job_id, Phase.START, 0):
         return
-    _run(_start, _step(rt, job_id, Phase.START, claim))
+    _run(_start, make_step(rt, job_id, Phase.START, claim))
+
+
+def _with_secrets(step: Step) -> tuple[Step, Params]:
+    """The step's params, with the job's own secrets (a provider key) merged in, and the step masking them."""
+    raw = json.loads(step.job.params)
+    if not step.kind.secret_fields:
+        return step, step.kind.validate(raw)
+    stored = step.rt.store.secrets(step.job_id)  # kept until the job ends, to mask Cekura echoing them
+    return replace(step, secrets=step.kind.secret_values(stored)), step.kind.with_secrets(raw, stored)
 
 
 def _start(step: Step) -> None:
     rt, job_id, kind = step.rt, step.job_id, step.kind
     structlog.contextvars.bind_contextvars(kind=kind.name)
-    raw = json.loads(step.job.params)
-    if kind.secret_fields:
-        stored = rt.store.secrets(job_id)
-        raw.update(stored)
-        step = replace(step, secrets=tuple(stored.values()))
-    params = kind.validate(raw)
+    if step.job.start_sent and not kind.repeatable_start:
+        # An earlier attempt claimed this start and never recorded its end (its worker stopped mid-call).
+        fail(step, _unknown_start("an earlier attempt stopped during the start call"))
+        return
+    step, params = _with_secrets(step)
     try:
         started = rt.cekura.start(kind, params, time_left_s=step.time_left_s())
     except CekuraError as exc:
@@ -122,7 +105,7 @@ def _start(step: Step) -> None:
         return
     metrics.CEKURA_CALLS.labels("start", "ok").inc()
     metrics.JOBS_STARTED.labels(kind.name).inc()
-    delay_ms = step.delay_ms(poll_delay(1, rt.settings))
+    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, 0.0))
     fields: dict[str, Any] = {
         "progress_id": started.progress_id,
         "errors": 0,
@@ -141,15 +124,20 @@ def _start(step: Step) -> None:
         log.info(
             "job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000
         )
-    elif kind.cancel_path and started.session_id is not None and done.verdict is AdvanceVerdict.FINISHED:
-        # Cancelled while the start call was in flight: stop the operation Cekura just began.
-        log.info("job_cancelled_during_start", session_id=started.session_id)
-        cancel_remote.send(job_id, kind.name, started.session_id)
-    elif kind.cancel_path and started.session_id is not None and done.verdict is AdvanceVerdict.STALE:
-        # Another attempt started the job while this one was stalled past its lease (a paused process): this
-        # operation is an orphan at Cekura; stop it where Cekura can.
-        log.warning("duplicate_start_cancelled", session_id=started.session_id)
-        cancel_remote.send(job_id, kind.name, started.session_id)
+    elif kind.cancel_path and done.verdict in (AdvanceVerdict.FINISHED, AdvanceVerdict.STALE):
+        # FINISHED: cancelled while the start call was in flight. STALE: another attempt started the job while
+        # this one was stalled past its lease (a paused process), so this operation is an orphan at Cekura.
+        # Either way, stop the operation Cekura just began, where Cekura can.
+        event = "job_cancelled_during_start" if done.verdict is AdvanceVerdict.FINISHED else "duplicate_start_cancelled"
+        log.warning(event, session_id=started.session_id)
+        cancel_remote.send(job_id, kind.name, started.session_id, started.progress_id)
+
+
+def _unknown_start(reason: str) -> str:
+    return (
+        f"the start call's outcome is unknown ({reason}): Cekura may have started the operation, and it was not "
+        "sent again because this kind's start is not safe to repeat (it would start a duplicate)"
+    )
 
 
 @dramatiq.actor(actor_name=names.POLL, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
@@ -168,36 +156,39 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
         age_s = 0.0
     if not _proceed(claim, job_id, Phase.POLL, seq):
         return
-    _run(_poll, _step(rt, job_id, Phase.POLL, claim, age_s))
+    step = make_step(rt, job_id, Phase.POLL, claim, age_s)
+    _run(_deliver_answer if step.job.answer else _poll, step)
 
 
 def _poll(step: Step) -> None:
     rt, job_id, kind, job = step.rt, step.job_id, step.kind, step.job
     polls = job.polls + 1
     structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=job.progress_id, poll=polls)
-    params = kind.validate(json.loads(job.params))
-    if kind.secret_fields:
-        # A kind's own secrets (a provider key) stay in their key until the job ends, to mask Cekura echoing them.
-        step = replace(step, secrets=tuple(rt.store.secrets(job_id).values()))
+    step, params = _with_secrets(step)
     try:
-        data = rt.cekura.progress(kind, params, job.progress_id, time_left_s=step.time_left_s())
+        raw_status, data = rt.cekura.progress(kind, params, job.progress_id, time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("progress", str(exc.status_code or "error")).inc()
         _failed_call(step, exc, polls=polls)
         return
     _PROGRESS_OK.inc()
-    raw_status = data["status"]
     status = redact(raw_status, step.secrets)  # Cekura's words are stored and logged: never a secret in them
-    stage = data.get(kind.stage_field) if kind.stage_field else None
-    stage = redact(stage, step.secrets) if isinstance(stage, str) else None
     outcome = kind.outcome(raw_status)
     if outcome is not None:
+        _observe(step)
         error = ""
-        if outcome in (Outcome.FAILED, Outcome.CANCELLED):
+        if kind.verdict is not None:
+            outcome, error = kind.verdict(outcome, data)
+        if outcome in (Outcome.FAILED, Outcome.CANCELLED) and not error:
             error = str(data.get("error") or f"Cekura reported status {status!r}")
-        _finish(step, outcome, cekura_status=status, result=data, error=error, polls=polls)
+        finish(step, outcome, cekura_status=status, result=data, error=error, polls=polls)
         return
-    delay_ms = step.delay_ms(poll_delay(polls + 1, rt.settings))
+    if raw_status in kind.waiting:
+        _wait_for_answer(step, status, data, polls)
+        return
+    stage = data.get(kind.stage_field) if kind.stage_field else None
+    stage = redact(stage, step.secrets) if isinstance(stage, str) else None
+    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, polls + 1, step.elapsed_s()))
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
     if stage is not None:
         fields["current_stage"] = stage
@@ -217,14 +208,72 @@ def _poll(step: Step) -> None:
         log.debug("job_polled", cekura_status=status, next_poll_s=delay_ms / 1000)
 
 
+def _observe(step: Step) -> None:
+    """Tell the polling schedule when this operation finished: after the previous poll, by this one."""
+    job = step.job
+    if job.started_ms:
+        low_s = max(0.0, (job.updated_ms - job.started_ms) / 1000)
+        step.rt.polling.observe(step.kind.name, low_s, max(low_s, step.elapsed_s()))
+
+
+def _wait_for_answer(step: Step, status: str, data: dict[str, Any], polls: int) -> None:
+    """Cekura asked a question: publish it and wait for an answer; the one message left is due at the deadline."""
+    question = redact(step.kind.question_of(data), step.secrets)[:DEFAULT_MAX_QUESTION_CHARS]
+    question = question or f"Cekura is waiting for an answer (status {status!r}) but sent no question"
+    delay_ms = step.delay_ms(step.time_left_s())
+    fields = {"polls": polls, "cekura_status": status, "errors": 0, "question": question}
+    with step.rt.broker.outbox() as at_deadline:
+        poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
+        done = step.rt.store.advance(
+            step.job_id,
+            Phase.POLL,
+            step.seq,
+            next_state="waiting",
+            delay_ms=delay_ms,
+            fields=fields,
+            scheduled=at_deadline,
+        )
+    if done.verdict is AdvanceVerdict.OK:
+        log.info("job_waiting_for_answer", cekura_status=status, question=question, deadline_in_s=delay_ms / 1000)
+
+
+def _deliver_answer(step: Step) -> None:
+    """Send the recorded answer to Cekura, then poll on from the kind's first interval."""
+    rt, kind, job = step.rt, step.kind, step.job
+    structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=job.progress_id)
+    try:
+        rt.cekura.answer(kind, job.progress_id, job.answer, time_left_s=step.time_left_s())
+    except CekuraError as exc:
+        metrics.CEKURA_CALLS.labels("answer", str(exc.status_code or "error")).inc()
+        _failed_call(step, exc, polls=job.polls + 1)  # the answer stays recorded: the retry sends it again
+        return
+    metrics.CEKURA_CALLS.labels("answer", "ok").inc()
+    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, 0.0))
+    # The operation runs again from here: the schedule (and what it learns) counts from the answer.
+    fields = {"answer": "", "question": "", "errors": 0, "error": "", "started_ms": step.claim.now_ms}
+    with rt.broker.outbox() as next_poll:
+        poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
+        done = rt.store.advance(
+            step.job_id,
+            Phase.POLL,
+            step.seq,
+            next_state="polling",
+            delay_ms=delay_ms,
+            fields=fields,
+            scheduled=next_poll,
+        )
+    if done.verdict is AdvanceVerdict.OK:
+        log.info("job_answer_sent", next_poll_s=delay_ms / 1000)
+
+
 @dramatiq.actor(actor_name=names.CANCEL_REMOTE, queue_name=_QUEUE, max_retries=5, time_limit=DEFAULT_TIME_LIMIT_MS)
-def cancel_remote(job_id: str, kind_name: str, session_id: int) -> None:
-    """Ask Cekura to stop a cancelled job's operation (scenario agent: `cancel-agent` with the session id)."""
+def cancel_remote(job_id: str, kind_name: str, session_id: int | None = None, progress_id: str = "") -> None:
+    """Ask Cekura to stop a cancelled job's operation (by its session or its progress id, as the kind says)."""
     rt = runtime()
     kind = KINDS[kind_name]
     structlog.contextvars.bind_contextvars(kind=kind_name)
     try:
-        answer = rt.cekura.cancel(kind, session_id)
+        answer = rt.cekura.cancel(kind, session_id, progress_id)
     except PermanentError as exc:
         metrics.CEKURA_CALLS.labels("cancel", str(exc.status_code or "error")).inc()
         log.warning("cekura_cancel_refused", session_id=session_id, error=redact(str(exc)))
@@ -234,7 +283,7 @@ def cancel_remote(job_id: str, kind_name: str, session_id: int) -> None:
         log.warning("cekura_cancel_retrying", session_id=session_id, error=redact(str(exc)))
         raise
     metrics.CEKURA_CALLS.labels("cancel", "ok").inc()
-    log.info("cekura_cancelled", session_id=session_id, success=answer.get("success"))
+    log.info("cekura_cancelled", session_id=session_id, progress_id=progress_id, success=answer.get("success"))
 
 
 def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
@@ -253,7 +302,7 @@ def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
             poll.send_with_options(args=(job_id, seq, claim.reserved), delay=delay)
         log.debug("cekura_call_deferred", reason=claim.wait_reason, delay_ms=delay)
     elif claim.verdict is ClaimVerdict.EXPIRED:
-        _time_out(runtime(), job_id, phase, seq)
+        time_out(runtime(), job_id, phase, seq)
     elif claim.verdict is ClaimVerdict.CORRUPT:
         log.error("job_record_unreadable", job_id=job_id, reason="its key holds something other than a job record")
     else:
@@ -261,40 +310,18 @@ def _proceed(claim: Claim, job_id: str, phase: Phase, seq: int) -> bool:
     return False
 
 
-def _time_out(rt: Runtime, job_id: str, phase: Phase, seq: int) -> None:
-    """End a job whose deadline passed `timed_out` (the claim that found it so holds no lease)."""
-    fields = rt.store.get(job_id) or {}
-    job = JobRecord.from_fields(fields)
-    structlog.contextvars.bind_contextvars(kind=job.kind or None, progress_id=job.progress_id or None)
-    outcome = Outcome.TIMED_OUT
-    error = f"deadline of {job.deadline_s:g}s passed before Cekura reported a terminal status"
-    # A start message may time out a job in any state; a poll message only the poll it was sent for.
-    expect = Phase.POLL.value if phase is Phase.POLL else "any"
-    _publish(rt, job_id, expect, seq, job.kind, outcome, cekura_status=job.cekura_status, error=error, polls=job.polls)
-
-
-def _internal_error(step: Step, exc: Exception) -> None:
-    """End a claimed job `failed`, once, when handling its step raised something unexpected.
-
-    Retrying would not help: the same answer would raise again, and a retried message no longer owns the lease,
-    so the job would only wait for the reconciler, start again at Cekura and finally time out.
-    """
-    log.exception("job_step_failed", phase=step.phase.value)
-    reason = f"internal error while handling the {step.phase.value} step ({type(exc).__name__})"
-    _finish(step, Outcome.FAILED, cekura_status=step.job.cekura_status, error=reason, polls=step.job.polls)
-
-
 def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> None:
-    """Retry a transient failure with backoff (a 429 slows the whole fleet), or fail the job on a permanent one."""
+    """Retry a transient failure with backoff (a 429 slows the whole fleet), or fail the job on a permanent one,
+    or on a start that may have reached Cekura when the kind's start must not be repeated."""
     rt, job, kind = step.rt, step.job, step.kind
     reason = redact(str(exc), step.secrets)
     done_polls = job.polls if polls is None else polls - 1
-
-    def fail(error: str) -> None:
-        _finish(step, Outcome.FAILED, cekura_status=job.cekura_status, error=error, polls=done_polls)
-
     if isinstance(exc, PermanentError):
-        fail(reason)
+        fail(step, reason, polls=done_polls)
+        return
+    unsent = isinstance(exc, TransientError) and not exc.maybe_sent
+    if step.phase is Phase.START and not kind.repeatable_start and not unsent:
+        fail(step, _unknown_start(reason), polls=done_polls)
         return
     errors = job.errors
     if isinstance(exc, RateLimited):
@@ -304,13 +331,15 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
     else:
         errors += 1
         if errors >= rt.settings.cekura_max_consecutive_errors:
-            fail(f"gave up after {errors} consecutive transient errors; last: {reason}")
+            fail(step, f"gave up after {errors} consecutive transient errors; last: {reason}", polls=done_polls)
             return
         delay_s = retry_delay(errors, rt.settings)
         metrics.RETRIES.labels(kind.name, "transient").inc()
     delay_ms = int(delay_s * 1000)  # advance.lua caps it at the deadline
     next_state = "queued" if step.phase is Phase.START else "polling"
-    fields = {"errors": errors, "error": reason}
+    fields: dict[str, Any] = {"errors": errors, "error": reason}
+    if step.phase is Phase.START and unsent:
+        fields["start_sent"] = ""  # nothing reached Cekura: the next attempt is a first attempt
     with rt.broker.outbox() as retry:
         if step.phase is Phase.START:
             start.send_with_options(args=(step.job_id,), delay=delay_ms)
@@ -321,70 +350,6 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
         )
     if done.verdict is AdvanceVerdict.OK:
         log.warning("cekura_call_retrying", reason=reason, attempt=errors, delay_s=round(delay_s, 3))
-
-
-def _finish(
-    step: Step,
-    outcome: Outcome,
-    *,
-    cekura_status: str = "",
-    result: dict[str, Any] | None = None,
-    error: str = "",
-    polls: int = 0,
-) -> None:
-    """End the claimed job with `outcome` and publish its one result event."""
-    _publish(
-        step.rt,
-        step.job_id,
-        step.phase.value,
-        step.seq,
-        step.kind.name,
-        outcome,
-        cekura_status=cekura_status,
-        result=result,
-        error=error,
-        polls=polls,
-        secrets=step.secrets,
-    )
-
-
-def _publish(
-    rt: Runtime,
-    job_id: str,
-    expect: str,
-    seq: int,
-    kind_name: str,
-    outcome: Outcome,
-    *,
-    cekura_status: str,
-    error: str,
-    polls: int,
-    result: dict[str, Any] | None = None,
-    secrets: tuple[str, ...] = (),
-) -> None:
-    fields = {
-        "status": outcome.value,
-        "cekura_status": redact(cekura_status, secrets),
-        "result": redact(json.dumps(result, separators=(",", ":")), secrets) if result is not None else "",
-        "error": redact(error, secrets),
-        "polls": polls,
-    }
-    done = rt.store.finish(job_id, expect, seq, fields)
-    if done.verdict is not FinishVerdict.OK:
-        log.debug("finish_skipped", verdict=done.verdict.value)
-        return
-    duration = max(0.0, done.duration_ms / 1000)
-    metrics.JOBS_FINISHED.labels(kind_name, outcome.value).inc()
-    metrics.JOB_DURATION.labels(kind_name, outcome.value).observe(duration)
-    level = log.info if outcome in (Outcome.COMPLETED, Outcome.NEEDS_INPUT) else log.warning
-    level(
-        "job_finished",
-        outcome=outcome.value,
-        cekura_status=fields["cekura_status"],
-        polls=polls,
-        duration_s=round(duration, 3),
-        error=fields["error"] or None,
-    )
 
 
 __all__ = ["Params", "Step", "cancel_remote", "poll", "start"]

@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     cekura_poll_factor: float = Field(1.5, ge=1.0, le=10.0)
     cekura_poll_jitter: float = Field(0.1, ge=0.0, lt=1.0)
 
+    # Learned polling schedules (worker/cekura/polling.py)
+    cekura_learn_polling: bool = True  # false: every kind keeps its declared schedule (durations still recorded)
+    cekura_poll_min_s: float = Field(1.0, gt=0, le=3600)  # no learned interval is shorter (nor the declared initial)
+    #: Per kind, JSON: {"evaluator.run": {"initial_s": 30, "factor": 1, "max_s": 120, "min_s": 5}}; wins over its plan.
+    cekura_poll_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    cekura_learn_warmup_jobs: int = Field(20, ge=1, le=100_000)  # jobs recorded before a kind's history is used
+    cekura_learn_window_jobs: int = Field(200, ge=2, le=1_000_000)  # the history is halved when it passes this
+    cekura_learn_refresh_s: float = Field(5.0, gt=0, le=3600)  # each process re-reads a kind's history this often
+    cekura_learn_delay_target: float = Field(1.0, gt=0, le=100)  # delays aimed at, x the declared schedule's
+
     # Transient failures (network, 5xx, 429)
     cekura_retry_initial_s: float = Field(1.0, gt=0, le=600)
     cekura_retry_max_s: float = Field(60.0, gt=0, le=3600)
@@ -96,6 +106,8 @@ class Settings(BaseSettings):
     # Logs
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    cekura_console_token: SecretStr | None = None  # `console` actions need it; without it the console is read-only
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -155,6 +167,27 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return SecretStr(url)
+
+    @field_validator("cekura_poll_overrides")
+    @classmethod
+    def _check_poll_overrides(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for kind, fields in value.items():
+            unknown = sorted(set(fields) - {"initial_s", "factor", "max_s", "min_s"})
+            if unknown:
+                raise ValueError(f"{kind}: unknown field(s) {', '.join(unknown)} (initial_s, factor, max_s, min_s)")
+            for name, number in fields.items():
+                low, high = (1.0, 10.0) if name == "factor" else (1e-3, 86_400.0)
+                if not low <= number <= high:
+                    raise ValueError(f"{kind}: {name} must be between {low:g} and {high:g}")
+            if fields.get("max_s", float("inf")) < max(fields.get("initial_s", 0.0), fields.get("min_s", 0.0)):
+                raise ValueError(f"{kind}: max_s must be at least initial_s and min_s")
+        return value
+
+    @model_validator(mode="after")
+    def _check_learning(self) -> Settings:
+        if self.cekura_learn_window_jobs < 2 * self.cekura_learn_warmup_jobs:
+            raise ValueError("CEKURA_LEARN_WINDOW_JOBS must be at least twice CEKURA_LEARN_WARMUP_JOBS (it is halved)")
+        return self
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:

@@ -1,10 +1,12 @@
 """One simulator instance: the request pipeline of the operation routes, the `/_sim/` control routes, statistics.
 
 Control routes live under `/_sim/` and need no API key: `GET /_sim/stats`, `GET /_sim/polls`, `GET|POST
-/_sim/faults`, `POST /_sim/config` (duration_s, polls_to_complete, rate_limit_rps), `POST /_sim/reset`,
-`GET /_sim/health`. Stats count operation requests only, keyed `"<route name> <status>"` where the route name is the
-path's last segment (`auto-fetch`, `auto-fetch-progress`, ..., `unknown` for unmatched paths) and a dropped
-connection counts as status `dropped`.
+/_sim/faults`, `POST /_sim/config` (duration_s, polls_to_complete, rate_limit_rps, and `durations`: per-kind
+log-normal job durations, see `simulator/config.py`), `POST /_sim/reset`, `GET /_sim/health`. Stats count operation
+requests only, keyed `"<route name> <status>"` where the route name is the path's last segment (`auto-fetch`,
+`auto-fetch-progress`, ..., `unknown` for unmatched paths; see `simulator/routes.py` for the exceptions) and a
+dropped connection counts as status `dropped`. `started_by_key` counts start calls per kind and request key (the
+key `/_sim/polls` reports), so a test can see a start sent twice.
 A request is checked in this order: route (404/405), API key (401), rate limit (429), injected fault, operation.
 """
 
@@ -15,7 +17,7 @@ import math
 import time
 from typing import Any
 
-from simulator.config import SimConfig, check_timing
+from simulator.config import SimConfig, check_durations, check_timing
 from simulator.faults import (
     DROP,
     ERROR,
@@ -32,7 +34,7 @@ from simulator.faults import (
 )
 from simulator.jobs import JobStore
 from simulator.protocol import Connection, Response, json_response
-from simulator.routes import Router
+from simulator.routes import ANSWERS, Router
 
 _NOT_FOUND = b'{"detail":"Not found."}'
 _UNAUTHORIZED = b'{"detail":"Invalid API key."}'
@@ -45,7 +47,7 @@ class Simulator:
         self.cfg = cfg
         self.api_key = cfg.api_key.encode()
         self.rate_limit_rps = cfg.rate_limit_rps
-        self.store = JobStore(cfg.duration_s, cfg.polls_to_complete, cfg.seed)
+        self.store = JobStore(cfg.duration_s, cfg.polls_to_complete, cfg.seed, ANSWERS, cfg.durations)
         self.injector = FaultInjector(cfg.faults, cfg.seed)
         self.window = RequestWindow()
         self.connections: set[Connection] = set()
@@ -156,6 +158,7 @@ class Simulator:
             "by_route": {f"{name} {status}": count for (name, status), count in sorted(self.by_route.items(), key=str)},
             "started_jobs": store.started_jobs,
             "started_by_kind": dict(store.started_by_kind),
+            "started_by_key": {kind: dict(keys) for kind, keys in store.started_by_key.items()},
             "jobs": len(store.jobs),
             "terminal_jobs": store.count_terminal(),
             "polls_total": store.polls_total,
@@ -172,6 +175,7 @@ class Simulator:
         return {
             "duration_s": self.store.duration_s,
             "polls_to_complete": self.store.polls_to_complete,
+            "durations": {kind: list(pair) for kind, pair in (self.store.durations or {}).items()} or None,
             "rate_limit_rps": self.rate_limit_rps,
             "seed": self.cfg.seed,
         }
@@ -188,15 +192,17 @@ class Simulator:
         return faults
 
     def configure(self, **changes: Any) -> None:
-        unknown = sorted(set(changes) - {"duration_s", "polls_to_complete", "rate_limit_rps"})
+        unknown = sorted(set(changes) - {"duration_s", "polls_to_complete", "rate_limit_rps", "durations"})
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         duration_s = changes.get("duration_s", self.store.duration_s)
         polls = changes.get("polls_to_complete", self.store.polls_to_complete)
         rate_limit = changes.get("rate_limit_rps", self.rate_limit_rps)
         check_timing(duration_s, polls, rate_limit)
+        durations = check_durations(changes["durations"]) if "durations" in changes else self.store.durations
         self.store.duration_s = duration_s
         self.store.polls_to_complete = polls
+        self.store.durations = durations
         self.rate_limit_rps = rate_limit
 
     def reset(self) -> None:

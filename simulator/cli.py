@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unknown-status-rate", type=float, default=0.0, help="share of polls saying 'paused'")
     parser.add_argument("--rate-limit-rps", type=float, default=0.0, help="429 above this many requests/s (0 = off)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--durations",
+        default=None,
+        help="per-kind log-normal durations as JSON, e.g. '{\"evaluator_run\": [60, 0.5]}' (kind: [median_s, sigma])",
+    )
     return parser
 
 
@@ -60,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
             rate_limit_rps=args.rate_limit_rps,
             seed=args.seed,
+            durations=json.loads(args.durations) if args.durations else None,
         )
     except ValueError as exc:
         print(f"cekura simulator: {exc}", file=sys.stderr)

@@ -1,22 +1,26 @@
 """`cekura-worker demo` (`make demo`): the whole service on one machine, end to end, in about ten seconds.
 
-It starts the Cekura simulator, a private `redis-server` when `REDIS_URL` is unreachable, and a real
-`cekura-worker run`; submits one job of each kind (some through the request stream, as any producer would,
-some through the Python client) plus one malformed request; prints each result event as it arrives; then
-shuts everything down. Demo keys live under their own prefix (`cekura-demo`) so a real deployment sharing
-the Redis is not touched.
+It starts the Cekura simulator, a private `redis-server` when `REDIS_URL` is unreachable, the web console and a
+real `cekura-worker run`; submits jobs (some through the request stream, as any producer would, some through the
+Python client): the four first kinds, an evaluator run that passes Cekura's CI gate and one that fails it, a
+generation that asks a question, which the demo answers, and one malformed request; prints each result event as
+it arrives; then, at a terminal, leaves the console up until Enter is pressed, and shuts everything down. Demo
+keys live under their own prefix (`cekura-demo`) so a real deployment sharing the Redis is not touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -56,7 +60,14 @@ CLIENT_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
         {"agent": 42, "metric_description": "did the agent greet the caller", "eval_type": "boolean"},
         "demo-clean-description",
     ),
+    # Cekura's CI gate: one run that passes, one whose third evaluator fails its checks (simulator: `[fail-run]`).
+    ("evaluator.run", {"scenarios": [101, 102, 103], "name": "nightly regression"}, "demo-evaluator-pass"),
+    ("evaluator.run", {"scenarios": [101, 102, 103], "name": "release gate [fail-run]"}, "demo-evaluator-fail"),
+    # A generation that stops to ask a question (simulator: `[ask]`); the demo answers it below.
+    ("scenario.generate", {"num_scenarios": 3, "extra_instructions": "Cover billing disputes [ask]"}, "demo-generate"),
 ]
+ASKING_JOB = "demo-generate"
+DEMO_ANSWER = "Impatient callers, and callers who dispute a charge twice."
 BAD_REQUEST = '{"kind": "agent.auto_fetch", "params": {"agent_id": "forty-two"}, "job_id": "demo-bad-request"}'
 
 
@@ -125,6 +136,19 @@ def _show(event: dict[str, str]) -> None:
     print("    " + json.dumps(event, ensure_ascii=False), flush=True)
 
 
+def _answer_when_asked(client: Client, job_id: str, stop: threading.Event) -> None:
+    """Wait for the job's question, print it and answer it, as a person watching the progress stream would."""
+    while not stop.wait(0.2):
+        view = client.status(job_id) or {}
+        if view.get("state") == "waiting":
+            _say(f"{job_id} asks: {view.get('question')!r}")
+            client.answer(job_id, DEMO_ANSWER)
+            _say(f"cekura-worker answer {job_id} {DEMO_ANSWER!r}")
+            return
+        if view.get("state") == "finished":
+            return
+
+
 def run_demo(base: Settings) -> int:
     """Run the demo; returns the process exit code."""
     # SIGTERM (a `timeout`, a closed terminal) unwinds like Ctrl-C, so the worker and Redis it started are stopped
@@ -146,6 +170,7 @@ def run_demo(base: Settings) -> int:
             )
             return 1
 
+        console_token = secrets.token_urlsafe(16)  # the console's actions (cancel, retry, answer) need it
         sim = start_in_thread(SimConfig(api_key=DEMO_API_KEY, duration_s=3.0))
         stack.callback(sim.stop)
         _say(f"Cekura simulator listening on {sim.url}")
@@ -158,8 +183,11 @@ def run_demo(base: Settings) -> int:
             cekura_queue=DEMO_PREFIX,
             cekura_requests_stream=f"{DEMO_PREFIX}:requests",
             cekura_results_stream=f"{DEMO_PREFIX}:results",
+            cekura_progress_stream=f"{DEMO_PREFIX}:progress",
+            cekura_progress_events=True,
             cekura_poll_initial_s=0.5,
             cekura_poll_max_s=2.0,
+            cekura_console_token=console_token,
         )
         client = Client(settings)
         stack.callback(client.close)
@@ -176,11 +204,20 @@ def run_demo(base: Settings) -> int:
             "CEKURA_QUEUE": DEMO_PREFIX,
             "CEKURA_REQUESTS_STREAM": settings.cekura_requests_stream,
             "CEKURA_RESULTS_STREAM": settings.cekura_results_stream,
+            "CEKURA_PROGRESS_STREAM": settings.cekura_progress_stream,
+            "CEKURA_PROGRESS_EVENTS": "true",  # the console shows stages and questions as they happen
             "CEKURA_POLL_INITIAL_S": "0.5",
             "CEKURA_POLL_MAX_S": "2",
+            # evaluator runs poll every 30 s by default (Cekura's runs take minutes): the demo's take seconds
+            "CEKURA_POLL_OVERRIDES": json.dumps({"evaluator.run": {"initial_s": 0.5, "factor": 1.5, "max_s": 2}}),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
+        from worker.console import serve_in_thread
+
+        console = serve_in_thread(settings)
+        stack.callback(console.stop)
+        _say(f"console: open {console.url} in a browser (actions ask for the token {console_token})")
         _say("starting `cekura-worker run --processes 1 --threads 4` (its log lines follow)")
         stack.enter_context(run_in_subprocess(env, processes=1, threads=4))
 
@@ -192,6 +229,9 @@ def run_demo(base: Settings) -> int:
         for kind, params, job_id in CLIENT_REQUESTS:
             expected.add(client.submit(kind, params, job_id=job_id, metadata={"via": "python client"}))
             _say(f"client.submit({kind!r}, {params}) -> {job_id}")
+        stop = threading.Event()
+        stack.callback(stop.set)
+        threading.Thread(target=_answer_when_asked, args=(client, ASKING_JOB, stop), daemon=True).start()
         client.redis.xadd(settings.cekura_requests_stream, {"request": BAD_REQUEST})
         expected.add("demo-bad-request")
         _say(f"XADD a malformed request: {BAD_REQUEST}")
@@ -211,6 +251,11 @@ def run_demo(base: Settings) -> int:
                 file=sys.stderr,
             )
             return 1
-        _say("every job ended in exactly one result event; shutting down")
+        _say("every job ended in exactly one result event")
+        if sys.stdin.isatty():
+            _say(f"the console stays up at {console.url}: press Enter to stop the demo")
+            with contextlib.suppress(EOFError):
+                input()
+        _say("shutting down")
     _say("demo finished")
     return 0

@@ -1,6 +1,6 @@
 """Fault injection for the Cekura API simulator, so the worker's retry, back-off and timeout paths get exercised.
 
-Faults apply only to the nine Cekura API routes, cancel-agent included, never to the `/_sim/` control routes.
+Faults apply only to the Cekura API routes, the cancel and answer routes included, never to the `/_sim/` control routes.
 One seeded random draw per request picks at most one fault kind, in this order of bands: drop, hang, 5xx error,
 429, malformed body, unexpected status word (progress routes only). `latency_ms` is added to every answer on those
 routes, on top of any fault.

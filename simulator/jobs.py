@@ -1,4 +1,4 @@
-"""Simulated Cekura jobs: the four asynchronous operations, how a job progresses, and the outcome conventions.
+"""Simulated Cekura jobs: the job store, the four seed operations, how a job progresses, and the outcome conventions.
 
 Tests, the demo and the benchmarks steer outcomes through the request itself, so these conventions are a contract:
 
@@ -35,18 +35,29 @@ its stages (validate, prompt, settings, phone, tools, dynamic_variables, kb, fin
 shows ``queued`` for the first tenth; clean description shows ``queued`` for the first quarter, then ``processing``.
 A progress id is only known on the operation (and, for agent routes, the agent id) that created it; anything else is
 a 400: ``{"detail": "Invalid progress_id"}`` on agent routes, ``{"progress_id": ["Invalid progress_id"]}`` elsewhere.
+A job's ``duration_s`` is drawn per kind when ``durations`` is configured (see `simulator/config.py`). A job that
+asks a question (the ``[ask]`` and metric ``333`` conventions) stops at half way: while it waits its clock is paused
+and its polls do not count towards ``polls_to_complete``; the answer call resumes it.
 
-This module holds the job store (starts, cancel, progress GETs); the job record and its kinds are in
-`simulator/model.py`, the progress answers of each kind in `simulator/renderers.py`, the request-body checks in
-`simulator/validation.py`.
+The six operations added later (evaluator runs, evaluator generation, evaluator from a transcript, metric
+generation, metric improvement, tools auto-fetch) keep their conventions table in their own module's docstring:
+`simulator/evaluations.py`, `simulator/generation.py`, `simulator/metrics.py`, `simulator/feedback.py`,
+`simulator/tools.py`. They share the agent-id rules above where they say so (`agent_terminal`).
+
+This module holds the job store (starts, cancel, progress GETs, the per-job report); the job record and its kinds
+are in `simulator/model.py`, the progress answers of the seed kinds in `simulator/renderers.py`, the request-body
+checks in `simulator/validation.py`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import time
+from collections.abc import Mapping
 
-from simulator import renderers
+from simulator.config import Durations
 from simulator.model import (
     AUTO_FETCH,
     CANCELLED,
@@ -55,7 +66,10 @@ from simulator.model import (
     NEVER,
     SCENARIO_AGENT,
     TOGGLE_MOCK_TOOLS,
+    WAITING_PHASE,
+    Answers,
     Job,
+    Start,
 )
 from simulator.replies import JsonObject, Reply, detail, dumps, field_error
 from simulator.validation import EVAL_TYPES, is_int, parse_object, validate_scenario_request
@@ -67,20 +81,21 @@ _SCENARIO_MARKERS = (
     ("[needs_agent_clarification]", "needs_agent_clarification"),
     ("[needs_clarification]", "needs_clarification"),
 )
-_AGENT_HTTP_ERRORS: dict[int, tuple[int, str]] = {
+#: Agent ids whose start call answers an HTTP error instead of starting a job: id -> (status, detail).
+AGENT_HTTP_ERRORS: dict[int, tuple[int, str]] = {
     400: (400, "Agent 400 has no voice provider connected (simulated)."),
     403: (403, "You do not have permission to perform this action."),
     404: (404, "Not found."),
     405: (405, 'Method "POST" not allowed.'),
 }
-_HANG_AGENT = 777
+HANG_AGENT = 777
 
 
-def _agent_terminal(agent_id: int) -> tuple[str, str | None]:
+def agent_terminal(agent_id: int) -> tuple[str, str | None]:
     """The terminal outcome and error text an agent id steers to (see the module docstring)."""
     if 900 <= agent_id <= 999:
         return "failed", f"Simulated provider failure for agent {agent_id}."
-    if agent_id == _HANG_AGENT:
+    if agent_id == HANG_AGENT:
         return NEVER, None
     return "completed", None
 
@@ -88,14 +103,27 @@ def _agent_terminal(agent_id: int) -> tuple[str, str | None]:
 class JobStore:
     """All simulated jobs and sessions, with the start and progress logic of each operation."""
 
-    def __init__(self, duration_s: float, polls_to_complete: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        duration_s: float,
+        polls_to_complete: int | None,
+        seed: int,
+        answers: Mapping[str, Answers],
+        durations: Durations | None = None,
+    ) -> None:
         self.duration_s = duration_s
         self.polls_to_complete = polls_to_complete
+        self.durations = durations
+        self.answers = answers
+        self.seed = seed
         self._ids = random.Random(seed ^ 0x5EED)  # never reseeded: ids stay unique across resets
+        self._draws = random.Random(seed)  # durations; reseeded by reset so a run replays the same draws
         self._next_session = 1000
+        self._next_number = 50000  # result, run and scenario ids; never reset, like the progress ids
         self.jobs: dict[str, Job] = {}
         self.sessions: dict[int, list[Job]] = {}
         self.started_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.started_by_key: dict[str, dict[str, int]] = {}
         self.polls_total = 0
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
@@ -104,7 +132,15 @@ class JobStore:
         self.jobs.clear()
         self.sessions.clear()
         self.started_by_kind = dict.fromkeys(KINDS, 0)
+        self.started_by_key = {}
         self.polls_total = 0
+        self._draws = random.Random(self.seed)
+
+    def numbers(self, count: int) -> int:
+        """Reserve `count` consecutive integer ids (results, runs, scenarios) and return the first."""
+        first = self._next_number
+        self._next_number += count
+        return first
 
     @property
     def started_jobs(self) -> int:
@@ -114,31 +150,71 @@ class JobStore:
         return sum(1 for job in self.jobs.values() if job.final is not None)
 
     def polls_report(self) -> dict[str, JsonObject]:
-        return {pid: {"kind": j.kind, "times": j.times, "terminal_at": j.terminal_at} for pid, j in self.jobs.items()}
+        """Per job (by progress id, or result id): kind, poll times, when a poll first saw it terminal, when it
+        started and when it is terminal at Cekura (wall clock; None while unknown), and its request's key."""
+        return {
+            pid: {
+                "kind": j.kind,
+                "times": j.times,
+                "terminal_at": j.terminal_at,
+                "started_at": j.created_wall,
+                "finishes_at": j.finishes_at(),
+                "key": j.key,
+            }
+            for pid, j in self.jobs.items()
+        }
 
-    def _new_job(self, kind: str, agent_id: int | None, outcome: str, error: str | None) -> Job:
-        bits = self._ids.getrandbits(128)
-        hexid = f"{bits:032x}"
-        progress_id = f"{hexid[:8]}-{hexid[8:12]}-4{hexid[13:16]}-a{hexid[17:20]}-{hexid[20:]}"
-        job = Job(kind, progress_id, agent_id, outcome, error, self.duration_s, self.polls_to_complete)
-        self.jobs[progress_id] = job
+    def _duration(self, kind: str) -> float:
+        spread = self.durations.get(kind) if self.durations else None
+        if spread is None:
+            return self.duration_s
+        median, sigma = spread
+        return median * math.exp(sigma * self._draws.gauss(0.0, 1.0))
+
+    def _new_job(
+        self, kind: str, agent_id: int | None, outcome: str, error: str | None, ident: str | None = None
+    ) -> Job:
+        if ident is None:
+            bits = self._ids.getrandbits(128)
+            hexid = f"{bits:032x}"
+            ident = f"{hexid[:8]}-{hexid[8:12]}-4{hexid[13:16]}-a{hexid[17:20]}-{hexid[20:]}"
+        job = Job(kind, ident, agent_id, outcome, error, self._duration(kind), self.polls_to_complete)
+        self.jobs[ident] = job
         self.started_by_kind[kind] += 1
+        return job
+
+    def launch(self, start: Start, ident: str | None = None) -> Job:
+        """Create the job a valid start call asks for (`ident` names it instead of a new progress id)."""
+        job = self._new_job(start.kind, start.agent_id, start.outcome, start.error, ident)
+        job.request = start.request
+        job.hold = start.hold
+        if start.key is not None:
+            job.key = start.key
+            by_key = self.started_by_key.setdefault(start.kind, {})
+            by_key[start.key] = by_key.get(start.key, 0) + 1
+        return job
+
+    def find(self, kind: str, ident: str | None, agent_id: int | None = None) -> Job | None:
+        """The job of that kind (and agent, when given) with that id, or None."""
+        job = self.jobs.get(ident) if ident else None
+        if job is None or job.kind != kind or (agent_id is not None and job.agent_id != agent_id):
+            return None
         return job
 
     # -- starts -----------------------------------------------------------------------------------------------
 
     def start_auto_fetch(self, agent_id: int, body: bytes) -> Reply:
-        if agent_id in _AGENT_HTTP_ERRORS:
-            return detail(*_AGENT_HTTP_ERRORS[agent_id])
+        if agent_id in AGENT_HTTP_ERRORS:
+            return detail(*AGENT_HTTP_ERRORS[agent_id])
         if body:
             return detail(400, "auto-fetch takes no request body")
-        outcome, error = _agent_terminal(agent_id)
+        outcome, error = agent_terminal(agent_id)
         job = self._new_job(AUTO_FETCH, agent_id, outcome, error)
         return 202, dumps({"progress_id": job.progress_id})
 
     def start_toggle(self, agent_id: int, body: bytes) -> Reply:
-        if agent_id in _AGENT_HTTP_ERRORS:
-            return detail(*_AGENT_HTTP_ERRORS[agent_id])
+        if agent_id in AGENT_HTTP_ERRORS:
+            return detail(*AGENT_HTTP_ERRORS[agent_id])
         data, problem = parse_object(body)
         if data is None:
             return detail(400, problem)
@@ -148,7 +224,7 @@ class JobStore:
             return detail(400, "enabled: Must be a valid boolean.")
         if "api_key" in data and not isinstance(data["api_key"], str):
             return detail(400, "api_key: Not a valid string.")
-        outcome, error = _agent_terminal(agent_id)
+        outcome, error = agent_terminal(agent_id)
         job = self._new_job(TOGGLE_MOCK_TOOLS, agent_id, outcome, error)
         job.enabled = data["enabled"]
         return 202, dumps({"progress_id": job.progress_id})
@@ -175,9 +251,9 @@ class JobStore:
         assert isinstance(agent, int) and isinstance(description, str) and isinstance(eval_type, str)
         if agent == 400:
             return field_error(400, "agent", f'Invalid pk "{agent}" - agent cannot be used (simulated).')
-        if agent in _AGENT_HTTP_ERRORS:
-            return detail(*_AGENT_HTTP_ERRORS[agent])
-        outcome, error = _agent_terminal(agent)
+        if agent in AGENT_HTTP_ERRORS:
+            return detail(*AGENT_HTTP_ERRORS[agent])
+        outcome, error = agent_terminal(agent)
         if "[fail]" in description:
             outcome, error = "failed", "Simulated failure while generating the clean description."
         elif "[hang]" in description:
@@ -231,37 +307,39 @@ class JobStore:
             if job.is_running(now):
                 job.outcome = CANCELLED
                 job.error = None
-                job.stopped = True
+                job.stop(now)
         return 200, dumps({"success": True, "session_id": session_id})
 
     # -- progress ---------------------------------------------------------------------------------------------
 
     def progress(self, kind: str, agent_id: int | None, progress_id: str | None, unexpected: str | None) -> Reply:
         """Answer a progress GET; `unexpected` replaces the status word (fault injection) without counting a poll."""
-        job = self.jobs.get(progress_id) if progress_id else None
-        if job is None or job.kind != kind or (agent_id is not None and job.agent_id != agent_id):
-            if kind in (AUTO_FETCH, TOGGLE_MOCK_TOOLS):
-                return detail(400, "Invalid progress_id" if progress_id else "progress_id is required")
-            return field_error(400, "progress_id", "Invalid progress_id" if progress_id else "This field is required.")
+        answers = self.answers[kind]
+        job = self.find(kind, progress_id, agent_id)
+        if job is None:
+            return answers.unknown(progress_id)
+        now = time.monotonic()
         if unexpected is not None:
-            now = time.monotonic()
-            return 200, dumps(renderers.RUNNING[kind](job, min(job.fraction(now), 0.99), unexpected))
+            if job.final is not None:  # the request data a running answer needs is gone: reword the final one
+                return 200, dumps({**json.loads(job.final), "status": unexpected})
+            return 200, dumps(answers.running(job, min(job.fraction(now), 0.99), unexpected))
         wall = time.time()
         job.times.append(wall)
-        job.polls += 1
         self.polls_total += 1
         if job.final is not None:
             return 200, job.final
-        fraction = job.fraction(time.monotonic())
+        if not job.waiting(now):  # a job paused on a question does not advance
+            job.polls += 1
+        fraction = job.fraction(now)
         if job.outcome == NEVER:
             fraction = min(fraction, 0.99)
         if fraction < 1.0:
-            phase = renderers.PHASES[kind](fraction)
+            phase = WAITING_PHASE if job.waiting(now) else answers.phase(job, fraction)
             if phase != job.phase:  # running answers only change between phases: render each once
                 job.phase = phase
-                job.phase_body = dumps(renderers.RUNNING[kind](job, fraction, None))
+                job.phase_body = dumps(answers.running(job, fraction, None))
             return 200, job.phase_body
-        final = dumps(renderers.TERMINAL[kind](job))
+        final = dumps(answers.terminal(job))
         job.final = final
         job.terminal_at = wall
         job.request = None

@@ -19,6 +19,7 @@ MAX_BODY = 8 * 1024 * 1024
 REASONS = {
     100: "Continue",
     200: "OK",
+    201: "Created",
     202: "Accepted",
     400: "Bad Request",
     401: "Unauthorized",

@@ -1,15 +1,16 @@
-"""What a progress GET answers for each kind of job: the running answer of each phase and the terminal answer.
+"""What a progress GET answers for the four seed operations: the running answer of each phase and the terminal one.
 
-A running answer only changes between phases (`PHASES[kind]` maps the elapsed fraction to a phase number), so the
-job store renders it once per phase; the terminal answer is rendered once and then fixed.
+A running answer only changes between phases (`Answers.phase` maps the elapsed fraction to a phase number), so the
+job store renders it once per phase; the terminal answer is rendered once and then fixed. The operations added
+later keep their answers beside their start calls (`evaluations`, `generation`, `metrics`, `feedback`, `tools`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from simulator.model import AUTO_FETCH, CLEAN_DESCRIPTION, SCENARIO_AGENT, TOGGLE_MOCK_TOOLS, Job
-from simulator.replies import JsonObject
+from simulator.model import AUTO_FETCH, CLEAN_DESCRIPTION, SCENARIO_AGENT, TOGGLE_MOCK_TOOLS, Answers, Job
+from simulator.replies import JsonObject, invalid_progress_detail
 from simulator.validation import is_int
 
 AUTO_FETCH_STAGES = ("validate", "prompt", "settings", "phone", "tools", "dynamic_variables", "kb", "finalize")
@@ -176,24 +177,16 @@ def clean_terminal(job: Job) -> JsonObject:
     }
 
 
-#: Maps a running job's elapsed fraction to its phase; the running answer changes only between phases.
-PHASES: dict[str, Callable[[float], int]] = {
-    AUTO_FETCH: _auto_fetch_phase,
-    TOGGLE_MOCK_TOOLS: _single_phase,
-    SCENARIO_AGENT: _single_phase,
-    CLEAN_DESCRIPTION: _clean_phase,
-}
-#: Renders a running job's answer: (job, fraction, status word replacing the real one or None).
-RUNNING: dict[str, Callable[[Job, float, str | None], JsonObject]] = {
-    AUTO_FETCH: auto_fetch_running,
-    TOGGLE_MOCK_TOOLS: toggle_running,
-    SCENARIO_AGENT: scenario_running,
-    CLEAN_DESCRIPTION: clean_running,
-}
-#: Renders a job's terminal answer.
-TERMINAL: dict[str, Callable[[Job], JsonObject]] = {
-    AUTO_FETCH: auto_fetch_terminal,
-    TOGGLE_MOCK_TOOLS: toggle_terminal,
-    SCENARIO_AGENT: scenario_terminal,
-    CLEAN_DESCRIPTION: clean_terminal,
+def _by_fraction(phase: Callable[[float], int]) -> Callable[[Job, float], int]:
+    return lambda job, fraction: phase(fraction)
+
+
+#: How a progress GET answers for each of the four seed kinds.
+ANSWERS: dict[str, Answers] = {
+    AUTO_FETCH: Answers(
+        _by_fraction(_auto_fetch_phase), auto_fetch_running, auto_fetch_terminal, invalid_progress_detail
+    ),
+    TOGGLE_MOCK_TOOLS: Answers(_by_fraction(_single_phase), toggle_running, toggle_terminal, invalid_progress_detail),
+    SCENARIO_AGENT: Answers(_by_fraction(_single_phase), scenario_running, scenario_terminal),
+    CLEAN_DESCRIPTION: Answers(_by_fraction(_clean_phase), clean_running, clean_terminal),
 }

@@ -23,3 +23,13 @@ def detail(status: int, message: str) -> Reply:
 def field_error(status: int, field: str, message: str) -> Reply:
     """A DRF-style field map with one error: `{field: [message]}`."""
     return status, dumps({field: [message]})
+
+
+def invalid_progress_field(progress_id: str | None) -> Reply:
+    """The 400 of a progress call for an unknown or missing id on the scenario and metric routes: a field map."""
+    return field_error(400, "progress_id", "Invalid progress_id" if progress_id else "This field is required.")
+
+
+def invalid_progress_detail(progress_id: str | None) -> Reply:
+    """The 400 of a progress call for an unknown or missing id on the agent routes: `{"detail"}`."""
+    return detail(400, "Invalid progress_id" if progress_id else "progress_id is required")

@@ -115,7 +115,7 @@ class SimulatorHandle:
         return self._call(lambda: self._sim.set_faults(**Faults().to_dict(), rate_limit_rps=0))
 
     def configure(self, **changes: Any) -> None:
-        """Change duration_s, polls_to_complete or rate_limit_rps for jobs started from now on."""
+        """Change duration_s, polls_to_complete, rate_limit_rps or durations for jobs started from now on."""
         self._call(lambda: self._sim.configure(**changes))
 
     def reset(self) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from simulator.replies import JsonObject
+from simulator.replies import JsonObject, Reply, dumps
+
+#: A field check: the DRF-style error message for a value, or None when the value is valid.
+Check = Callable[[Any], str | None]
 
 EVAL_TYPES = frozenset({"boolean", "numeric", "rating", "enum"})
 CONTEXT_ROLES = frozenset({"user", "assistant"})
@@ -29,6 +33,89 @@ def parse_object(body: bytes) -> tuple[JsonObject | None, str]:
     if not isinstance(data, dict):
         return None, f"Invalid data. Expected a dictionary, but got {type(data).__name__}."
     return data, ""
+
+
+def object_or_error(body: bytes) -> JsonObject | Reply:
+    """Decode a start body that must be a JSON object; a problem is a 400 `{"non_field_errors": [...]}`."""
+    data, problem = parse_object(body)
+    if data is None:
+        return 400, dumps({"non_field_errors": [problem]})
+    return data
+
+
+def _check(ok: Callable[[Any], bool], message: str) -> Check:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return "This field may not be null."
+        return None if ok(value) else message
+
+    return check
+
+
+def nullable(check: Check) -> Check:
+    """`check`, with null allowed."""
+    return lambda value: None if value is None else check(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+INT = _check(is_int, "A valid integer is required.")
+STR = _check(lambda v: isinstance(v, str), "Not a valid string.")
+BOOL = _check(lambda v: isinstance(v, bool), "Must be a valid boolean.")
+NUMBER = _check(_is_number, "A valid number is required.")
+OBJECT = _check(lambda v: isinstance(v, dict), "Expected a dictionary of items.")
+INT_LIST = _check(lambda v: isinstance(v, list) and all(is_int(i) for i in v), "Expected a list of integers.")
+STR_LIST = _check(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "Expected a list of strings.")
+
+
+def int_between(low: int, high: int | None = None) -> Check:
+    """An integer in [low, high] (no upper bound when high is None)."""
+
+    def check(value: Any) -> str | None:
+        problem = INT(value)
+        if problem:
+            return problem
+        if value < low:
+            return f"Ensure this value is greater than or equal to {low}."
+        if high is not None and value > high:
+            return f"Ensure this value is less than or equal to {high}."
+        return None
+
+    return check
+
+
+def choice(values: Collection[Any]) -> Check:
+    """One of `values` (DRF's ChoiceField message); compared with == so an unhashable value is simply invalid."""
+    options = tuple(values)
+    return lambda value: None if value in options else f'"{value}" is not a valid choice.'
+
+
+def str_max(length: int) -> Check:
+    """A string of at most `length` characters."""
+
+    def check(value: Any) -> str | None:
+        problem = STR(value)
+        if problem:
+            return problem
+        return f"Ensure this field has no more than {length} characters." if len(value) > length else None
+
+    return check
+
+
+def check_fields(data: JsonObject, fields: Mapping[str, Check], required: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Field errors of `data` against `fields` (only the fields present are checked) and `required`."""
+    errors: dict[str, list[str]] = {}
+    for name in required:
+        if name not in data:
+            errors[name] = ["This field is required."]
+    for name, check in fields.items():
+        if name in data and name not in errors:
+            problem = check(data[name])
+            if problem:
+                errors[name] = [problem]
+    return errors
 
 
 def validate_scenario_request(data: JsonObject) -> dict[str, list[str]]:

@@ -36,6 +36,10 @@ FAST: dict[str, Any] = {
     "cekura_reconcile_grace_s": 2.0,
     "cekura_reconcile_interval_s": 0.5,
     "cekura_lease_s": 5.0,
+    # Kinds that declare a slow cadence (evaluator runs poll every 30 s) poll as fast as the rest here, and no
+    # schedule is learned unless a test turns learning on: poll counts stay what each test expects.
+    "cekura_poll_overrides": {"evaluator.run": {"initial_s": 0.05, "factor": 1.5, "max_s": 0.2, "min_s": 0.01}},
+    "cekura_learn_polling": False,
     "log_level": "INFO",
     "log_format": "json",
 }

@@ -10,6 +10,7 @@ imports this module too, so nothing here imports pytest at import time: `wait_fo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -88,8 +89,12 @@ def service_env(settings: Settings | None = None, **values: object) -> dict[str,
     env = without_service_env()
     fields = settings.model_dump() if settings is not None else {}
     for name, value in {**fields, **values}.items():
-        if value is not None:
-            env[name.upper()] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, dict | list):
+            env[name.upper()] = json.dumps(value)  # complex settings are JSON in the environment
+        elif value is not None:
+            env[name.upper()] = str(value)
     return env
 
 

@@ -137,6 +137,19 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if outcome.result != "unknown" else EXIT_FAILED
 
 
+def cmd_answer(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.client import Client
+    from worker.intake import submission
+
+    with Client(settings) as client:
+        outcome = submission.answer(client.store, args.job_id, args.text)
+    if outcome.result != "ok":
+        print(f"cekura-worker: {outcome.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(outcome.message, flush=True)
+    return EXIT_OK
+
+
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
     from worker.intake import submission
@@ -186,6 +199,12 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.console import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from simulator.demo import run_demo
 
@@ -206,9 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="submit a job; prints its job_id (or, with --wait, its result event)")
-    p.add_argument(
-        "kind", help="agent.auto_fetch | agent.toggle_mock_tools | scenario.agent | metric.clean_description"
-    )
+    p.add_argument("kind", help="the job kind (see the README's kinds table), e.g. agent.auto_fetch or evaluator.run")
     p.add_argument(
         "--param",
         "-p",
@@ -220,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-json", type=_json_object, metavar="JSON", help="all params as one JSON object")
     p.add_argument("--job-id", help="idempotency key: 1-128 of A-Za-z0-9._:- (generated when absent)")
     p.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object echoed in the result")
-    p.add_argument("--deadline", type=float, metavar="SECONDS", help="job deadline (default CEKURA_JOB_DEADLINE_S)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="job deadline (default: the kind's, else CEKURA_JOB_DEADLINE_S)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the result event and print it")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after SECONDS")
     p.set_defaults(func=cmd_submit)
@@ -230,9 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table", help="summary format")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("cancel", help="cancel a job (a running scenario-agent job is cancelled at Cekura too)")
+    p = sub.add_parser("cancel", help="cancel a job (stopped at Cekura too, for kinds Cekura can cancel)")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("answer", help="answer the question a waiting job asked (see its status or progress event)")
+    p.add_argument("job_id")
+    p.add_argument("text", help="the answer (at most 10,000 characters)")
+    p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser(
         "retry",
@@ -291,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--liveness", action="store_true", help="only this container's processes; never asks Redis")
     mode.add_argument("--readiness", action="store_true", help="Redis answers and this host's workers beat (default)")
     p.set_defaults(func=cmd_healthcheck)
+
+    p = sub.add_parser(
+        "console",
+        help="serve the web console (overview, jobs, actions) on 127.0.0.1:8089",
+        description="A web page of the service: the status figures and jobs, live; cancel, retry and answer jobs "
+        "with CEKURA_CONSOLE_TOKEN (read-only without it). Its own process: the workers don't pay for it.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8089, help="port to listen on (default 8089)")
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("demo", help="run one job of each kind against the simulator and print the results")
     p.set_defaults(func=cmd_demo)

@@ -118,6 +118,14 @@ class Client:
         `InvalidRequest` for a job id whose key holds something other than a job, as `submit` does."""
         return submission.cancel(self.store, self.broker, job_id)
 
+    def answer(self, job_id: str, text: str) -> None:
+        """Answer the question a waiting job asked (`status(job_id)["question"]`); the worker sends it to Cekura and
+        polls on. Raises `InvalidRequest`, saying why, when the job is unknown, not waiting, already answered or
+        past its deadline, or the answer is empty or over 10,000 characters."""
+        outcome = submission.answer(self.store, job_id, text)
+        if outcome.result != "ok":
+            raise InvalidRequest(outcome.message)
+
     def retry(self, job_id: str, new_job_id: str | None = None) -> str:
         """Submit a finished job again as a new job (same kind, params and deadline; `retry_of` added to its
         metadata) and return the new id: `new_job_id`, else `<job_id>-retry-<n>`.

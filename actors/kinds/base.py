@@ -1,11 +1,17 @@
 """What a job kind is: the declaration that maps one Cekura start/progress operation onto this service.
 
 A kind names its paths, its params model and its status table; the actors hold all control flow, so a new
-Cekura operation is one small file in this folder.
+Cekura operation is one small file in this folder. Where operations differ in more than their words, a kind says
+so with a rule rather than new control flow: where the start answer carries the id to poll with
+(`progress_id_field`), how to read a status from a progress answer (`status_of`), a verdict computed from the
+final answer (`verdict`), the status words that wait for a person's answer (`waiting`, `answer_path`), whether
+its start may be sent twice (`repeatable_start`), its polling cadence and its default deadline. Shared rules live
+in `actors/kinds/rules.py`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -13,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from worker.cekura.polling import PollPlan
 from worker.redact import DEFAULT_MIN_SECRET_LEN
 
 
@@ -46,10 +53,41 @@ def check_secret(cls: type, value: SecretStr | None) -> SecretStr | None:
     return SecretStr(secret)
 
 
-def _json_body(params: BaseModel) -> dict[str, Any]:
-    """The start body: the params as given, secrets revealed (they are meant for Cekura)."""
-    body = params.model_dump(mode="python", exclude_unset=True)
-    return {key: (value.get_secret_value() if isinstance(value, SecretStr) else value) for key, value in body.items()}
+def status_field(answer: Mapping[str, Any]) -> str | None:
+    """The default status rule: the answer's `status` string (None when it has none: an invalid answer)."""
+    status = answer.get("status")
+    return status if isinstance(status, str) else None
+
+
+def session_cancel_body(session_id: int | None, progress_id: str) -> dict[str, Any] | None:
+    """The default cancel body: the scenario agent's `{"session_id": ...}`."""
+    return {"session_id": session_id}
+
+
+def question_text(answer: Mapping[str, Any]) -> str:
+    """The question of an answer that waits for input: `question`, `clarification_question` or `questions`."""
+    for name in ("question", "clarification_question", "questions"):
+        value = answer.get(name)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, list) and value:
+            texts = [item.get("question", "") if isinstance(item, Mapping) else str(item) for item in value]
+            return "\n".join(text for text in texts if text)
+    return ""
+
+
+def json_body(params: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The start body: the params as given, secrets revealed (they are meant for Cekura), minus `exclude`."""
+    body = params.model_dump(mode="python", exclude_unset=True, exclude=set(exclude))
+    return {key: _reveal(value) for key, value in body.items()}
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,44 +100,104 @@ class JobKind:
 
     name: str
     params: type[Params]
-    start_path: str
+    #: The start path, or a function of the params choosing among fixed paths.
+    start_path: str | Callable[[Any], str]
     progress_path: str
     #: Cekura status word -> terminal outcome; any other word means "still running".
     terminal: Mapping[str, Outcome]
     #: Status words that mean "still running"; any other non-terminal word is logged as unexpected.
     running: frozenset[str] = frozenset({"in_progress"})
     #: The JSON body of the start call, or None to send no body at all.
-    start_body: Callable[[Any], dict[str, Any] | None] = _json_body
+    start_body: Callable[[Any], dict[str, Any] | None] = json_body
     #: The progress field holding the current stage, for kinds that report stages.
     stage_field: str | None = None
-    #: Path of the cancel endpoint, taking `{"session_id": int}`; None when Cekura has none.
+    #: Path of the cancel endpoint (may hold `{progress_id}`); None when Cekura has none.
     cancel_path: str | None = None
+    #: The cancel call's JSON body from the job's session id and progress id (None: no body).
+    cancel_body: Callable[[int | None, str], dict[str, Any] | None] = session_cancel_body
     #: Params fields that are secrets: kept out of job state, logs and events.
     secret_fields: frozenset[str] = field(default_factory=frozenset)
     #: Params fields substituted into the paths; each must be an int.
     path_ids: tuple[str, ...] = ()
+    #: The start answer's field holding the id to poll with (a string, or an integer for ids that are paths).
+    progress_id_field: str = "progress_id"
+    #: The status word of a progress answer (None: the answer is invalid).
+    status_of: Callable[[Mapping[str, Any]], str | None] = status_field
+    #: The final say on a terminal answer: (outcome, error) from the status table's outcome and the answer.
+    verdict: Callable[[Outcome, Mapping[str, Any]], tuple[Outcome, str]] | None = None
+    #: Status words meaning Cekura waits for a person's answer: the job publishes the question and waits.
+    waiting: frozenset[str] = frozenset()
+    #: The text of the question in a waiting answer.
+    question_of: Callable[[Mapping[str, Any]], str] = question_text
+    #: Path answers are sent to, and the body built from the progress id and the answer text.
+    answer_path: str | None = None
+    answer_body: Callable[[str, str], dict[str, Any]] = lambda progress_id, text: {
+        "progress_id": progress_id,
+        "answer": text,
+    }
+    #: False when a second start call would start the operation twice (Cekura has no idempotency key): once the
+    #: request may have reached Cekura, it is never sent again, and the job fails saying its outcome is unknown.
+    repeatable_start: bool = True
+    #: The declared polling cadence (learned schedules start from it); None fields take the settings.
+    poll_plan: PollPlan = field(default_factory=PollPlan)
+    #: Deadline for a request that names none (seconds); None takes CEKURA_JOB_DEADLINE_S.
+    default_deadline_s: float | None = None
 
     def validate(self, raw: Mapping[str, Any]) -> Params:
         """Validate raw params into the kind's model (raises pydantic.ValidationError)."""
         return self.params.model_validate(dict(raw))
 
-    def paths(self, params: Params) -> tuple[str, str]:
-        """The start and progress paths for these params."""
-        ids = {name: int(getattr(params, name)) for name in self.path_ids}
-        return self.start_path.format(**ids), self.progress_path.format(**ids)
+    def paths(self, params: Params, progress_id: str = "") -> tuple[str, str]:
+        """The start and progress paths for these params (and, for a kind polled at `{progress_id}`, that id,
+        which must then be all digits: nothing from Cekura's answer can change the path beyond its id)."""
+        ids: dict[str, Any] = {name: int(getattr(params, name)) for name in self.path_ids}
+        if self.polls_by_path:
+            ids["progress_id"] = int(progress_id) if progress_id.isascii() and progress_id.isdigit() else 0
+        start = self.start_path(params) if callable(self.start_path) else self.start_path.format(**ids)
+        return start, self.progress_path.format(**ids)
+
+    @property
+    def polls_by_path(self) -> bool:
+        """The progress id goes in the progress path (`/results/{progress_id}/`), not the query."""
+        return "{progress_id}" in self.progress_path
 
     def public_params(self, params: Params) -> dict[str, Any]:
         """The params without secrets, as JSON-ready data for job state and events."""
         return params.model_dump(mode="json", exclude_unset=True, exclude=set(self.secret_fields))
 
     def secrets(self, params: Params) -> dict[str, str]:
-        """The secret params that were given, revealed, to be stored apart from job state."""
+        """The secret params that were given, revealed, to be stored apart from job state (a mapping of secrets,
+        such as headers, as JSON)."""
         out: dict[str, str] = {}
         for name in self.secret_fields:
             value = getattr(params, name, None)
             if isinstance(value, SecretStr):
                 out[name] = value.get_secret_value()
+            elif isinstance(value, dict):
+                out[name] = json.dumps(_reveal(value))
         return out
+
+    def with_secrets(self, raw: Mapping[str, Any], stored: Mapping[str, str]) -> Params:
+        """The params from a job's public params and its stored secrets (see `secrets`)."""
+        merged = dict(raw)
+        for name, text in stored.items():
+            merged[name] = json.loads(text) if self.params.model_fields[name].annotation != SecretStr | None else text
+        return self.validate(merged)
+
+    @staticmethod
+    def secret_values(stored: Mapping[str, str]) -> tuple[str, ...]:
+        """Every secret text in stored secrets, to be masked: each value, and each value of a JSON mapping."""
+        values: list[str] = []
+        for text in stored.values():
+            values.append(text)
+            if text.startswith("{"):
+                try:
+                    mapping = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(mapping, dict):
+                    values.extend(str(item) for item in mapping.values())
+        return tuple(values)
 
     def outcome(self, cekura_status: str) -> Outcome | None:
         """The terminal outcome for a Cekura status word, or None while the job is still running."""

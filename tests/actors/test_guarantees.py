@@ -400,7 +400,7 @@ def test_a_remote_cancel_is_written_with_the_cancel_itself(client: Client, rt: R
     (redis_id,) = rt.redis.lrange(queue, 0, -1)
     message = dramatiq.Message.decode(rt.redis.hget(f"{queue}.msgs", redis_id))
     assert message.actor_name == names.CANCEL_REMOTE
-    assert list(message.args) == ["rc-1", "scenario.agent", 42]
+    assert list(message.args) == ["rc-1", "scenario.agent", 42, ""]
     assert message.options["redis_message_id"] == redis_id.decode()
     # a second cancel finds the job finished and writes nothing
     again = rt.store.finish("rc-1", "any", 0, {"status": "cancelled"}, remote_cancel=remote, message_id="m-2")

@@ -17,6 +17,7 @@ from typing import Any
 import dramatiq
 import pytest
 
+from actors.kinds import KINDS
 from config.settings import Settings, get_settings
 from tests.support import REJECTED_EVENT_FIELDS
 from worker.cli import EXIT_USAGE, main
@@ -25,7 +26,7 @@ from worker.errors import InvalidRequest
 from worker.intake.stream import Intake
 from worker.runtime.app import Runtime
 
-KNOWN_KINDS = "agent.auto_fetch, agent.toggle_mock_tools, metric.clean_description, scenario.agent"
+KNOWN_KINDS = ", ".join(sorted(KINDS))
 JOB_ID_RULE = "job_id must be 1-128 characters of A-Z a-z 0-9 . _ : -"
 DEADLINE_RANGE = "deadline_s must be between 1 and 86400 seconds"
 DEADLINE_TYPE = "deadline_s must be a number of seconds"
@@ -104,7 +105,7 @@ BAD: dict[str, Bad] = {
     ),
     "unknown_action": Bad(
         _json({"action": "pause", "job_id": "b-action"}),
-        _p("unknown action 'pause'; the only action is 'cancel'"),
+        _p("unknown action 'pause'; the actions are 'cancel' and 'answer'"),
         "b-action",
     ),
     "cancel_without_job_id": Bad(_json({"action": "cancel"}), _p("cancel needs 'job_id'")),

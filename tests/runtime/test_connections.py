@@ -83,7 +83,7 @@ def test_each_thread_keeps_one_cekura_connection_alive(settings: Settings, sim: 
     def calls() -> None:
         progress_id = cekura.start(KIND, params).progress_id
         for _ in range(4):
-            assert cekura.progress(KIND, params, progress_id)["status"]
+            assert cekura.progress(KIND, params, progress_id)[0]
 
     calls()
     in_thread(calls)
@@ -105,6 +105,6 @@ def test_a_cekura_connection_closed_by_the_server_is_replaced(settings: Settings
     sim.close_connections()
     wait_for(lambda: sim.stats()["connections_open"] == 0, timeout=5)
 
-    assert cekura.progress(KIND, params, progress_id)["status"]  # no error: a fresh connection
+    assert cekura.progress(KIND, params, progress_id)[0]  # no error: a fresh connection
     assert sim.stats()["connections_total"] - opened == 1
     cekura.close()

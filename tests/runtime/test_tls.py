@@ -220,7 +220,7 @@ def test_the_cekura_client_trusts_the_apis_certificate_through_the_ca_bundle_and
 
         trusting = client(certificates / "ca.crt")
         progress_id = trusting.start(kind, params).progress_id
-        assert trusting.progress(kind, params, progress_id)["status"]
+        assert trusting.progress(kind, params, progress_id)[0]
         trusting.close()
         served = sim.stats()["requests_total"]
         assert served == 2

@@ -25,6 +25,7 @@ import psutil
 import pytest
 import redis
 
+from actors.kinds import KINDS
 from config.settings import load_settings
 from tests.support import RedisServer, group_alive, kill_group, running, wait_for_line, without_service_env
 from tests.support import wait_for as _wait_for
@@ -51,6 +52,9 @@ FAST_ENV: dict[str, str] = {
     "CEKURA_HEARTBEAT_INTERVAL_S": "1",
     "CEKURA_IDLE_WAKE_MS": "200",
     "CEKURA_SHUTDOWN_TIMEOUT_S": "5",
+    # evaluator runs poll like the rest here (they declare 30 s), and no schedule is learned: polls stay countable
+    "CEKURA_POLL_OVERRIDES": '{"evaluator.run": {"initial_s": 0.1, "factor": 1.5, "max_s": 0.5, "min_s": 0.05}}',
+    "CEKURA_LEARN_POLLING": "false",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
 }
@@ -313,14 +317,31 @@ def assert_nothing_left_behind(raw: redis.Redis, job_ids: set[str]) -> int:
 # -- job mixes ------------------------------------------------------------------------------------------------
 
 
+#: The error of a job whose start must not be repeated when its start call's outcome was lost (a fault, a kill).
+UNKNOWN_START = "the start call's outcome is unknown"
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """A job to submit and the outcome the simulator's conventions steer it to."""
+    """A job to submit and the outcome the simulator's conventions steer it to. String params may hold `{job_id}`:
+    each job then sends its own value (an evaluator run's `name`), which the simulator reports as the start's key."""
 
     kind: str
     params: dict[str, Any]
     expect: str
 
+    def params_for(self, job_id: str) -> dict[str, Any]:
+        return {k: v.replace("{job_id}", job_id) if isinstance(v, str) else v for k, v in self.params.items()}
+
+    def ended_as_expected(self, event: dict[str, str]) -> bool:
+        """The steered outcome; or, for a kind whose start must not be repeated, `failed` because a fault or a kill
+        left the start's outcome unknown (never a second start)."""
+        if event["status"] == self.expect:
+            return True
+        return not KINDS[self.kind].repeatable_start and event["status"] == "failed" and UNKNOWN_START in event["error"]
+
+
+TRANSCRIPT = [{"role": "Main Agent", "content": "Hello"}, {"role": "Testing Agent", "content": "Hi"}]
 
 #: One of each steerable outcome of each kind (simulator conventions in `simulator/jobs.py`).
 JOB_TEMPLATES: tuple[JobSpec, ...] = (
@@ -339,6 +360,13 @@ JOB_TEMPLATES: tuple[JobSpec, ...] = (
     JobSpec("scenario.agent", {"user_message": "x [failed]"}, "failed"),
     JobSpec("metric.clean_description", {"agent": 1, "metric_description": "hi", "eval_type": "rating"}, "completed"),
     JobSpec("metric.clean_description", {"agent": 2, "metric_description": "[fail]", "eval_type": "enum"}, "failed"),
+    JobSpec("evaluator.run", {"scenarios": [1, 2], "name": "{job_id}"}, "completed"),
+    JobSpec("evaluator.run", {"scenarios": [1, 2], "name": "{job_id} [fail-run]"}, "failed"),
+    JobSpec("scenario.generate", {"num_scenarios": 2, "extra_instructions": "{job_id}"}, "completed"),
+    JobSpec("scenario.from_transcript", {"transcript_json": TRANSCRIPT, "name": "{job_id}"}, "completed"),
+    JobSpec("metric.generate", {"agent_id": 5, "num_metrics": 2}, "completed"),
+    JobSpec("agent.tools_auto_fetch", {"agent_id": 5, "provider": "retell", "assistant_id": "a1"}, "completed"),
+    JobSpec("metric.improve_from_feedback", {"metric_id": 5}, "completed"),
 )
 
 
@@ -357,10 +385,12 @@ def submit_mix(
             job_id = f"{prefix}-{i:05d}"
             jobs[job_id] = spec
             if stream_every and i % stream_every == 0:
-                request = {"kind": spec.kind, "params": spec.params, "job_id": job_id, "deadline_s": deadline_s}
-                submit_via_stream(raw, request)
+                params = spec.params_for(job_id)
+                submit_via_stream(
+                    raw, {"kind": spec.kind, "params": params, "job_id": job_id, "deadline_s": deadline_s}
+                )
             else:
-                client.submit(spec.kind, spec.params, job_id=job_id, deadline_s=deadline_s)
+                client.submit(spec.kind, spec.params_for(job_id), job_id=job_id, deadline_s=deadline_s)
     return jobs
 
 

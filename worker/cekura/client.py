@@ -144,11 +144,19 @@ class CekuraClient:
     def start(self, kind: JobKind, params: Params, *, time_left_s: float = math.inf) -> Started:
         path, _ = kind.paths(params)
         body = kind.start_body(params)
-        secrets = tuple(kind.secrets(params).values())
+        secrets = kind.secret_values(kind.secrets(params))
+        if not kind.repeatable_start:
+            # A kept-alive connection the server closed while idle fails only once the request is written, and
+            # then nobody can tell whether Cekura read it: a start that must not be repeated takes a new one.
+            self._discard()
         data = self._call("POST", path, json_body=body, secrets=secrets, time_left_s=time_left_s)
-        progress_id = data.get("progress_id")
+        progress_id = data.get(kind.progress_id_field)
+        if isinstance(progress_id, int) and not isinstance(progress_id, bool) and progress_id >= 0:
+            progress_id = str(progress_id)
         if not isinstance(progress_id, str) or not progress_id or len(progress_id) > 512:
-            raise PermanentError(f"invalid response from {path}: no usable progress_id")
+            raise PermanentError(f"invalid response from {path}: no usable {kind.progress_id_field}")
+        if kind.polls_by_path and not (progress_id.isascii() and progress_id.isdigit()):
+            raise PermanentError(f"invalid response from {path}: {kind.progress_id_field} is not an integer")
         session_id = data.get("session_id")
         if session_id is not None and (not isinstance(session_id, int) or isinstance(session_id, bool)):
             raise PermanentError(f"invalid response from {path}: session_id is not an integer")
@@ -156,18 +164,35 @@ class CekuraClient:
 
     def progress(
         self, kind: JobKind, params: Params, progress_id: str, *, time_left_s: float = math.inf
-    ) -> dict[str, Any]:
-        _, path = kind.paths(params)
-        query = b"progress_id=" + quote(progress_id, safe="").encode()
+    ) -> tuple[str, dict[str, Any]]:
+        """The status word (by the kind's rule) and the whole answer of one progress poll."""
+        _, path = kind.paths(params, progress_id)
+        query = None if kind.polls_by_path else b"progress_id=" + quote(progress_id, safe="").encode()
         data = self._call("GET", path, query=query, time_left_s=time_left_s)
-        if not isinstance(data.get("status"), str):
+        status = kind.status_of(data)
+        if status is None:
             raise PermanentError(f"invalid response from {path}: no status")
-        return data
+        return status, data
 
-    def cancel(self, kind: JobKind, session_id: int) -> dict[str, Any]:
+    def answer(self, kind: JobKind, progress_id: str, text: str, *, time_left_s: float = math.inf) -> None:
+        """Send a person's answer to an operation that waits for one."""
+        if kind.answer_path is None:
+            raise PermanentError(f"{kind.name} takes no answers")
+        self._call("POST", kind.answer_path, json_body=kind.answer_body(progress_id, text), time_left_s=time_left_s)
+
+    def cancel(self, kind: JobKind, session_id: int | None, progress_id: str = "") -> dict[str, Any]:
         if kind.cancel_path is None:
             raise PermanentError(f"{kind.name} has no cancel operation")
-        return self._call("POST", kind.cancel_path, json_body={"session_id": session_id})
+        if "{progress_id}" in kind.cancel_path:
+            if not (progress_id.isascii() and progress_id.isdigit()):
+                raise PermanentError(f"{kind.name}: no progress id to cancel")
+            path = kind.cancel_path.format(progress_id=int(progress_id))
+        else:
+            path = kind.cancel_path
+        body = kind.cancel_body(session_id, progress_id)
+        if body is not None and any(value is None for value in body.values()):
+            raise PermanentError(f"{kind.name}: nothing to cancel it by (no session or progress id)")
+        return self._call("POST", path, json_body=body, allow_empty=True)
 
     def _call(
         self,
@@ -178,6 +203,7 @@ class CekuraClient:
         query: bytes | None = None,
         secrets: tuple[str, ...] = (),
         time_left_s: float = math.inf,
+        allow_empty: bool = False,
     ) -> dict[str, Any]:
         """One call, over within `time_left_s` (the job's deadline) and half the lease, whichever is first;
         `secrets` are the job's own (a provider key), masked in any error text the call produces."""
@@ -201,11 +227,16 @@ class CekuraClient:
                 response.close()
         except httpcore.TimeoutException as exc:
             self._discard()
-            raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})") from None
+            unsent = isinstance(exc, httpcore.ConnectTimeout | httpcore.PoolTimeout)
+            raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})", maybe_sent=not unsent) from None
         except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.ConnectionNotAvailable) as exc:
             self._discard()
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # e.g. a refused certificate
-            raise TransientError(f"{method} {path}: connection failed ({redact(detail)})") from None
+            # Only a connection that was never made certainly carried nothing to Cekura.
+            unsent = isinstance(exc, httpcore.ConnectError | httpcore.ConnectionNotAvailable)
+            raise TransientError(
+                f"{method} {path}: connection failed ({redact(detail)})", maybe_sent=not unsent
+            ) from None
         except CekuraError:
             self._discard()
             raise
@@ -216,6 +247,8 @@ class CekuraClient:
             raise PermanentError(f"{method} {path}: request could not be sent ({type(exc).__name__})") from None
         status = response.status
         if status in _SUCCESS:
+            if allow_empty and not body.strip():
+                return {}  # e.g. end_calls: "No response body"
             return _decode(body, path, status)
         retry_after = _header(response, b"retry-after")
         if status == 429 and retry_after is not None and not retry_after.strip().isdigit():

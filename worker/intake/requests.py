@@ -1,7 +1,8 @@
 """Job requests: the one validation path for the request stream, the Python client and the CLI.
 
 A request is JSON: `{"kind", "params", "job_id"?, "deadline_s"?, "metadata"?}` to submit, or
-`{"action": "cancel", "job_id"}` to cancel. Anything else raises `InvalidRequest` with a message that says
+`{"action": "cancel", "job_id"}` to cancel, or `{"action": "answer", "job_id", "answer"}` to answer the question a
+waiting job asked. Anything else raises `InvalidRequest` with a message that says
 what is wrong and quotes no secret (validation errors name fields, never values).
 
 Every check that walks a request's values is iterative and bounded (`DEFAULT_MAX_DEPTH` levels of nesting, no more
@@ -36,6 +37,10 @@ DEFAULT_MAX_DEPTH = 64
 
 _SUBMIT_KEYS = frozenset({"kind", "params", "job_id", "deadline_s", "metadata"})
 _CANCEL_KEYS = frozenset({"action", "job_id"})
+_ANSWER_KEYS = frozenset({"action", "job_id", "answer"})
+
+#: The longest answer accepted (Cekura's `generate-clarify-answer` takes up to 10,000 characters).
+DEFAULT_MAX_ANSWER_CHARS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +63,21 @@ class CancelRequest:
     job_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerRequest:
+    """A validated answer to a waiting job's question."""
+
+    job_id: str
+    answer: str
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
 def parse(
     raw: bytes | str | None, settings: Settings, *, default_job_id: str | None = None
-) -> JobRequest | CancelRequest:
+) -> JobRequest | CancelRequest | AnswerRequest:
     """Validate one request-stream entry's `request` field; `default_job_id` names a job that gives no id."""
     if raw is None:
         raise InvalidRequest("entry has no 'request' field")
@@ -163,7 +176,7 @@ def _build(
         raise InvalidRequest(f"metadata must be a JSON object, got {_json_type(metadata)}")
     else:
         _check_values([(metadata, "metadata")], settings)
-    deadline = _deadline(deadline_s, settings)
+    deadline = _deadline(deadline_s, settings, job_kind)
     if not measured:
         given = {"job_id": given_job_id, "deadline_s": deadline_s, "metadata": given_metadata}
         sent = {name: value for name, value in given.items() if value is not None}
@@ -182,20 +195,35 @@ def check_job_id(job_id: Any) -> str:
     return job_id
 
 
-def _parse_action(value: dict[str, Any]) -> CancelRequest:
+def _parse_action(value: dict[str, Any]) -> CancelRequest | AnswerRequest:
     action = value["action"]
-    if action != "cancel":
-        raise InvalidRequest(f"unknown action {action!r}; the only action is 'cancel'")
-    unknown = sorted(set(value) - _CANCEL_KEYS)
+    if action not in ("cancel", "answer"):
+        shown = repr(action)[:60] if isinstance(action, str) else f"of type {_json_type(action)}"
+        raise InvalidRequest(f"unknown action {shown}; the actions are 'cancel' and 'answer'")
+    unknown = sorted(set(value) - (_CANCEL_KEYS if action == "cancel" else _ANSWER_KEYS))
     if unknown:
-        raise InvalidRequest(f"unknown field(s) for cancel: {', '.join(map(repr, unknown))}")
+        raise InvalidRequest(f"unknown field(s) for {action}: {', '.join(repr(name)[:60] for name in unknown)}")
     if "job_id" not in value:
-        raise InvalidRequest("cancel needs 'job_id'")
-    return CancelRequest(check_job_id(value["job_id"]))
+        raise InvalidRequest(f"{action} needs 'job_id'")
+    job_id = check_job_id(value["job_id"])
+    if action == "cancel":
+        return CancelRequest(job_id)
+    return AnswerRequest(job_id, check_answer(value.get("answer")))
 
 
-def _deadline(value: Any, settings: Settings) -> float:
-    if value is None:
+def check_answer(answer: Any) -> str:
+    """An answer's text: a non-blank string of at most `DEFAULT_MAX_ANSWER_CHARS` characters."""
+    if not isinstance(answer, str) or not answer.strip():
+        raise InvalidRequest("answer needs 'answer': the text of the answer, a non-empty string")
+    if len(answer) > DEFAULT_MAX_ANSWER_CHARS:
+        raise InvalidRequest(f"answer is {len(answer)} characters; the most Cekura takes is {DEFAULT_MAX_ANSWER_CHARS}")
+    return answer
+
+
+def _deadline(value: Any, settings: Settings, kind: JobKind) -> float:
+    if value is None:  # the kind's own default (an evaluator run takes up to an hour), else CEKURA_JOB_DEADLINE_S
+        if kind.default_deadline_s is not None:
+            return min(kind.default_deadline_s, settings.cekura_job_deadline_max_s)
         return settings.cekura_job_deadline_s
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest("deadline_s must be a number of seconds")

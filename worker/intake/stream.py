@@ -240,6 +240,10 @@ class Intake(threading.Thread):
             if isinstance(request, requests.CancelRequest):
                 outcome = submission.cancel(self.rt.store, self.rt.broker, request.job_id)
                 log.info("cancel_request_handled", entry_id=entry, job_id=request.job_id, result=outcome.result)
+            elif isinstance(request, requests.AnswerRequest):
+                answered = submission.answer(self.rt.store, request.job_id, request.answer)
+                if answered.result != "ok":  # the asker reads why on the results stream
+                    raise InvalidRequest(answered.message)
             else:
                 # Once the job is recorded this raises only Redis errors: a failed start message is left to the
                 # reconciler, so the entry is never rejected for a job that exists.

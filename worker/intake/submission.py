@@ -156,6 +156,41 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
     return Cancelled(job_id, "cancelled", "cancelled")
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What an answer did: `ok` when it was recorded and its delivery scheduled, else why not (`answer.lua`)."""
+
+    job_id: str
+    result: str
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        return {
+            "ok": f"answer recorded for job {self.job_id}: the worker sends it to Cekura and polls on",
+            "gone": f"no job {self.job_id} is known (never submitted, or its record expired)",
+            "finished": f"job {self.job_id} has already ended ({self.detail}): there is no question to answer",
+            "not_waiting": f"job {self.job_id} is not waiting for an answer (it is {self.detail})",
+            "answered": f"job {self.job_id} already has an answer on its way to Cekura; wait for its next question",
+            "expired": f"job {self.job_id} passed its deadline while waiting: it ends timed_out",
+        }[self.result]
+
+
+def answer(store: JobStore, job_id: str, text: str) -> Answered:
+    """Record the answer to the question a waiting job asked; the poll message that sends it to Cekura is written
+    by the same script. Raises `InvalidRequest` for an answer that is not a non-empty string of at most 10,000
+    characters, or when the id's key holds something other than a job."""
+    check_job_id(job_id)
+    requests.check_answer(text)
+    s = store.settings
+    reply = store.answer(job_id, text, queue_name=s.cekura_queue, namespace=s.key("dramatiq"), poll_actor=names.POLL)
+    if reply[0] == "corrupt":
+        raise not_a_job(job_id)
+    done = Answered(job_id, reply[0], reply[1] if len(reply) > 1 else "")
+    log.info("job_answered" if done.result == "ok" else "answer_refused", job_id=job_id, result=done.result)
+    return done
+
+
 def retry(store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str | None = None) -> Retried:
     """Submit a finished job again as a new job: same kind, public params and deadline, metadata plus `retry_of`.
 

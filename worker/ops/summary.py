@@ -1,5 +1,6 @@
 """A snapshot of the service read from Redis: jobs in flight by kind and state, queue depths, overdue work,
-stream lengths and live workers. `cekura-worker status` prints it; the metrics endpoint turns it into gauges.
+stream lengths, live workers and each kind's polling schedule (learned or declared). `cekura-worker status`
+prints it; the metrics endpoint turns it into gauges.
 
 Everything comes from Redis, so the answer is the same whichever process or container asks. Job hashes are
 read with pipelined `HMGET` in batches, so a large backlog costs a few round trips per thousand jobs.
@@ -13,6 +14,7 @@ from typing import Any
 import redis
 
 from config.settings import Settings
+from worker.cekura.polling import PollingBook
 from worker.runtime.connection import server_ms
 from worker.runtime.heartbeat import live_workers
 from worker.store.jobs import as_text, iso_from_ms
@@ -117,6 +119,18 @@ def stream_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     }
 
 
+def polling_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """Per kind: jobs recorded, duration percentiles, and the schedule in use with its expected calls and delays
+    (`PollingBook.describe`); one HGETALL per kind."""
+    from actors.kinds import KINDS  # plain declarations: no Dramatiq, no broker
+
+    book = PollingBook(client, settings)
+    return {
+        "learning": settings.cekura_learn_polling,
+        "by_kind": {name: book.describe(name, kind.poll_plan) for name, kind in sorted(KINDS.items())},
+    }
+
+
 def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     """The whole snapshot as a JSON-serialisable dict."""
     now_ms = server_ms(client)
@@ -134,6 +148,7 @@ def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "schedule": schedule_view(client, settings, now_ms),
         "streams": stream_view(client, settings),
         "workers": {"live": len(workers), "processes": workers},
+        "polling": polling_view(client, settings),
     }
 
 
@@ -187,4 +202,43 @@ def render_table(summary: dict[str, Any]) -> str:
     workers = summary["workers"]
     listed = ", ".join(workers["processes"]) if workers["processes"] else "none"
     lines.append(f"Workers: {workers['live']} live ({listed})")
+    if "polling" in summary:
+        lines += ["", *_polling_lines(summary["polling"])]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+def _polling_lines(polling: dict[str, Any]) -> list[str]:
+    """Per kind: the schedule in use, durations seen, and the schedule's expected calls and delays (the declared
+    one's in brackets), so calls per job on Cekura's usage page can be checked against it; then the poll times."""
+    state = "on" if polling["learning"] else "off (CEKURA_LEARN_POLLING)"
+    lines = [f"Polling (learning {state}; expected per job, the declared schedule's in brackets):"]
+    rows, schedules = [], []
+    for kind, view in polling["by_kind"].items():
+        durations = view["durations_s"] or {}
+        schedule, declared = view["schedule"], view["declared"]
+        mine = schedule.get("learned_expected") or schedule.get("declared_expected")
+        base = schedule.get("declared_expected")
+        expect = ["-", "-", "-"]
+        if mine and base:
+            expect = [f"{mine[key]:.3g} ({base[key]:.3g})" for key in ("calls", "mean_delay_s", "p95_delay_s")]
+        jobs = str(view["jobs"])
+        rows.append(
+            [schedule["in_use"], kind, jobs, *(_seconds(durations.get(q)) for q in ("p50", "p95", "p99")), *expect]
+        )
+        if schedule["in_use"] == "learned":
+            polls = ", ".join(_seconds(t) for t in schedule["first_polls_s"])
+            after = f"every {_seconds(declared['max_s'])} s after {_seconds(schedule['max_s_after'])} s"
+            schedules.append(f"  learned {kind}: {polls}, ...; {after}")
+        else:
+            first, cap = _seconds(declared["initial_s"]), _seconds(declared["max_s"])
+            schedules.append(f"  declared {kind}: {first} s x{declared['factor']:g} to {cap} s ({schedule['why']})")
+    header = ["SCHEDULE", "KIND", "JOBS", "P50 S", "P95 S", "P99 S", "CALLS/JOB", "DELAY MEAN S", "DELAY P95 S"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return [*lines, "Poll times in use (seconds after the start call answered):", *schedules]

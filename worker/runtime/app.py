@@ -23,6 +23,7 @@ from config.settings import Settings, get_settings
 from worker import redact
 from worker.broker.redis_broker import CekuraBroker
 from worker.cekura.client import CekuraClient
+from worker.cekura.polling import PollingBook
 from worker.errors import ConfigError
 from worker.runtime import logging as service_logging
 from worker.runtime.connection import connect, thread_connections
@@ -37,6 +38,7 @@ class Runtime:
     redis: redis.Redis
     store: JobStore
     broker: CekuraBroker
+    polling: PollingBook
     _cekura: CekuraClient | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -96,7 +98,9 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
         thread_connections(previous.redis).close()  # reconnected on next use, if the client is still in use
     store = JobStore(client, settings, per_thread=True)
     broker.fetch_claims = store.fetch_claims(names.POLL)
-    _runtime = Runtime(settings=settings, redis=client, store=store, broker=broker)
+    _runtime = Runtime(
+        settings=settings, redis=client, store=store, broker=broker, polling=PollingBook(client, settings)
+    )
     return _runtime
 
 

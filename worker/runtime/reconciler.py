@@ -60,7 +60,7 @@ def reconcile_once(rt: Runtime) -> int:
             log.error("schedule_entry_skipped", job_id=job_id, reason="its key holds something other than a job record")
         for job_id, state, seq in overdue:
             message: dramatiq.Message[Any]
-            if state == "polling":
+            if state in ("polling", "waiting"):  # a waiting job's poll times it out at its deadline
                 message = dramatiq.Message(queue, names.POLL, (job_id, seq), {}, {})
             else:
                 message = dramatiq.Message(queue, names.START, (job_id,), {}, {})

@@ -75,6 +75,16 @@ class CancelRequest(BaseModel):
     job_id: Annotated[str, Field(pattern=JOB_ID, description="The job to cancel.")]
 
 
+class AnswerRequest(BaseModel):
+    """Answer the question a waiting job asked (its progress event with `state` `waiting` carries it): the worker
+    sends the answer to Cekura and polls on. A job that is not waiting, or already has an answer, refuses it."""
+
+    model_config = ConfigDict(extra="forbid", title="answer")
+    action: Literal["answer"]
+    job_id: Annotated[str, Field(pattern=JOB_ID, description="The waiting job.")]
+    answer: Annotated[str, Field(min_length=1, max_length=10_000, description="The answer's text.")]
+
+
 def _submit_model(name: str, params: type[Params]) -> type[BaseModel]:
     """The submission of one kind: its params model under `params`, and the fields every kind shares. `params` may
     be left out only when the kind requires none of them (the worker reads a missing `params` as `{}`)."""
@@ -109,7 +119,7 @@ def request_schema() -> dict[str, Any]:
     """The JSON text in the `request` field of a request-stream entry: a submission of one kind, or a cancel."""
     submits = [_submit_model(name, KINDS[name].params) for name in sorted(KINDS)]
     submit = Union[tuple(submits)]  # type: ignore[valid-type]  # noqa: UP007  # a union built from the registry
-    request: Any = Annotated[submit, Field(discriminator="kind")] | CancelRequest
+    request: Any = Annotated[submit, Field(discriminator="kind")] | CancelRequest | AnswerRequest
     schema = _exclusive(TypeAdapter(request).json_schema())
     return {
         "$schema": DIALECT,
@@ -165,7 +175,8 @@ class RejectedResult(_ResultFields):
 
 
 class ProgressEvent(BaseModel):
-    """Written by `advance.lua` when a job's Cekura status or stage changes (with CEKURA_PROGRESS_EVENTS on)."""
+    """Written by `advance.lua` when a job's Cekura status or stage changes (with CEKURA_PROGRESS_EVENTS on), and
+    always when a job stops to wait for an answer (`state` `waiting`, with its `question`)."""
 
     model_config = ConfigDict(extra="forbid", title="cekura-worker progress event")
     job_id: str = Field(pattern=JOB_ID)
@@ -174,6 +185,10 @@ class ProgressEvent(BaseModel):
     current_stage: str = Field(description="The stage, for kinds that report stages (agent.auto_fetch); else empty.")
     progress_id: str = Field(description="Cekura's progress id.")
     polls: str = Field(pattern=DIGITS, description="Progress calls made so far.")
+    state: Literal["polling", "waiting"] = Field(
+        description="`waiting`: Cekura asked a question; the job waits for an answer (request action `answer`)."
+    )
+    question: str | None = Field(None, description="The question Cekura asked; only with `state` `waiting`.")
 
 
 def result_schema() -> dict[str, Any]:

@@ -13,6 +13,7 @@ skipped and logged by the scripts, never allowed to abort a pass that serves the
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -99,6 +100,7 @@ class JobStore:
         self._reconcile = scripts.load(client, "reconcile")
         self._reject = scripts.load(client, "reject")
         self._cool_down = scripts.load(client, "cool_down")
+        self._answer = scripts.load(client, "answer")
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -228,7 +230,8 @@ class JobStore:
             delay_ms,
             self.grace_ms,
             job_id,
-            s.cekura_results_maxlen if s.cekura_progress_events else 0,
+            # A question is always published: it is how the asker learns what to answer.
+            s.cekura_results_maxlen if s.cekura_progress_events or next_state == "waiting" else 0,
             message.redis_message_id if message else "",
             message.delay_ms if message else 0,
             message.data if message else b"",
@@ -296,6 +299,18 @@ class JobStore:
         if verdict is FinishVerdict.DONE:
             return Finish(verdict, status=as_text(reply[1]))
         return Finish(verdict)
+
+    def answer(self, job_id: str, text: str, *, queue_name: str, namespace: str, poll_actor: str) -> list[str]:
+        """Record the answer to a waiting job's question and write the poll message that delivers it; the reply
+        is `answer.lua`'s: `ok`, or why not (`gone`, `corrupt`, `finished` + status, `not_waiting` + state,
+        `answered`, `expired`)."""
+        message_id = str(uuid.uuid4())
+        queue = f"{namespace}:{queue_name}"
+        reply = self._answer(
+            keys=[self.job_key(job_id), self.schedule_key, f"{queue}.msgs", queue],
+            args=[text, self.grace_ms, job_id, queue_name, poll_actor, message_id, f"answer.{message_id}"],
+        )
+        return [as_text(part) for part in reply]
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""

@@ -62,6 +62,10 @@ CLAIM_FIELDS = (
     "cekura_status",
     "current_stage",
     "submitted_ms",
+    "started_ms",
+    "updated_ms",
+    "answer",
+    "start_sent",
 )
 
 
@@ -80,6 +84,14 @@ class JobRecord:
     cekura_status: str = ""
     current_stage: str = ""
     submitted_ms: int = 0
+    #: When the start call answered (Redis clock), 0 before.
+    started_ms: int = 0
+    #: When the job last moved (its previous step), on the Redis clock.
+    updated_ms: int = 0
+    #: An answer waiting to be sent to Cekura (a job that asked a question).
+    answer: str = ""
+    #: A start call was made for this job before this claim: it may have reached Cekura.
+    start_sent: bool = False
 
     @property
     def deadline_s(self) -> float:
@@ -102,6 +114,10 @@ class JobRecord:
             cekura_status=fields.get("cekura_status", ""),
             current_stage=fields.get("current_stage", ""),
             submitted_ms=int(fields.get("submitted_ms", "0") or 0),
+            started_ms=int(fields.get("started_ms", "0") or 0),
+            updated_ms=int(fields.get("updated_ms", "0") or 0),
+            answer=fields.get("answer", ""),
+            start_sent=fields.get("start_sent", "") == "1",
         )
 
 

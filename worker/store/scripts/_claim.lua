@@ -27,9 +27,12 @@ local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, 
     if now >= deadline then return {'expired'} end
     if state == 'starting' and lease > now then return {'stale'} end
   else
-    if state ~= 'polling' or f[2] ~= seq then return {'stale'} end
+    if (state ~= 'polling' and state ~= 'waiting') or f[2] ~= seq then return {'stale'} end
     if now >= deadline then return {'expired'} end
     if lease > now and (owner == '' or f[5] ~= owner) then return {'stale'} end
+    -- A job waiting for a person's answer is polled again only once an answer arrived (answer.lua).
+    local answer = redis.call('HGET', job_key, 'answer')
+    if state == 'waiting' and (not answer or answer == '') then return {'stale'} end
   end
 
   local grace = tonumber(grace_ms)
@@ -57,12 +60,15 @@ local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, 
     end
   end
 
+  -- Read before the lease is written: `start_sent` must say whether an earlier start claim was made.
+  local out = redis.call('HMGET', job_key, 'seq', 'kind', 'params', 'progress_id', 'session_id', 'polls', 'errors',
+    'deadline_ms', 'cekura_status', 'current_stage', 'submitted_ms', 'started_ms', 'updated_ms', 'answer',
+    'start_sent')
   local lease_until = now + tonumber(lease_ms)
   redis.call('HSET', job_key, 'state', phase == 'start' and 'starting' or 'polling', 'lease', lease_until,
     'lease_owner', owner)
+  if phase == 'start' then redis.call('HSET', job_key, 'start_sent', '1') end
   redis.call('ZADD', schedule_key, due_score(lease_until + grace, deadline), job_id)
-  local out = redis.call('HMGET', job_key, 'seq', 'kind', 'params', 'progress_id', 'session_id', 'polls', 'errors',
-    'deadline_ms', 'cekura_status', 'current_stage', 'submitted_ms')
   table.insert(out, 1, now)
   table.insert(out, 1, 'ok')
   return out

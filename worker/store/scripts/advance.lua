@@ -15,7 +15,8 @@ local delay_ms, grace_ms, job_id, progress_maxlen = tonumber(ARGV[5]), tonumber(
 local redis_message_id, message_delay_ms, message_data = ARGV[9], tonumber(ARGV[10]), ARGV[11]
 local FIELDS_FROM = 12
 
-local f = hash_fields(job_key, 'state', 'seq', 'cekura_status', 'current_stage', 'session_id', 'deadline_ms')
+local f = hash_fields(job_key, 'state', 'seq', 'cekura_status', 'current_stage', 'session_id', 'deadline_ms',
+  'question')
 if not f then return {'corrupt'} end
 local state = f[1]
 if not state then return {'gone'} end
@@ -39,12 +40,17 @@ if redis_message_id ~= '' then
   redis.call('HSET', messages_key, redis_message_id, message_data)
   redis.call('ZADD', delayed_key, now + message_delay_ms, redis_message_id)
 end
-local n = redis.call('HMGET', job_key, 'cekura_status', 'current_stage')
+local n = redis.call('HMGET', job_key, 'cekura_status', 'current_stage', 'question')
 local changed = 0
-if n[1] ~= f[3] or n[2] ~= f[4] then changed = 1 end
+if n[1] ~= f[3] or n[2] ~= f[4] or (next_state == 'waiting' and n[3] ~= f[7]) then changed = 1 end
 if changed == 1 and progress_maxlen > 0 and n[1] then
   local p = redis.call('HMGET', job_key, 'kind', 'progress_id', 'polls')
-  redis.call('XADD', progress_stream, 'MAXLEN', '~', progress_maxlen, '*', 'job_id', job_id, 'kind', p[1],
-    'cekura_status', n[1] or '', 'current_stage', n[2] or '', 'progress_id', p[2] or '', 'polls', p[3] or '0')
+  local event = {'job_id', job_id, 'kind', p[1], 'cekura_status', n[1] or '', 'current_stage', n[2] or '',
+    'progress_id', p[2] or '', 'polls', p[3] or '0', 'state', next_state}
+  if next_state == 'waiting' then
+    table.insert(event, 'question')
+    table.insert(event, n[3] or '')
+  end
+  redis.call('XADD', progress_stream, 'MAXLEN', '~', progress_maxlen, '*', unpack(event))
 end
 return {'ok', changed}

@@ -1,8 +1,8 @@
 -- End a job: write its outcome and publish its one result event in the same atomic step, so a crash can
 -- neither lose the event nor publish it twice. A job that already finished is left alone. `finished_at` is
 -- taken from the server's clock.
--- With a remote cancel given (a cancel request), a job that was polling a kind listed in `cancel_kinds` with a
--- Cekura session also gets its `cancel_remote` message written here, so the cancel can't be recorded while the
+-- With a remote cancel given (a cancel request), a job that was polling (or waiting for an answer) a kind listed in
+-- `cancel_kinds` with a Cekura session or progress id also gets its `cancel_remote` message written here, so the cancel can't be recorded while the
 -- call that stops the operation at Cekura is lost.
 -- KEYS: job hash, schedule zset, results stream, secret key, Dramatiq message hash, Dramatiq queue list
 -- ARGV: job_id, expect ('start'|'poll'|'any'), seq, results_maxlen, ttl_s,
@@ -28,7 +28,7 @@ if not f then return {'corrupt'} end
 local state = f[1]
 if not state then return {'gone'} end
 if state == 'finished' then return {'done', f[3] or ''} end
-if expect == 'poll' and (state ~= 'polling' or f[2] ~= seq) then return {'stale'} end
+if expect == 'poll' and ((state ~= 'polling' and state ~= 'waiting') or f[2] ~= seq) then return {'stale'} end
 if expect == 'start' and state ~= 'starting' then return {'stale'} end
 redis.call('HSET', job_key, 'state', 'finished', 'lease', 0, 'updated_ms', now, 'finished_at', iso(now),
   unpack(ARGV, FIELDS_FROM))
@@ -42,12 +42,13 @@ redis.call('ZREM', schedule_key, job_id)
 redis.call('DEL', secret_key)
 redis.call('EXPIRE', job_key, ttl_s)
 
-local kind, session_id = e[1] or '', e[11] or ''
+local kind, session_id, progress_id = e[1] or '', e[11] or '', e[4] or ''
 local remote_cancel = 0
-if cancel_kinds ~= '' and state == 'polling' and session_id ~= '' and tonumber(session_id)
+if cancel_kinds ~= '' and (state == 'polling' or state == 'waiting') and (tonumber(session_id) or progress_id ~= '')
     and string.find(' ' .. cancel_kinds .. ' ', ' ' .. kind .. ' ', 1, true) then
   local message = cjson.encode({
-    queue_name = queue_name, actor_name = cancel_actor, args = {job_id, kind, tonumber(session_id)},
+    queue_name = queue_name, actor_name = cancel_actor,
+    args = {job_id, kind, tonumber(session_id) or cjson.null, progress_id},
     kwargs = {}, options = {redis_message_id = redis_message_id}, message_id = message_id, message_timestamp = now,
   })
   redis.call('HSET', messages_key, redis_message_id, message)

@@ -1,0 +1,79 @@
+"""Rules kinds share where Cekura's operations differ in more than their status words (see `base.JobKind`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from actors.kinds.base import Outcome
+
+#: How many failed runs an evaluator verdict names (the result event holds them all).
+DEFAULT_NAMED_RUNS = 10
+
+
+def _count(answer: Mapping[str, Any], name: str) -> int | None:
+    value = answer.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def status_or_counts(answer: Mapping[str, Any]) -> str | None:
+    """Generation progress: `status` when the answer has one, else done once `completed + failed >= total > 0`
+    (`generate-progress` publishes counts and no status; Cekura's tool notes poll a status)."""
+    status = answer.get("status")
+    if isinstance(status, str) and status:
+        return status
+    total, done, failed = (_count(answer, f"{n}_scenarios") for n in ("total", "completed", "failed"))
+    if total is None or done is None:
+        return None
+    if total > 0 and done + (failed or 0) >= total:
+        return "completed" if done > 0 else "failed"
+    return "in_progress"
+
+
+def status_or_output(answer: Mapping[str, Any]) -> str | None:
+    """Metric improvement: `status` (`success`/`error`, Cekura's prose) when present, else the published schema's
+    shape, which has none: done once the improved description is there."""
+    status = answer.get("status")
+    if isinstance(status, str) and status:
+        return status
+    return "success" if isinstance(answer.get("improved_metric_description"), str) else "in_progress"
+
+
+def runs(answer: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """An evaluator result's runs, whether Cekura sends them as a list or as an object keyed by run id."""
+    value = answer.get("runs")
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else []
+    return [run for run in items if isinstance(run, Mapping)]
+
+
+def all_runs_passed(outcome: Outcome, answer: Mapping[str, Any]) -> tuple[Outcome, str]:
+    """Cekura's CI gate: a run passes only when `status` is completed and `success_runs_count ==
+    total_runs_count > 0` (a `completed` result may hold failed runs); the error names the runs that failed."""
+    if outcome is not Outcome.COMPLETED:
+        return outcome, ""
+    total, passed = _count(answer, "total_runs_count"), _count(answer, "success_runs_count")
+    if total is None or passed is None:
+        return Outcome.FAILED, "the result has no total_runs_count or success_runs_count: the gate can't pass"
+    if total == 0:
+        return Outcome.FAILED, "the result has no runs (total_runs_count is 0)"
+    if passed == total:
+        return Outcome.COMPLETED, ""
+    failed = [run for run in runs(answer) if run.get("success") is not True]
+    named = ", ".join(f"{run.get('id')} ({run.get('scenario_name') or run.get('scenario')})" for run in failed)
+    more = len(failed) - DEFAULT_NAMED_RUNS
+    if more > 0:
+        named = ", ".join(named.split(", ")[:DEFAULT_NAMED_RUNS]) + f" and {more} more"
+    return Outcome.FAILED, f"{total - passed} of {total} runs failed" + (f": {named}" if named else "")
+
+
+def feedback_answers(progress_id: str, text: str) -> dict[str, Any]:
+    """The body of `process_feedbacks_answer`: a JSON object answer is sent as the answers keyed by question id;
+    any other text answers every question, under the key `all` (the contract here is the least certain)."""
+    try:
+        answers = json.loads(text)
+    except ValueError:
+        answers = None
+    if not isinstance(answers, dict):
+        answers = {"all": text}
+    return {"progress_id": progress_id, "answers": answers}

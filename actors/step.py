@@ -1,0 +1,166 @@
+"""One claimed step of one job, and the ways a step ends a job: its outcome and its one result event.
+
+Kept apart from the actors (`actors/jobs.py`) so that it binds nothing to the broker: everything here writes
+through the job store, never sends a message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from actors.kinds import KINDS, JobKind, Outcome
+from worker.ops import metrics
+from worker.redact import redact
+from worker.runtime.app import Runtime
+from worker.store.records import Claim, FinishVerdict, JobRecord, Phase
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One claimed step of one job: what every helper needs, passed as one value."""
+
+    rt: Runtime
+    job_id: str
+    phase: Phase
+    claim: Claim
+    job: JobRecord
+    kind: JobKind
+    #: How long ago (s) the claim was made: a poll's claim may have been made by the fetch a moment before.
+    age_s: float = 0.0
+    #: The job's own secrets (a provider key), masked in whatever this step writes.
+    secrets: tuple[str, ...] = ()
+
+    @property
+    def seq(self) -> int:
+        return self.job.seq
+
+    def time_left_s(self) -> float:
+        """Seconds before the job's deadline (the bound on this step's Cekura call)."""
+        return self.claim.time_left_s(self.age_s)
+
+    def delay_ms(self, delay_s: float) -> int:
+        """A delay in ms, never past the job's deadline (so it times out on time)."""
+        return max(1, min(int(delay_s * 1000), self.job.deadline_ms - self.claim.now_ms))
+
+    def elapsed_s(self) -> float:
+        """Seconds since the start call answered (or since an answer was sent), on the Redis clock."""
+        return max(0.0, (self.claim.now_ms - self.job.started_ms) / 1000) if self.job.started_ms else 0.0
+
+
+def make_step(rt: Runtime, job_id: str, phase: Phase, claim: Claim, age_s: float = 0.0) -> Step:
+    assert claim.job is not None
+    return Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)
+
+
+def finish(
+    step: Step,
+    outcome: Outcome,
+    *,
+    cekura_status: str = "",
+    result: dict[str, Any] | None = None,
+    error: str = "",
+    polls: int = 0,
+) -> None:
+    """End the claimed job with `outcome` and publish its one result event."""
+    publish(
+        step.rt,
+        step.job_id,
+        step.phase.value,
+        step.seq,
+        step.kind.name,
+        outcome,
+        cekura_status=cekura_status,
+        result=result,
+        error=error,
+        polls=polls,
+        secrets=step.secrets,
+    )
+
+
+def fail(step: Step, error: str, *, polls: int | None = None) -> None:
+    """End the claimed job `failed` with `error`, keeping its last Cekura status."""
+    finish(
+        step,
+        Outcome.FAILED,
+        cekura_status=step.job.cekura_status,
+        error=error,
+        polls=step.job.polls if polls is None else polls,
+    )
+
+
+def internal_error(step: Step, exc: Exception) -> None:
+    """End a claimed job `failed`, once, when handling its step raised something unexpected.
+
+    Retrying would not help: the same answer would raise again, and a retried message no longer owns the lease,
+    so the job would only wait for the reconciler, start again at Cekura and finally time out.
+    """
+    log.exception("job_step_failed", phase=step.phase.value)
+    fail(step, f"internal error while handling the {step.phase.value} step ({type(exc).__name__})")
+
+
+def time_out(rt: Runtime, job_id: str, phase: Phase, seq: int) -> None:
+    """End a job whose deadline passed `timed_out` (the claim that found it so holds no lease)."""
+    fields = rt.store.get(job_id) or {}
+    job = JobRecord.from_fields(fields)
+    structlog.contextvars.bind_contextvars(kind=job.kind or None, progress_id=job.progress_id or None)
+    error = f"deadline of {job.deadline_s:g}s passed before Cekura reported a terminal status"
+    if fields.get("state") == "waiting":
+        error = f"deadline of {job.deadline_s:g}s passed while waiting for an answer to: {fields.get('question', '')}"
+    # A start message may time out a job in any state; a poll message only the poll it was sent for.
+    expect = Phase.POLL.value if phase is Phase.POLL else "any"
+    publish(
+        rt,
+        job_id,
+        expect,
+        seq,
+        job.kind,
+        Outcome.TIMED_OUT,
+        cekura_status=job.cekura_status,
+        error=error,
+        polls=job.polls,
+    )
+
+
+def publish(
+    rt: Runtime,
+    job_id: str,
+    expect: str,
+    seq: int,
+    kind_name: str,
+    outcome: Outcome,
+    *,
+    cekura_status: str,
+    error: str,
+    polls: int,
+    result: dict[str, Any] | None = None,
+    secrets: tuple[str, ...] = (),
+) -> None:
+    fields = {
+        "status": outcome.value,
+        "cekura_status": redact(cekura_status, secrets),
+        "result": redact(json.dumps(result, separators=(",", ":")), secrets) if result is not None else "",
+        "error": redact(error, secrets),
+        "polls": polls,
+    }
+    done = rt.store.finish(job_id, expect, seq, fields)
+    if done.verdict is not FinishVerdict.OK:
+        log.debug("finish_skipped", verdict=done.verdict.value)
+        return
+    duration = max(0.0, done.duration_ms / 1000)
+    metrics.JOBS_FINISHED.labels(kind_name, outcome.value).inc()
+    metrics.JOB_DURATION.labels(kind_name, outcome.value).observe(duration)
+    level = log.info if outcome in (Outcome.COMPLETED, Outcome.NEEDS_INPUT) else log.warning
+    level(
+        "job_finished",
+        outcome=outcome.value,
+        cekura_status=fields["cekura_status"],
+        polls=polls,
+        duration_s=round(duration, 3),
+        error=fields["error"] or None,
+    )

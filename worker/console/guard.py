@@ -1,0 +1,130 @@
+"""Who may act: the console token, the login session and the CSRF token, all checked in constant time.
+
+Reading needs nothing (the console listens on loopback unless told otherwise). Acting (cancel, retry, answer)
+needs `CEKURA_CONSOLE_TOKEN`, typed into the action's form or once into the login form, which then sets a session
+cookie. Without a token configured the console is read-only and every action is refused.
+
+Three cookies, all `HttpOnly` and `SameSite=Strict` (and `Secure` when the console is reached over HTTPS):
+
+- `cekura_console_id`: a random browser id, set on the first page. The CSRF token every form carries is an HMAC of
+  it under this process's key, so a page on another site can neither read nor compute it (signed double submit).
+- `cekura_console_session`: after a login, an HMAC of the browser id under a key derived from the process key and
+  the token; so it holds nothing secret, can't be forged, and lapses when the console restarts or the token changes.
+
+The token is never logged, echoed in a page, nor kept anywhere but in this process's memory; it is registered with
+`worker.redact` so that it is masked should any text ever quote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from worker.errors import ConfigError
+from worker.redact import register
+
+#: The shortest console token accepted: it is typed by people, so it must be long enough not to be guessed.
+DEFAULT_MIN_TOKEN_CHARS = 16
+
+#: The cookie naming this browser (the CSRF token is derived from it).
+ID_COOKIE = "cekura_console_id"
+
+#: The cookie that says "this browser typed the token".
+SESSION_COOKIE = "cekura_console_session"
+
+#: How long a login lasts, in seconds (the browser drops the cookie then; a console restart ends it sooner).
+DEFAULT_SESSION_S = 8 * 3600
+
+#: The longest browser id or signature read from a cookie or a form; anything longer is refused unread.
+_MAX_VALUE_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether an action may go ahead, and if not, why (shown to the user and logged as `reason`)."""
+
+    allowed: bool
+    reason: str = ""
+    message: str = ""
+
+
+class Guard:
+    """This process's console secrets: the token (if any) and a random key for CSRF and session signatures."""
+
+    def __init__(self, token: SecretStr | None) -> None:
+        value = token.get_secret_value() if token is not None else ""
+        if value and len(value) < DEFAULT_MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"CEKURA_CONSOLE_TOKEN is shorter than {DEFAULT_MIN_TOKEN_CHARS} characters: use a long random value "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if value and not (value.isascii() and value.isprintable()):
+            raise ConfigError("CEKURA_CONSOLE_TOKEN must be printable ASCII (the value is not shown)")
+        register([value])
+        self._token = value.encode()
+        self._key = secrets.token_bytes(32)
+        # Sessions are signed under a key that depends on the token, so a new token ends every session.
+        token_hash = hashlib.sha256(self._token).digest()
+        self._session_key = hmac.new(self._key, b"session-key:" + token_hash, "sha256").digest()
+
+    @property
+    def read_only(self) -> bool:
+        """True when no token is configured: nothing may be changed through the console."""
+        return not self._token
+
+    @staticmethod
+    def new_browser_id() -> str:
+        return secrets.token_urlsafe(24)
+
+    def csrf_token(self, browser_id: str) -> str:
+        """The CSRF token the forms of the browser `browser_id` carry."""
+        return _sign(self._key, b"csrf:", browser_id)
+
+    def session_value(self, browser_id: str) -> str:
+        """The session cookie's value for a browser that typed the token."""
+        return _sign(self._session_key, b"session:", browser_id)
+
+    def token_matches(self, typed: str) -> bool:
+        """Whether `typed` is the token, compared in constant time (False when there is none)."""
+        if not self._token:
+            return False
+        return hmac.compare_digest(hashlib.sha256(typed.encode()).digest(), hashlib.sha256(self._token).digest())
+
+    def logged_in(self, browser_id: str, session: str) -> bool:
+        """Whether the session cookie is this browser's, signed by this process for the current token."""
+        if self.read_only or not _plausible(browser_id) or not _plausible(session):
+            return False
+        return hmac.compare_digest(session, self.session_value(browser_id))
+
+    def check_csrf(self, browser_id: str, form_token: str) -> bool:
+        if not _plausible(browser_id) or not _plausible(form_token):
+            return False
+        return hmac.compare_digest(form_token, self.csrf_token(browser_id))
+
+    def check_action(self, browser_id: str, session: str, form_csrf: str, typed_token: str) -> Verdict:
+        """May this POST change something? CSRF first (it says nothing about the token), then the token."""
+        if self.read_only:
+            return Verdict(
+                False,
+                "read_only",
+                "This console is read-only: CEKURA_CONSOLE_TOKEN is not set, so it can't cancel, retry or answer jobs.",
+            )
+        if not self.check_csrf(browser_id, form_csrf):
+            return Verdict(
+                False, "csrf", "The form's CSRF token is missing or wrong: reload the page and submit the form again."
+            )
+        if self.logged_in(browser_id, session) or self.token_matches(typed_token):
+            return Verdict(True)
+        return Verdict(False, "token", "Refused: the console token is missing or wrong. Nothing was changed.")
+
+
+def _sign(key: bytes, purpose: bytes, value: str) -> str:
+    return hmac.new(key, purpose + value.encode(), "sha256").hexdigest()
+
+
+def _plausible(value: str) -> bool:
+    return 0 < len(value) <= _MAX_VALUE_CHARS and value.isascii()

@@ -1,0 +1,99 @@
+"""What every console request shares: the settings, the Redis client, the guard, the live feed and the templates;
+and `render`, which fills in what every page shows (read-only or logged in, the CSRF token) and sets the browser id
+cookie on a browser's first page.
+
+Templates are Jinja with autoescaping on for every template, so each value a page shows is HTML-escaped: a job id,
+a metadata string or a Cekura answer holding markup is shown as text. Links carry values through `q`, which
+percent-encodes every reserved character (Jinja's own `urlencode` keeps `/`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from config.settings import Settings
+from worker.client import Client
+from worker.console.guard import DEFAULT_SESSION_S, ID_COOKIE, SESSION_COOKIE, Guard
+from worker.console.live import Hub
+
+#: Where the page templates are.
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+@dataclass
+class Console:
+    settings: Settings
+    client: Client
+    guard: Guard
+    hub: Hub
+    templates: Jinja2Templates
+
+
+def templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = lambda value: quote(str(value), safe="")
+    return Jinja2Templates(env=env)
+
+
+def console(request: Request) -> Console:
+    found: Console = request.app.state.console
+    return found
+
+
+def browser_id(request: Request) -> tuple[str, bool]:
+    """This browser's id from its cookie, or a new one (True) to set."""
+    value = request.cookies.get(ID_COOKIE, "")
+    if 0 < len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum():
+        return value, False
+    return Guard.new_browser_id(), True
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    """The page `name` with `context` and what every page shows."""
+    c = console(request)
+    bid, new = browser_id(request)
+    ctx = {
+        "read_only": c.guard.read_only,
+        "logged_in": not new and c.guard.logged_in(bid, request.cookies.get(SESSION_COOKIE, "")),
+        "csrf": c.guard.csrf_token(bid),
+        "redis": c.settings.redis_url_redacted,
+        "prefix": c.settings.cekura_key_prefix,
+        "events_url": "",
+        **context,
+    }
+    response = c.templates.TemplateResponse(request, name, ctx, status_code=status_code)
+    if new:
+        set_cookie(request, response, ID_COOKIE, bid)
+    return response
+
+
+def login(request: Request, response: Response) -> None:
+    """Remember that this browser typed the token (its session cookie)."""
+    bid, _ = browser_id(request)
+    set_cookie(request, response, SESSION_COOKIE, console(request).guard.session_value(bid), DEFAULT_SESSION_S)

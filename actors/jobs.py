@@ -183,8 +183,9 @@ def _poll(step: Step) -> None:
             error = str(data.get("error") or f"Cekura reported status {status!r}")
         finish(step, outcome, cekura_status=status, result=data, error=error, polls=polls)
         return
-    if raw_status in kind.waiting:
-        _wait_for_answer(step, status, data, polls)
+    question = _question(step, data) if raw_status in kind.waiting else ""
+    if question:
+        _wait_for_answer(step, status, question, polls)
         return
     stage = data.get(kind.stage_field) if kind.stage_field else None
     stage = redact(stage, step.secrets) if isinstance(stage, str) else None
@@ -216,10 +217,20 @@ def _observe(step: Step) -> None:
         step.rt.polling.observe(step.kind.name, low_s, max(low_s, step.elapsed_s()))
 
 
-def _wait_for_answer(step: Step, status: str, data: dict[str, Any], polls: int) -> None:
+def _question(step: Step, data: dict[str, Any]) -> str:
+    """The question of a waiting answer, masked and cut; empty when Cekura sent none (then the word is taken for
+    "still running": a job must never wait for an answer to nothing)."""
+    try:
+        text = step.kind.question_of(data)
+    except Exception:  # a free-form answer no rule foresaw
+        log.warning("question_unreadable", exc_info=True)
+        text = json.dumps(data, ensure_ascii=False)
+    # Masked before it is cut: a secret straddling the cut would leave a prefix no form of it matches.
+    return redact(text, step.secrets)[:DEFAULT_MAX_QUESTION_CHARS]
+
+
+def _wait_for_answer(step: Step, status: str, question: str, polls: int) -> None:
     """Cekura asked a question: publish it and wait for an answer; the one message left is due at the deadline."""
-    question = redact(step.kind.question_of(data), step.secrets)[:DEFAULT_MAX_QUESTION_CHARS]
-    question = question or f"Cekura is waiting for an answer (status {status!r}) but sent no question"
     delay_ms = step.delay_ms(step.time_left_s())
     fields = {"polls": polls, "cekura_status": status, "errors": 0, "question": question}
     with step.rt.broker.outbox() as at_deadline:
@@ -238,19 +249,44 @@ def _wait_for_answer(step: Step, status: str, data: dict[str, Any], polls: int) 
 
 
 def _deliver_answer(step: Step) -> None:
-    """Send the recorded answer to Cekura, then poll on from the kind's first interval."""
+    """Send the recorded answer to Cekura, then poll on from the kind's first interval.
+
+    An earlier attempt may have sent it and lost Cekura's reply (a timeout, a worker killed mid-call): Cekura would
+    refuse it a second time. So such an attempt first asks Cekura whether it still waits, and sends the answer only
+    if it does."""
     rt, kind, job = step.rt, step.kind, step.job
     structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=job.progress_id)
+    step, params = _with_secrets(step)
     try:
+        if job.answer_sent:
+            raw_status, _ = rt.cekura.progress(kind, params, job.progress_id, time_left_s=step.time_left_s())
+            _PROGRESS_OK.inc()
+            if raw_status not in kind.waiting:
+                log.info("job_answer_already_taken", cekura_status=redact(raw_status, step.secrets))
+                _answered(step)
+                return
         rt.cekura.answer(kind, job.progress_id, job.answer, time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("answer", str(exc.status_code or "error")).inc()
         _failed_call(step, exc, polls=job.polls + 1)  # the answer stays recorded: the retry sends it again
         return
     metrics.CEKURA_CALLS.labels("answer", "ok").inc()
+    _answered(step)
+
+
+def _answered(step: Step) -> None:
+    """Cekura has the answer: forget it and poll on, counting the operation's time afresh."""
+    rt, kind = step.rt, step.kind
     delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, 0.0))
     # The operation runs again from here: the schedule (and what it learns) counts from the answer.
-    fields = {"answer": "", "question": "", "errors": 0, "error": "", "started_ms": step.claim.now_ms}
+    fields = {
+        "answer": "",
+        "answer_sent": "",
+        "question": "",
+        "errors": 0,
+        "error": "",
+        "started_ms": step.claim.now_ms,
+    }
     with rt.broker.outbox() as next_poll:
         poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
         done = rt.store.advance(

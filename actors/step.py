@@ -112,6 +112,8 @@ def time_out(rt: Runtime, job_id: str, phase: Phase, seq: int) -> None:
     error = f"deadline of {job.deadline_s:g}s passed before Cekura reported a terminal status"
     if fields.get("state") == "waiting":
         error = f"deadline of {job.deadline_s:g}s passed while waiting for an answer to: {fields.get('question', '')}"
+    if fields.get("answer"):
+        error = f"deadline of {job.deadline_s:g}s passed before the answer could be sent to Cekura"
     # A start message may time out a job in any state; a poll message only the poll it was sent for.
     expect = Phase.POLL.value if phase is Phase.POLL else "any"
     publish(

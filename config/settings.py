@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     cekura_progress_stream: str = "cekura:progress"
     cekura_progress_events: bool = False
     cekura_results_maxlen: int = Field(100_000, ge=100)
-    cekura_request_max_bytes: int = Field(65_536, ge=256, le=16_777_216)
+    cekura_request_max_bytes: int = Field(131_072, ge=256, le=16_777_216)  # fits a 10,000-character answer, escaped
     cekura_intake_group: str = "cekura-worker"
 
     # Polling

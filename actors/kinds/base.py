@@ -71,9 +71,16 @@ def question_text(answer: Mapping[str, Any]) -> str:
         if isinstance(value, str) and value:
             return value
         if isinstance(value, list) and value:
-            texts = [item.get("question", "") if isinstance(item, Mapping) else str(item) for item in value]
-            return "\n".join(text for text in texts if text)
+            texts = [item.get("question", "") if isinstance(item, Mapping) else item for item in value]
+            return "\n".join(_text(text) for text in texts if text)
+        if value:
+            return _text(value)
     return ""
+
+
+def _text(value: Any) -> str:
+    """A question part as text: a string as it is, anything else (Cekura's answers are free-form) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def json_body(params: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:

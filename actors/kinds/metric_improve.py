@@ -2,7 +2,8 @@
 
 The least certain contract: Cekura's published schema has no `status`, its prose polls "until status is success
 or error" and reads the answer under `output`. Both shapes are accepted (`rules.status_or_output`); the word for
-a run paused on questions is unpublished, so the likely ones are listed in `waiting`.
+a run paused on questions is unpublished, so the likely ones are listed in `waiting` (a waiting word that comes
+with no question is taken for "still running").
 """
 
 from typing import Literal
@@ -27,7 +28,7 @@ KIND = JobKind(
     status_of=status_or_output,
     terminal={"success": Outcome.COMPLETED, "error": Outcome.FAILED, "cancelled": Outcome.CANCELLED},
     running=frozenset({"in_progress", "queued", "pending", "processing"}),
-    waiting=frozenset({"awaiting_answers", "waiting_for_answers", "paused", "needs_input"}),
+    waiting=frozenset({"awaiting_answers", "waiting_for_answers", "needs_input"}),
     answer_path="/test_framework/metric-reviews/process_feedbacks_answer/",
     answer_body=feedback_answers,
     cancel_path="/test_framework/metric-reviews/process_feedbacks_cancel/",

@@ -149,7 +149,7 @@ def test_defaults_are_valid_and_safe_for_development(monkeypatch: pytest.MonkeyP
     s = load_settings()
     assert s.cekura_api_key is None  # no default for the secret
     assert s.cekura_poll_initial_s <= s.cekura_poll_max_s
-    assert s.cekura_request_max_bytes == 65_536
+    assert s.cekura_request_max_bytes == 131_072
     assert s.cekura_progress_events is False
 
 

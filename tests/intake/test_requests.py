@@ -243,8 +243,8 @@ BAD: dict[str, Bad] = {
         "agent.auto_fetch",
     ),
     "too_large": Bad(
-        _json({"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "metadata": {"blob": "x" * 70_000}}),
-        r"request is 700\d\d bytes, over the 65536-byte limit",
+        _json({"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "metadata": {"blob": "x" * 140_000}}),
+        r"request is 1400\d\d bytes, over the 131072-byte limit",
         "",
         "",  # not even the kind: a request over the limit is never parsed
     ),
@@ -460,7 +460,7 @@ def test_the_client_refuses_structures_no_request_can_express_with_invalid_reque
     shared: list[Any] = ["x"]
     for _ in range(40):  # 2**40 values once expanded, but only 80 objects
         shared = [shared, shared]
-    with pytest.raises(InvalidRequest, match=r"^request holds more than 65536 values, over the 65536-byte limit$"):
+    with pytest.raises(InvalidRequest, match=r"^request holds more than 131072 values, over the 131072-byte limit$"):
         client.submit("scenario.agent", {"updated_scenarios": [{"steps": shared}]})
     with pytest.raises(InvalidRequest, match=r"^each item must be a mapping of submit's arguments, got str$"):
         client.submit_many(["agent.auto_fetch"])  # type: ignore[list-item]
@@ -477,8 +477,8 @@ def test_a_request_nested_as_deeply_as_allowed_is_accepted_and_recorded(rt: Runt
 
 
 def test_the_client_refuses_a_request_over_the_size_limit(rt: Runtime, client: Client) -> None:
-    with pytest.raises(InvalidRequest, match=r"^request is \d+ bytes, over the 65536-byte limit$"):
-        client.submit("agent.auto_fetch", {"agent_id": 5}, metadata={"blob": "x" * 70_000})
+    with pytest.raises(InvalidRequest, match=r"^request is \d+ bytes, over the 131072-byte limit$"):
+        client.submit("agent.auto_fetch", {"agent_id": 5}, metadata={"blob": "x" * 140_000})
     _assert_nothing_else_happened(rt)
 
 

@@ -42,6 +42,6 @@ def test_an_oversized_request_is_rejected_without_being_parsed_and_the_worker_go
     [rejected] = [e for e in events if e["status"] == "rejected"]
     # Nothing in it was read: not its job id, not its kind.
     assert (rejected["job_id"], rejected["requested_job_id"], rejected["kind"]) == ("", "", "")
-    error = f"request is {size} bytes, over the 65536-byte limit (request entry "
+    error = f"request is {size} bytes, over the 131072-byte limit (request entry "
     assert rejected["error"].startswith(error), rejected["error"]
     assert 0 < before < peak < PEAK_LIMIT_BYTES, f"peak RSS {peak / 2**20:.0f} MiB (before: {before / 2**20:.0f} MiB)"

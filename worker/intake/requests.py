@@ -102,7 +102,7 @@ def parse(
         roots += [(key, "request"), (item, key if key.isprintable() else "request")]
     _check_values(roots, settings)
     if "action" in value:
-        return _parse_action(value)
+        return _parse_action(value, settings)
     unknown = sorted(set(value) - _SUBMIT_KEYS)
     if unknown:
         raise InvalidRequest(f"unknown request field(s): {', '.join(map(repr, unknown))}")
@@ -195,7 +195,7 @@ def check_job_id(job_id: Any) -> str:
     return job_id
 
 
-def _parse_action(value: dict[str, Any]) -> CancelRequest | AnswerRequest:
+def _parse_action(value: dict[str, Any], settings: Settings) -> CancelRequest | AnswerRequest:
     action = value["action"]
     if action not in ("cancel", "answer"):
         shown = repr(action)[:60] if isinstance(action, str) else f"of type {_json_type(action)}"
@@ -208,15 +208,17 @@ def _parse_action(value: dict[str, Any]) -> CancelRequest | AnswerRequest:
     job_id = check_job_id(value["job_id"])
     if action == "cancel":
         return CancelRequest(job_id)
-    return AnswerRequest(job_id, check_answer(value.get("answer")))
+    return AnswerRequest(job_id, check_answer(value.get("answer"), settings))
 
 
-def check_answer(answer: Any) -> str:
-    """An answer's text: a non-blank string of at most `DEFAULT_MAX_ANSWER_CHARS` characters."""
+def check_answer(answer: Any, settings: Settings) -> str:
+    """An answer's text: a non-blank string of at most `DEFAULT_MAX_ANSWER_CHARS` characters, holding nothing a
+    request's values may not (a NUL, an unpaired surrogate), whichever way it came."""
     if not isinstance(answer, str) or not answer.strip():
         raise InvalidRequest("answer needs 'answer': the text of the answer, a non-empty string")
     if len(answer) > DEFAULT_MAX_ANSWER_CHARS:
         raise InvalidRequest(f"answer is {len(answer)} characters; the most Cekura takes is {DEFAULT_MAX_ANSWER_CHARS}")
+    _check_values([(answer, "answer")], settings)
     return answer
 
 

@@ -173,6 +173,8 @@ class Answered:
             "not_waiting": f"job {self.job_id} is not waiting for an answer (it is {self.detail})",
             "answered": f"job {self.job_id} already has an answer on its way to Cekura; wait for its next question",
             "expired": f"job {self.job_id} passed its deadline while waiting: it ends timed_out",
+            "too_late": f"job {self.job_id} reaches its deadline in {self.detail} ms, too soon for an answer to reach "
+            "Cekura: it ends timed_out",
         }[self.result]
 
 
@@ -181,7 +183,7 @@ def answer(store: JobStore, job_id: str, text: str) -> Answered:
     by the same script. Raises `InvalidRequest` for an answer that is not a non-empty string of at most 10,000
     characters, or when the id's key holds something other than a job."""
     check_job_id(job_id)
-    requests.check_answer(text)
+    requests.check_answer(text, store.settings)
     s = store.settings
     reply = store.answer(job_id, text, queue_name=s.cekura_queue, namespace=s.key("dramatiq"), poll_actor=names.POLL)
     if reply[0] == "corrupt":

@@ -303,12 +303,22 @@ class JobStore:
     def answer(self, job_id: str, text: str, *, queue_name: str, namespace: str, poll_actor: str) -> list[str]:
         """Record the answer to a waiting job's question and write the poll message that delivers it; the reply
         is `answer.lua`'s: `ok`, or why not (`gone`, `corrupt`, `finished` + status, `not_waiting` + state,
-        `answered`, `expired`)."""
+        `answered`, `expired`, `too_late` + ms left)."""
         message_id = str(uuid.uuid4())
         queue = f"{namespace}:{queue_name}"
         reply = self._answer(
             keys=[self.job_key(job_id), self.schedule_key, f"{queue}.msgs", queue],
-            args=[text, self.grace_ms, job_id, queue_name, poll_actor, message_id, f"answer.{message_id}"],
+            args=[
+                text,
+                self.grace_ms,
+                job_id,
+                queue_name,
+                poll_actor,
+                message_id,
+                f"answer.{message_id}",
+                # time enough for an idle consumer to wake and make the call before the deadline
+                self.settings.cekura_idle_wake_ms + int(self.settings.cekura_call_limit_s * 1000),
+            ],
         )
         return [as_text(part) for part in reply]
 

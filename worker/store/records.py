@@ -66,6 +66,7 @@ CLAIM_FIELDS = (
     "updated_ms",
     "answer",
     "start_sent",
+    "answer_sent",
 )
 
 
@@ -92,6 +93,8 @@ class JobRecord:
     answer: str = ""
     #: A start call was made for this job before this claim: it may have reached Cekura.
     start_sent: bool = False
+    #: An earlier claim was made to send the recorded answer: it may have reached Cekura.
+    answer_sent: bool = False
 
     @property
     def deadline_s(self) -> float:
@@ -118,6 +121,7 @@ class JobRecord:
             updated_ms=int(fields.get("updated_ms", "0") or 0),
             answer=fields.get("answer", ""),
             start_sent=fields.get("start_sent", "") == "1",
+            answer_sent=fields.get("answer_sent", "") == "1",
         )
 
 

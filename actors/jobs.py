@@ -97,6 +97,8 @@ def _start(step: Step) -> None:
         fail(step, _unknown_start("an earlier attempt stopped during the start call"))
         return
     step, params = _with_secrets(step)
+    if not kind.repeatable_start:
+        rt.store.mark_start_sent(job_id)
     try:
         started = rt.cekura.start(kind, params, time_left_s=step.time_left_s())
     except CekuraError as exc:
@@ -353,6 +355,8 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
     reason = redact(str(exc), step.secrets)
     done_polls = job.polls if polls is None else polls - 1
     if isinstance(exc, PermanentError):
+        if step.phase is Phase.START and not kind.repeatable_start and exc.status_code in (200, 201, 202):
+            reason = _unknown_start(f"Cekura accepted it but its answer could not be used: {reason}")
         fail(step, reason, polls=done_polls)
         return
     unsent = isinstance(exc, TransientError) and not exc.maybe_sent

@@ -154,12 +154,14 @@ class CekuraClient:
         if isinstance(progress_id, int) and not isinstance(progress_id, bool) and progress_id >= 0:
             progress_id = str(progress_id)
         if not isinstance(progress_id, str) or not progress_id or len(progress_id) > 512:
-            raise PermanentError(f"invalid response from {path}: no usable {kind.progress_id_field}")
+            raise PermanentError(f"invalid response from {path}: no usable {kind.progress_id_field}", status_code=200)
         if kind.polls_by_path and not (progress_id.isascii() and progress_id.isdigit()):
-            raise PermanentError(f"invalid response from {path}: {kind.progress_id_field} is not an integer")
+            raise PermanentError(
+                f"invalid response from {path}: {kind.progress_id_field} is not an integer", status_code=200
+            )
         session_id = data.get("session_id")
         if session_id is not None and (not isinstance(session_id, int) or isinstance(session_id, bool)):
-            raise PermanentError(f"invalid response from {path}: session_id is not an integer")
+            raise PermanentError(f"invalid response from {path}: session_id is not an integer", status_code=200)
         return Started(progress_id, session_id)
 
     def progress(
@@ -258,13 +260,18 @@ class CekuraClient:
     def _read(self, response: httpcore.Response, path: str) -> bytes:
         declared = _header(response, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise PermanentError(f"response from {path} is {declared} bytes, over the {self.max_bytes}-byte limit")
+            raise PermanentError(
+                f"response from {path} is {declared} bytes, over the {self.max_bytes}-byte limit",
+                status_code=response.status,
+            )
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_stream():
             size += len(chunk)
             if size > self.max_bytes:
-                raise PermanentError(f"response from {path} is over the {self.max_bytes}-byte limit")
+                raise PermanentError(
+                    f"response from {path} is over the {self.max_bytes}-byte limit", status_code=response.status
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -63,8 +63,12 @@ RESULT_FIELDS = (
 
 
 def iso_from_ms(ms: int) -> str:
-    """An epoch time in ms as ISO 8601 UTC with milliseconds, e.g. `2026-11-23T12:00:00.123Z`."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """An epoch time in ms as ISO 8601 UTC with milliseconds, e.g. `2026-11-23T12:00:00.123Z`; "" for a time no
+    date holds (before year 1 or after 9999: a stray stream id or record field)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return ""
 
 
 def not_a_job(job_id: str) -> InvalidRequest:
@@ -321,6 +325,11 @@ class JobStore:
             ],
         )
         return [as_text(part) for part in reply]
+
+    def mark_start_sent(self, job_id: str) -> None:
+        """Record, just before a start call that must not be repeated, that it may reach Cekura: an attempt that
+        finds the mark (its predecessor stopped mid-call) fails the job instead of starting a second operation."""
+        self.client.hset(self.job_key(job_id), "start_sent", "1")
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""

@@ -60,18 +60,17 @@ local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, 
     end
   end
 
-  -- Read before the lease is written: `start_sent` (`answer_sent`) must say whether an earlier claim was made to
-  -- send the start (the answer).
+  -- Read before the lease is written: `start_sent` (`answer_sent`) must say whether an earlier attempt may have
+  -- sent the start (the answer).
   local out = redis.call('HMGET', job_key, 'seq', 'kind', 'params', 'progress_id', 'session_id', 'polls', 'errors',
     'deadline_ms', 'cekura_status', 'current_stage', 'submitted_ms', 'started_ms', 'updated_ms', 'answer',
     'start_sent', 'answer_sent')
   local lease_until = now + tonumber(lease_ms)
   redis.call('HSET', job_key, 'state', phase == 'start' and 'starting' or 'polling', 'lease', lease_until,
     'lease_owner', owner)
-  -- Likewise for an answer: a poll claimed to deliver one records that it may send it.
-  if phase == 'start' then
-    redis.call('HSET', job_key, 'start_sent', '1')
-  elseif out[14] and out[14] ~= '' then
+  -- A poll claimed to deliver an answer records that it may send it (a start records it just before its call,
+  -- `JobStore.mark_start_sent`, so a claim whose reply was lost never reads as a start that may have been sent).
+  if phase ~= 'start' and out[14] and out[14] ~= '' then
     redis.call('HSET', job_key, 'answer_sent', '1')
   end
   redis.call('ZADD', schedule_key, due_score(lease_until + grace, deadline), job_id)

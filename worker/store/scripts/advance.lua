@@ -8,6 +8,7 @@
 -- ARGV: phase ('start'|'poll'), seq, new_seq, next_state, delay_ms, grace_ms, job_id, progress_maxlen (0 = off),
 --       redis_message_id ('' for none), message_delay_ms, message data, field/value pairs...
 -- Returns {'ok', changed (1|0)} | {'finished', session_id} | {'stale'} | {'gone'} | {'corrupt'}
+-- (`ok` with changed 0 also for the same start step run a second time: see `start_step`)
 -- #include _now.lua
 local job_key, schedule_key, progress_stream, messages_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local phase, seq, new_seq, next_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -16,13 +17,18 @@ local redis_message_id, message_delay_ms, message_data = ARGV[9], tonumber(ARGV[
 local FIELDS_FROM = 12
 
 local f = hash_fields(job_key, 'state', 'seq', 'cekura_status', 'current_stage', 'session_id', 'deadline_ms',
-  'question')
+  'question', 'start_step')
 if not f then return {'corrupt'} end
 local state = f[1]
 if not state then return {'gone'} end
+-- The same start step run again (redis-py re-sends a script whose reply it lost, maybe after the first poll ran) was
+-- applied already: say so, rather than `stale`, which would read as another worker having started the job.
+if phase == 'start' and redis_message_id ~= '' and f[8] == redis_message_id then return {'ok', 0} end
 if state == 'finished' then return {'finished', f[5] or ''} end
+-- A step counts only for the attempt it belongs to (`seq`): a late or replayed one of an earlier attempt is stale.
+if f[2] ~= seq then return {'stale'} end
 if phase == 'poll' then
-  if state ~= 'polling' or f[2] ~= seq then return {'stale'} end
+  if state ~= 'polling' then return {'stale'} end
 elseif state ~= 'starting' then
   return {'stale'}
 end
@@ -35,6 +41,7 @@ end
 local due = now + delay_ms
 redis.call('HSET', job_key, 'state', next_state, 'seq', new_seq, 'lease', 0, 'next_poll_ms', due, 'updated_ms', now,
   unpack(ARGV, FIELDS_FROM))
+if phase == 'start' then redis.call('HSET', job_key, 'start_step', redis_message_id) end
 redis.call('ZADD', schedule_key, due_score(due + grace_ms, deadline), job_id)
 if redis_message_id ~= '' then
   redis.call('HSET', messages_key, redis_message_id, message_data)

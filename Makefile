@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-chaos lint validate-deploy bench bench-long lock clean
+.PHONY: install demo test test-chaos lint validate-deploy bench bench-long bench-learn lock clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ bench: $(STAMP)
 
 bench-long: $(STAMP)
 	$(PY) -m bench --mode long
+
+# Learned polling schedules against the declared ones, side by side, on log-normal per-kind durations (~4 min).
+bench-learn: $(STAMP)
+	$(PY) -m bench --mode learn
 
 # Re-pin requirements.lock after changing pyproject.toml (needs uv: pip install uv).
 lock:

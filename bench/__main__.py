@@ -1,4 +1,4 @@
-"""Command line of the benchmark: ``python -m bench --mode short|long [options]``."""
+"""Command line of the benchmark: ``python -m bench --mode short|long|learn [options]``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.harness import SATURATION_INTERVAL_S, Options, run_benchmark
+from bench.learned import DEFAULT_COMPRESSION, DEFAULT_JOBS_PER_KIND, LearnOptions, run_learned
 from bench.pollers import POLLERS
 
 
@@ -16,7 +17,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         prog="python -m bench",
         description="Side-by-side benchmark of cekura-worker, a bare Dramatiq poller and a Celery poller.",
     )
-    parser.add_argument("--mode", choices=("short", "long"), default="short", help="long adds the many-jobs phase")
+    parser.add_argument(
+        "--mode",
+        choices=("short", "long", "learn"),
+        default="short",
+        help="long adds the many-jobs phase; learn compares learned polling schedules with fixed ones instead",
+    )
     parser.add_argument("--jobs", type=int, default=400, help="jobs in the saturation phase (default 400)")
     parser.add_argument("--polls", type=int, default=10, help="polls until terminal per job, saturation phase")
     parser.add_argument("--interval", type=float, default=0.2, help="poll interval of the lateness phase, seconds")
@@ -42,6 +48,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--long-interval", type=float, default=None, help="long phase's poll interval (default: ~50%% of saturation)"
     )
     parser.add_argument("--simulator-module", default=None, help=argparse.SUPPRESS)  # a stand-in simulator, for dev
+    parser.add_argument(
+        "--learn-jobs", type=int, default=DEFAULT_JOBS_PER_KIND, help="learn mode: jobs per kind (default 150)"
+    )
+    parser.add_argument(
+        "--learn-compression",
+        type=float,
+        default=DEFAULT_COMPRESSION,
+        help="learn mode: Cekura seconds per benchmark second (default 40)",
+    )
+    parser.add_argument(
+        "--learn-no-curve", action="store_true", help="learn mode: only the fixed/learned pair, no trade-off curve"
+    )
     args = parser.parse_args(argv)
     for name in ("jobs", "polls", "processes", "threads", "long_jobs", "long_processes"):
         if getattr(args, name) < 1:
@@ -50,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error("--interval must be positive")
     if args.saturation_interval < 0:
         parser.error("--saturation-interval must not be negative")
+    if args.learn_jobs < 1 or args.learn_compression <= 0:
+        parser.error("--learn-jobs must be at least 1 and --learn-compression positive")
     return Options(
         mode=args.mode,
-        pollers=args.only or list(POLLERS),
+        pollers=args.only or [name for name in POLLERS if name != "cekura-console"],
         jobs=args.jobs,
         polls=args.polls,
         interval_s=args.interval,
@@ -65,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         saturation_interval_s=args.saturation_interval,
         quiet_wait_s=args.quiet_wait,
         simulator_module=args.simulator_module,
+        learn=LearnOptions(
+            out=args.out,
+            compression=args.learn_compression,
+            jobs_per_kind=args.learn_jobs,
+            curve=not args.learn_no_curve,
+            quiet_wait_s=args.quiet_wait,
+        ),
     )
 
 
@@ -72,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if a phase failed, 130 on Ctrl-C (children are stopped either way)."""
     options = parse_args(argv)
     try:
+        if options.mode == "learn" and options.learn is not None:
+            return run_learned(options.learn)
         return run_benchmark(options)
     except KeyboardInterrupt:
         print("\ninterrupted: all benchmark processes stopped", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import figures as fig
 from bench import report
+from bench.learned import LearnOptions
 from bench.phase import PhaseRecord, PhaseSpec, run_phase
 from bench.pollers import POLLERS, Poller, cekura_available
 from bench.processes import cleanup_on_exit
@@ -53,6 +54,8 @@ class Options:
     saturation_interval_s: float = SATURATION_INTERVAL_S
     quiet_wait_s: float = 20.0
     simulator_module: str | None = None
+    #: `--mode learn`: learned polling schedules against fixed ones (bench/learned.py) instead of the phases.
+    learn: LearnOptions | None = None
 
 
 @dataclass

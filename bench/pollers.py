@@ -8,6 +8,7 @@ simulator and a private Redis. The alternatives receive N `start` messages enque
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,8 +191,34 @@ class CekuraWorker:
         return _CekuraSubmitter(redis_url, env)
 
 
-#: Every poller, in table-column order (cekura-worker first, then the alternatives).
-POLLERS: dict[str, Poller] = {p.name: p for p in (CekuraWorker(), BareDramatiq(), CeleryPoller())}
+@dataclass
+class CekuraWithConsole(CekuraWorker):
+    """cekura-worker with its web console open: `cekura-worker console` plus a viewer that keeps the overview's event
+    stream open and reloads the overview and the jobs page every 2 s (`bench/console_viewer.py`). Run beside
+    `cekura` (`--only cekura --only cekura-console`) to see what an open console costs the workers."""
+
+    name: str = "cekura-console"
+
+    def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
+        children = super().start_workers(processes, threads, env, log_dir, tag)
+        port = _free_port()
+        script = Path(sys.executable).parent / "cekura-worker"
+        base = [str(script)] if script.exists() else [sys.executable, "-c", "from worker.cli import main; main()"]
+        argv = [*base, "console", "--port", str(port)]
+        children.append(spawn(f"{tag}-console", argv, env=env, log_dir=log_dir, cwd=REPO_ROOT))
+        viewer = [sys.executable, "-m", "bench.console_viewer", f"http://127.0.0.1:{port}"]
+        children.append(spawn(f"{tag}-viewer", viewer, env=env, log_dir=log_dir, cwd=REPO_ROOT))
+        return children
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Every poller, in table-column order (cekura-worker first, then the alternatives; `cekura-console` only on ask).
+POLLERS: dict[str, Poller] = {p.name: p for p in (CekuraWorker(), BareDramatiq(), CeleryPoller(), CekuraWithConsole())}
 
 
 def cekura_available() -> bool:

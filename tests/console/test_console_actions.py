@@ -17,7 +17,7 @@ from worker.store.jobs import JobStore
 def test_cancelling_an_active_job_ends_it_cancelled_with_its_one_event(console: Served, store: JobStore) -> None:
     make_job(store, "queued")
     confirm = console.get("/actions/cancel?job=queued").text
-    assert 'Cancel job <span id="job-id">queued</span>?' in confirm and "Yes, cancel the job" in confirm
+    assert 'Cancel job <bdi id="job-id">queued</bdi>?' in confirm and "Yes, cancel the job" in confirm
     done = console.act("cancel", "queued")
     assert done.status_code == 200
     assert 'id="outcome">job queued cancelled<' in done.text

@@ -16,6 +16,8 @@ import httpx
 import pytest
 import redis
 
+from config.settings import load_settings
+from tests.conftest import TEST_REDIS_URL
 from tests.console.consoles import Served
 from tests.console.jobs import finish, make_job, progress
 from tests.support import RedisServer
@@ -72,7 +74,7 @@ def test_an_open_overview_gets_the_summary_progress_results_and_outcome_counts(
         wait_until(lambda: any(name == "summary" for name, _ in events))
         summary = next(data for name, data in events if name == "summary")
         assert summary["figures"]["in_flight"] == "1"
-        assert summary["tables"]["in-flight"]["rows"] == [["agent.auto_fetch", "1", "0", "0", "1"]]
+        assert summary["tables"]["in-flight"]["rows"] == [["agent.auto_fetch", "1", "0", "0", "0", "1"]]
         progress(store.client, console.settings, "fetch", "in_progress", "validate")
         finish(store, "fetch", "completed")
         wait_until(lambda: any(name == "result" for name, _ in events))
@@ -168,3 +170,37 @@ def test_what_the_console_reads_does_not_grow_with_the_number_of_open_pages(
         assert per_pages[5] < per_pages[1] * 2 + 2, per_pages
     finally:
         server.stop()
+
+
+def test_pages_loading_at_once_share_one_summary(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis) -> None:
+    """A summary reads every active job: however many overviews load at once, one computes it, the others wait."""
+    calls: list[float] = []
+
+    def slow_summarize(client: redis.Redis, settings: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(time.monotonic())
+        time.sleep(0.3)
+        return real_summarize(client, settings, **kwargs)
+
+    real_summarize = live.summarize
+    monkeypatch.setattr(live, "summarize", slow_summarize)
+    settings = load_settings(redis_url=TEST_REDIS_URL)
+    hub = live.Hub(settings)
+    got: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda: got.append(hub.summary(redis_client))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 1 and len(got) == 8 and all(g is got[0] for g in got)
+
+
+def test_a_summary_that_fails_on_odd_data_does_not_fail_the_overview(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    def broken(client: redis.Redis, settings: Any) -> dict[str, Any]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(live, "summarize", broken)
+    hub = live.Hub(load_settings(redis_url=TEST_REDIS_URL))
+    assert hub.summary(redis_client)["figures"]["in_flight"] == "?"
+    assert "could not be made" in hub.summary_problem

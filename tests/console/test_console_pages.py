@@ -97,7 +97,7 @@ def test_the_overview_shows_the_status_figures_and_the_last_hours_outcomes(conso
 
     page = console.get("/").text
     assert re.search(r'data-figure="in_flight">4<', page)
-    assert "<td>agent.auto_fetch</td><td>3</td><td>0</td><td>0</td><td>3</td>" in page  # queued, starting, polling
+    assert "<td>agent.auto_fetch</td><td>3</td><td>0</td><td>0</td><td>0</td><td>3</td>" in page  # queued ... waiting
     assert "<td>scenario.agent</td><td>1</td>" in page
     assert re.search(r'data-figure="workers_live">0<', page)
     assert re.search(r'data-figure="request_lag">n/a<', page)  # no worker has made the intake's group yet

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable
 
 import httpx
@@ -15,7 +16,9 @@ from structlog.testing import capture_logs
 from config.settings import load_settings
 from tests.console.consoles import TOKEN, Served
 from tests.console.jobs import finish, make_job
-from worker.console.guard import DEFAULT_MIN_TOKEN_CHARS, Guard
+from worker.console import guard as guard_module
+from worker.console.forms import DEFAULT_MAX_FORM_BYTES
+from worker.console.guard import DEFAULT_MIN_TOKEN_CHARS, DEFAULT_SESSION_S, Guard
 from worker.console.headers import CONTENT_SECURITY_POLICY, allowed_hosts, host_name
 from worker.errors import ConfigError
 from worker.store.jobs import JobStore
@@ -142,7 +145,8 @@ def test_only_a_small_urlencoded_form_is_read(console: Served, store: JobStore) 
     csrf = console.csrf("/actions/cancel?job=queued")
     as_json = console.http.post("/actions/cancel", json={"csrf": csrf, "job": "queued", "token": TOKEN})
     assert as_json.status_code == 403
-    huge = console.http.post("/actions/cancel", data={"csrf": csrf, "job": "queued", "token": TOKEN, "x": "y" * 70_000})
+    data = {"csrf": csrf, "job": "queued", "token": TOKEN, "x": "y" * (DEFAULT_MAX_FORM_BYTES + 1)}
+    huge = console.http.post("/actions/cancel", data=data)
     assert huge.status_code in (403, 413)
     assert _state(store, "queued") == "queued"
 
@@ -211,9 +215,13 @@ def test_the_token_is_compared_in_constant_time_and_never_kept_in_a_cookie() -> 
     assert guard.token_matches(token)
     assert not guard.token_matches(token[:-1]) and not guard.token_matches("")
     browser = Guard.new_browser_id()
-    assert token not in guard.session_value(browser) and token not in guard.csrf_token(browser)
-    assert guard.logged_in(browser, guard.session_value(browser))
-    assert not guard.logged_in(Guard.new_browser_id(), guard.session_value(browser))
+    session = guard.new_session(browser)
+    assert token not in session and token not in guard.csrf_token(browser)
+    assert guard.logged_in(browser, session)
+    assert not guard.logged_in(Guard.new_browser_id(), session)
+    assert not guard.logged_in(browser, session[:-1] + ("0" if session[-1] != "0" else "1"))  # signed
+    guard.end_session(browser, session)
+    assert not guard.logged_in(browser, session)  # ended for good, not only forgotten by the browser
     assert not Guard(None).token_matches("") and Guard(None).read_only
 
 
@@ -230,3 +238,13 @@ def test_no_secret_appears_in_a_page_or_a_log_line(serve: Callable[..., Served],
     text = "\n".join(pages) + repr(logs)
     assert api_key not in text and TOKEN not in text
     assert "***" in served.get("/jobs/leaky").text
+
+
+def test_a_session_ends_on_the_server_after_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = Guard(load_settings(cekura_console_token=secrets.token_urlsafe(24)).cekura_console_token)
+    browser = Guard.new_browser_id()
+    session = guard.new_session(browser)
+    assert guard.logged_in(browser, session)
+    later = time.monotonic() + DEFAULT_SESSION_S + 1
+    monkeypatch.setattr(guard_module.time, "monotonic", lambda: later)
+    assert not guard.logged_in(browser, session)  # whatever the browser kept

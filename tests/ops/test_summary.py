@@ -57,7 +57,7 @@ def test_summary_counts_queued_jobs_by_kind(settings: Settings, redis_client: re
     table = render_table(summary)
     assert "Jobs in flight: 6" in table
     assert [line.split() for line in table.splitlines() if line.strip().startswith("agent.auto_fetch")] == [
-        ["agent.auto_fetch", "4", "0", "0", "4"]
+        ["agent.auto_fetch", "4", "0", "0", "0", "4"]
     ]
     assert "no consumer group yet" in table
 

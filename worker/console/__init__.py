@@ -10,7 +10,10 @@ the CLI; the workers don't know it exists. The modules, in the order a request m
 - `pages`: the read-only pages and their event stream; `forms`: confirmation pages, actions, login;
 - `guard`: the token, session and CSRF checks; `actions`: cancel, retry, answer;
 - `overview`, `listing`, `detail`: what each page reads from Redis (every read bounded);
-- `live`: the one thread per console that tails the progress and result streams for all open pages;
+- `reads` (and its `reads.lua`): those reads, bounded in bytes too (each value cut), and how a value is shown
+  (redacted, then cut);
+- `live`: the one thread per console that tails the progress and result streams for all open pages (`feed`: what
+  it reads of them, and the events it makes);
 - `state`: what requests share, and the templates (`templates/`, autoescaped) and assets (`static/`).
 """
 

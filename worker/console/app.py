@@ -17,6 +17,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -38,7 +39,7 @@ log = structlog.get_logger(__name__)
 STATIC = Path(__file__).with_name("static")
 
 #: The largest request body the console reads, in bytes.
-DEFAULT_MAX_BODY_BYTES = 65_536
+DEFAULT_MAX_BODY_BYTES = 262_144
 
 
 def _error_page(request: Request, status: int, title: str, message: str) -> Response:
@@ -122,12 +123,13 @@ def create_app(settings: Settings, *, client: Client | None = None, hosts: Itera
         HTTPException: _http_error,
         redis.RedisError: _redis_error,
     }
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(SecurityHeaders, hosts=hosts), Middleware(CatchAll)],
-        exception_handlers=handlers,
-        lifespan=lifespan,
-        max_body_size=DEFAULT_MAX_BODY_BYTES,
-    )
+    # The body limit sits inside `SecurityHeaders` (Starlette's `max_body_size` would put it outside every
+    # middleware): its 413 carries the security headers, and comes after the Host check.
+    middleware = [
+        Middleware(SecurityHeaders, hosts=hosts),
+        Middleware(RequestBodyLimitMiddleware, max_body_size=DEFAULT_MAX_BODY_BYTES),
+        Middleware(CatchAll),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
     app.state.console = console
     return app

@@ -1,11 +1,12 @@
 """One job as the console shows it: its record, its timeline, its result event and, for an evaluator run, the
 verdict of each run.
 
-Everything is read from Redis with bounded reads: the job's hash (`HGETALL`; never its `secret:` key), the progress
-events of its lifetime (`XREVRANGE` from its end back to its submission, at most `DEFAULT_TIMELINE_SCAN`), its result
-event (`XRANGE` from the moment it finished, at most `DEFAULT_RESULT_SCAN`), and whether `<job_id>-retry-<n>` jobs
-exist (`EXISTS`, n up to `DEFAULT_RETRY_LOOKUP`). Every text passes through `worker.redact.redact`; the templates
-escape it.
+Everything is read from Redis with reads bounded in entries and in bytes (`worker.console.reads`, each value cut
+to a length): the job's record (its known fields only) and its stored secrets (`secret:<id>`, only to mask them),
+the progress events of its lifetime (newest first from its end back to its submission, at most
+`DEFAULT_TIMELINE_SCAN`, and `DEFAULT_PAGE_BUDGET` bytes), its result event (from the moment it finished, at most
+`DEFAULT_RESULT_SCAN`), and whether `<job_id>-retry-<n>` jobs exist (`EXISTS`, n up to `DEFAULT_RETRY_LOOKUP`).
+Every text is redacted (the deployment's secrets and the job's own) and then cut; the templates escape it.
 
 The timeline is what Redis remembers: the record's times (submitted, started, last update, finished), a progress
 event for each change of Cekura status or stage (written only with `CEKURA_PROGRESS_EVENTS=true`), and the latest
@@ -14,15 +15,19 @@ transient error while the job retries (the record keeps the last reason and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from config.settings import Settings
+from worker.console import reads
+from worker.console.reads import CELL_BYTES, PAYLOAD_BYTES, SHORT_BYTES, TEXT_BYTES, Partial, clip, entry_ms, ms_of
 from worker.redact import redact
-from worker.store.jobs import as_text, iso_from_ms
+from worker.store.jobs import iso_from_ms
 
 #: Progress events read at most while building a job's timeline.
 DEFAULT_TIMELINE_SCAN = 5000
@@ -38,6 +43,15 @@ DEFAULT_RETRY_LOOKUP = 10
 
 #: The most characters of a payload (params, metadata, result) a page shows.
 DEFAULT_MAX_PAYLOAD_CHARS = 200_000
+
+#: The most characters of a record's text field (error, question, stage...) a page or a `job` event shows.
+DEFAULT_TEXT_CHARS = 10_000
+
+#: The most characters of one value in a timeline line or a feed event.
+DEFAULT_LINE_CHARS = 2_000
+
+#: The most bytes of values one page reads from a stream (its timeline).
+DEFAULT_PAGE_BUDGET = 4 * 1_048_576
 
 #: The most runs of an evaluator run a page lists.
 DEFAULT_MAX_RUNS = 500
@@ -70,6 +84,17 @@ _TEXTS = (
     "answer",
     "finished_at",
 )
+
+#: What a job's page reads of its record (field: bytes at most); `record_fields` needs all but the payloads.
+RECORD_FIELDS = {
+    **dict.fromkeys(_TEXTS, TEXT_BYTES),
+    "submitted_at": CELL_BYTES,
+    **dict.fromkeys((*_TIMES, "next_poll_ms"), SHORT_BYTES),
+}
+PAYLOAD_FIELDS = dict.fromkeys(("params", "metadata", "result"), PAYLOAD_BYTES)
+_PROGRESS_FIELDS = dict.fromkeys(("cekura_status", "current_stage", "polls", "state", "question"), CELL_BYTES)
+_RESULT_NAMES = ("status", "cekura_status", "error", "polls", "progress_id", "submitted_at", "finished_at")
+_RESULT_FIELDS = dict.fromkeys(_RESULT_NAMES, CELL_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,40 +153,44 @@ class JobDetail:
         return self.state in ACTIVE_STATES
 
 
-def _ms(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
+def _iso(value: str | None) -> str:
+    ms = ms_of(value)
+    return iso_from_ms(ms) if ms else ""
 
 
-def record_fields(raw: dict[str, str]) -> dict[str, str]:
-    """A job hash's fields a page shows, as redacted text; times in ISO 8601 (the next due time only while active)."""
-    out = {name: redact(raw.get(name, "")) for name in _TEXTS}
+def record_fields(raw: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """A job hash's fields a page shows, redacted (the registered secrets and `extra`, the job's own) and then cut;
+    times in ISO 8601 (the next due time only while active)."""
+    out = {name: clip(raw.get(name, ""), DEFAULT_TEXT_CHARS, extra) for name in _TEXTS}
     for source, name in _TIMES.items():
-        out[name] = iso_from_ms(_ms(raw.get(source))) if _ms(raw.get(source)) else ""
-    active = raw.get("state") in ACTIVE_STATES
-    out["next_due_at"] = iso_from_ms(_ms(raw.get("next_poll_ms"))) if active and _ms(raw.get("next_poll_ms")) else ""
+        out[name] = _iso(raw.get(source))
+    out["next_due_at"] = _iso(raw.get("next_poll_ms")) if raw.get("state") in ACTIVE_STATES else ""
     return out
 
 
-def pretty(text: str) -> str:
-    """JSON text indented for reading (text that isn't JSON as it is), redacted and cut at the display limit."""
-    try:
-        shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        shown = text
+def pretty(text: str, extra: Iterable[str] = ()) -> str:
+    """JSON text indented for reading (text that isn't JSON as it is), redacted and then cut at the display limit;
+    a `Partial` (a payload too large to read whole) is shown as it is, cut."""
+    shown = text
+    if not isinstance(text, Partial):
+        with contextlib.suppress(ValueError, RecursionError):
+            shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    shown = redact(shown, tuple(extra))
+    if isinstance(text, Partial):  # the end may hold part of a secret the cut in Redis made unrecognisable
+        keep = min(DEFAULT_MAX_PAYLOAD_CHARS, max(0, len(shown) - reads.DEFAULT_MARGIN_CHARS))
+        return shown[:keep] + f"\n... (cut: {text.size:,} bytes in all)"
     if len(shown) > DEFAULT_MAX_PAYLOAD_CHARS:
         shown = shown[:DEFAULT_MAX_PAYLOAD_CHARS] + f"\n... ({len(shown) - DEFAULT_MAX_PAYLOAD_CHARS} more characters)"
-    return redact(shown)
+    return shown
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, extra: Iterable[str]) -> str:
     if value is None:
         return ""
-    if isinstance(value, str):
-        return redact(value)
-    return redact(json.dumps(value, ensure_ascii=False))
+    return clip(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), DEFAULT_LINE_CHARS, extra)
 
 
-def runs_of(payload: Any) -> list[Run] | None:
+def runs_of(payload: Any, extra: Iterable[str] = ()) -> list[Run] | None:
     """The runs of an evaluator run's result (Cekura's ResultDetailV2: `runs` keyed by run id, or a list), or None
     when the payload has none."""
     if not isinstance(payload, dict):
@@ -181,90 +210,101 @@ def runs_of(payload: Any) -> list[Run] | None:
         verdict = "passed" if success is True else "failed" if success is False else ""
         out.append(
             Run(
-                id=_text(run.get("id")),
-                scenario=_text(run.get("scenario")),
-                scenario_name=_text(run.get("scenario_name")),
-                status=_text(run.get("status")),
+                id=_text(run.get("id"), extra),
+                scenario=_text(run.get("scenario"), extra),
+                scenario_name=_text(run.get("scenario_name"), extra),
+                status=_text(run.get("status"), extra),
                 verdict=verdict,
-                error_message=_text(run.get("error_message")),
+                error_message=_text(run.get("error_message"), extra),
             )
         )
     return out
 
 
+def _moment(entry_id: str, f: dict[str, str], extra: tuple[str, ...]) -> Moment:
+    def line(name: str, default: str = "") -> str:
+        return clip(f.get(name, default), DEFAULT_LINE_CHARS, extra)
+
+    stage = line("current_stage")
+    detail = f"Cekura status {line('cekura_status')}" + (f", stage {stage}" if stage else "")
+    detail += f" (poll {line('polls', '0')})"
+    what = "progress"
+    if f.get("state") == "waiting":  # the job asked a question (progress events name the state)
+        what, detail = "waiting", f"{detail}; asks: {line('question')}"
+    return Moment(entry_ms(entry_id), what, redact(detail, extra))
+
+
 def _progress_moments(
-    client: redis.Redis, settings: Settings, job_id: str, since_ms: int, until: str
+    client: redis.Redis, settings: Settings, job_id: str, since_ms: int, until: str, extra: tuple[str, ...]
 ) -> tuple[list[Moment], bool]:
     """The progress events of `job_id` between `since_ms` and `until`, oldest first; and whether the scan stopped
-    at its limit before reaching `since_ms`."""
-    stream = settings.cekura_progress_stream
+    at its limit (in events or in bytes) before reaching `since_ms`."""
     moments: list[Moment] = []
-    upper, scanned = until, 0
-    while scanned < DEFAULT_TIMELINE_SCAN:
-        batch = client.xrevrange(stream, max=upper, min=f"{since_ms}-0", count=DEFAULT_BATCH)
-        for entry_id, raw in batch:
-            fields = {as_text(k): as_text(v) for k, v in raw.items()}
-            if fields.get("job_id") != job_id:
-                continue
-            stage = fields.get("current_stage", "")
-            detail = f"Cekura status {fields.get('cekura_status', '')}" + (f", stage {stage}" if stage else "")
-            detail += f" (poll {fields.get('polls', '0')})"
-            what = "progress"
-            if fields.get("state") == "waiting":  # the job asked a question (progress events name the state)
-                what, detail = "waiting", f"{detail}; asks: {fields.get('question', '')}"
-            moments.append(Moment(int(as_text(entry_id).split("-")[0]), what, redact(detail)))
-        scanned += len(batch)
-        if len(batch) < DEFAULT_BATCH:
+    upper, scanned, used = until, 0, 0
+    while scanned < DEFAULT_TIMELINE_SCAN and used < DEFAULT_PAGE_BUDGET:
+        got = reads.entries(
+            client,
+            settings.cekura_progress_stream,
+            _PROGRESS_FIELDS,
+            start=upper,
+            end=f"{since_ms}-0",
+            count=min(DEFAULT_BATCH, DEFAULT_TIMELINE_SCAN - scanned),
+            reverse=True,
+            match=("job_id", job_id),
+            budget=DEFAULT_PAGE_BUDGET - used,
+        )
+        moments.extend(_moment(entry_id, f, extra) for entry_id, f in got.rows)
+        scanned, used = scanned + got.scanned, used + got.used
+        if got.ended:
             return list(reversed(moments)), False
-        upper = f"({as_text(batch[-1][0])}"
+        upper = f"({got.last}"
     return list(reversed(moments)), True
 
 
 def _result_event(client: redis.Redis, settings: Settings, job_id: str, finished_ms: int) -> tuple[str, dict[str, str]]:
-    """The entry id and fields of the job's result event, or ("", {}) if the stream no longer has it."""
-    lower, scanned = f"{finished_ms}-0", 0
-    while scanned < DEFAULT_RESULT_SCAN:
-        batch = client.xrange(settings.cekura_results_stream, min=lower, max="+", count=DEFAULT_BATCH)
-        for entry_id, raw in batch:
-            fields = {as_text(k): as_text(v) for k, v in raw.items()}
-            if fields.get("job_id") == job_id:
-                return as_text(entry_id), fields
-        scanned += len(batch)
-        if len(batch) < DEFAULT_BATCH:
-            break
-        lower = f"({as_text(batch[-1][0])}"
-    return "", {}
+    """The entry id and fields of the job's result event (its payload aside: the record has it), or ("", {}) if
+    the stream no longer has it."""
+    got = reads.entries(
+        client,
+        settings.cekura_results_stream,
+        _RESULT_FIELDS,
+        start=f"{finished_ms}-0",
+        end="+",
+        count=DEFAULT_RESULT_SCAN,
+        match=("job_id", job_id),
+        rows=1,
+    )
+    return got.rows[0] if got.rows else ("", {})
 
 
-def _result(raw: dict[str, str], entry_id: str, event: dict[str, str]) -> ResultEvent:
+def _result(raw: dict[str, str], entry_id: str, event: dict[str, str], extra: tuple[str, ...]) -> ResultEvent:
     source = event or raw
-    names = ("status", "cekura_status", "error", "polls", "progress_id", "submitted_at", "finished_at")
-    fields = {name: redact(source.get(name, "")) for name in names}
-    text = source.get("result", "")
+    fields = {name: clip(source.get(name, ""), DEFAULT_TEXT_CHARS, extra) for name in _RESULT_NAMES}
+    text = raw.get("result", "")
     try:
-        payload = json.loads(text) if text else None
+        payload = json.loads(text) if text and not isinstance(text, Partial) else None
     except (ValueError, RecursionError):
         payload = None
-    return ResultEvent(redact(entry_id), fields, pretty(text) if text else "", runs_of(payload))
+    return ResultEvent(redact(entry_id, extra), fields, pretty(text, extra) if text else "", runs_of(payload, extra))
 
 
 def _timeline(raw: dict[str, str], fields: dict[str, str], retry_of: str) -> list[Moment]:
     moments = []
-    submitted = _ms(raw.get("submitted_ms"))
-    deadline_s = (_ms(raw.get("deadline_ms")) - submitted) / 1000 if submitted else 0
+    submitted = ms_of(raw.get("submitted_ms"))
+    deadline_s = (ms_of(raw.get("deadline_ms")) - submitted) / 1000 if submitted else 0
     detail = f"kind {fields['kind']}, deadline {deadline_s:g} s" + (f"; a retry of job {retry_of}" if retry_of else "")
     moments.append(Moment(submitted, "submitted", redact(detail)))
-    if _ms(raw.get("started_ms")):
-        moments.append(Moment(_ms(raw.get("started_ms")), "started", f"progress id {fields['progress_id']}"))
-    updated = _ms(raw.get("updated_ms"))
-    if raw.get("state") in ACTIVE_STATES and _ms(raw.get("errors")) > 0:
+    if ms_of(raw.get("started_ms")):
+        moments.append(Moment(ms_of(raw.get("started_ms")), "started", f"progress id {fields['progress_id']}"))
+    updated = ms_of(raw.get("updated_ms"))
+    if raw.get("state") in ACTIVE_STATES and ms_of(raw.get("errors")) > 0:
         moments.append(
             Moment(updated, "retrying", f"after transient error {fields['errors']} in a row: {fields['error']}")
         )
     if raw.get("state") == "waiting":
         moments.append(Moment(updated, "waiting", f"for an answer: {fields['question']}"))
-    if _ms(raw.get("answered_ms")):
-        moments.append(Moment(_ms(raw.get("answered_ms")), "answered", "the answer goes to Cekura with the next poll"))
+    if answered := ms_of(raw.get("answered_ms")):
+        moments.append(Moment(answered, "answered", "the answer goes to Cekura with the next poll"))
     if raw.get("state") == "finished":
         error = f": {fields['error']}" if fields["error"] else ""
         moments.append(Moment(updated, "finished", f"{fields['status']}{error}"))
@@ -272,39 +312,39 @@ def _timeline(raw: dict[str, str], fields: dict[str, str], retry_of: str) -> lis
 
 
 def load(client: redis.Redis, settings: Settings, job_id: str) -> JobDetail | None:
-    """The job's page, or None when Redis has no record of it (never submitted, or expired)."""
+    """The job's page, or None when Redis has no record of it (never submitted, expired, or its key holds
+    something other than a job)."""
     if not 0 < len(job_id) <= MAX_JOB_ID_CHARS:
         return None
-    try:
-        stored = client.hgetall(settings.key("job", job_id))
-    except redis.ResponseError:  # WRONGTYPE: the key holds something other than a job
+    job = reads.jobs(client, settings, [job_id], {**RECORD_FIELDS, **PAYLOAD_FIELDS})[0]
+    if not job.found:
         return None
-    if not stored:
-        return None
-    raw = {as_text(k): as_text(v) for k, v in stored.items()}
-    fields = record_fields(raw)
+    raw, extra = job.fields, job.secrets
+    fields = record_fields(raw, extra)
+    metadata_text = raw.get("metadata") or "{}"
     try:
-        metadata = json.loads(raw.get("metadata") or "{}")
+        metadata = json.loads(metadata_text) if not isinstance(metadata_text, Partial) else {}
     except (ValueError, RecursionError):
         metadata = {}
     retry_of = metadata.get("retry_of") if isinstance(metadata, dict) else None
     detail = JobDetail(
-        job_id=job_id,
+        job_id=redact(job_id, extra),
         fields=fields,
-        params=pretty(raw.get("params") or "{}"),
-        metadata=pretty(raw.get("metadata") or "{}"),
-        retry_of=redact(retry_of) if isinstance(retry_of, str) else "",
+        params=pretty(raw.get("params") or "{}", extra),
+        metadata=pretty(metadata_text, extra),
+        retry_of=clip(retry_of, MAX_JOB_ID_CHARS, extra) if isinstance(retry_of, str) else "",
     )
     timeline = _timeline(raw, fields, detail.retry_of)
-    finished_ms = _ms(raw.get("updated_ms")) if raw.get("state") == "finished" else 0
+    finished_ms = ms_of(raw.get("updated_ms")) if raw.get("state") == "finished" else 0
     until = str(finished_ms + 1000) if finished_ms else "+"  # a second's margin: the event's id is its server ms
-    progress, detail.timeline_partial = _progress_moments(client, settings, job_id, _ms(raw.get("submitted_ms")), until)
+    since = ms_of(raw.get("submitted_ms"))
+    progress, detail.timeline_partial = _progress_moments(client, settings, job_id, since, until, extra)
     if any(m.what == "waiting" for m in progress):  # the event says it already, with its time
         timeline = [m for m in timeline if m.what != "waiting"]
     detail.timeline = sorted([*timeline, *progress], key=lambda m: (m.ms, m.what != "submitted"))
     if finished_ms:
         entry_id, event = _result_event(client, settings, job_id, finished_ms)
-        detail.result = _result(raw, entry_id, event)
+        detail.result = _result(raw, entry_id, event, extra)
     candidates = [f"{job_id}-retry-{n}" for n in range(1, DEFAULT_RETRY_LOOKUP + 1)]
     pipe = client.pipeline(transaction=False)
     for candidate in candidates:

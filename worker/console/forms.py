@@ -12,22 +12,24 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qsl, urlsplit
 
-import redis
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from worker.console import reads
 from worker.console.actions import ACTIONS, can_answer, perform
-from worker.console.detail import MAX_JOB_ID_CHARS
+from worker.console.detail import DEFAULT_TEXT_CHARS, MAX_JOB_ID_CHARS
 from worker.console.guard import SESSION_COOKIE, Verdict
+from worker.console.reads import TEXT_BYTES, clip
 from worker.console.state import browser_id, console, login, render
+from worker.console.state import logout as logout_browser
 from worker.redact import redact
 
 log = structlog.get_logger(__name__)
 
 #: The largest form body read, in bytes (an answer of 10,000 characters, percent-encoded, fits).
-DEFAULT_MAX_FORM_BYTES = 65_536
+DEFAULT_MAX_FORM_BYTES = 262_144  # a 10,000-character answer, percent-encoded
 
 #: Seconds a POST with a wrong token waits before its refusal is sent.
 DEFAULT_REFUSAL_DELAY_S = 0.5
@@ -47,6 +49,11 @@ async def _form(request: Request) -> dict[str, str] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return dict(pairs)
+
+
+def _job_id(value: str) -> str:
+    """The job id a request names; one longer than any job's is cut (after redacting it: it is shown)."""
+    return value if len(value) <= MAX_JOB_ID_CHARS else clip(value, MAX_JOB_ID_CHARS)
 
 
 def _same_origin(request: Request) -> bool:
@@ -80,7 +87,7 @@ async def _refused(request: Request, verdict: Verdict, what: str, job_id: str = 
     log.warning(
         "console_action_refused",
         action=what,
-        job_id=job_id[:MAX_JOB_ID_CHARS] or None,
+        job_id=clip(job_id, MAX_JOB_ID_CHARS) or None,
         reason=verdict.reason,
         client=request.client.host if request.client else None,
     )
@@ -93,20 +100,19 @@ async def _refused(request: Request, verdict: Verdict, what: str, job_id: str = 
 def confirm(request: Request) -> Response:
     """GET /actions/{action}?job=ID: what the action will do, and the form that does it."""
     action = ACTIONS.get(request.path_params["action"])
-    job_id = request.query_params.get("job", "")[:MAX_JOB_ID_CHARS]
+    job_id = _job_id(request.query_params.get("job", ""))
     if action is None or not job_id:
         return render(request, "error.html", {"page": "error", "title": "Not found", "message": "No such action."}, 404)
     if action.name == "answer" and not can_answer(console(request).client):
         message = "This version of cekura-worker can't answer jobs."
         return render(request, "error.html", {"page": "error", "title": "Not available", "message": message}, 404)
     question = ""
-    if action.name == "answer":
-        try:
-            raw = console(request).client.redis.hget(console(request).settings.key("job", job_id), "question")
-        except redis.ResponseError:  # WRONGTYPE: not a job; the action itself will say so
-            raw = None
-        question = redact(raw.decode(errors="replace")) if isinstance(raw, bytes) else ""
-    context = {"page": "confirm", "action": action, "job_id": job_id, "question": question}
+    if action.name == "answer":  # a key that isn't a job has no question; the action itself will say so
+        c = console(request)
+        job = reads.jobs(c.client.redis, c.settings, [job_id], {"question": TEXT_BYTES})[0]
+        question = clip(job.fields.get("question", ""), DEFAULT_TEXT_CHARS, job.secrets)
+    # The id as the page shows it (and its form sends back): an id quoting a secret is not echoed.
+    context = {"page": "confirm", "action": action, "job_id": redact(job_id), "question": question}
     return render(request, "confirm.html", context)
 
 
@@ -114,7 +120,7 @@ async def act(request: Request) -> Response:
     """POST /actions/{action}: check the form, run the action, show what happened."""
     name = request.path_params["action"]
     form, verdict = await _check(request)
-    job_id = form.get("job", "")[:MAX_JOB_ID_CHARS]
+    job_id = _job_id(form.get("job", ""))
     if not verdict.allowed:
         return await _refused(request, verdict, name, job_id)
     if name not in ACTIONS or not job_id:
@@ -149,5 +155,6 @@ async def logout(request: Request) -> Response:
         verdict = Verdict(False, "csrf", "The form's CSRF token is missing or wrong: reload the page and try again.")
         return await _refused(request, verdict, "logout")
     response = RedirectResponse("/", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    logout_browser(request, response)
+    log.info("console_logout", client=request.client.host if request.client else None)
     return response

@@ -4,12 +4,16 @@ Reading needs nothing (the console listens on loopback unless told otherwise). A
 needs `CEKURA_CONSOLE_TOKEN`, typed into the action's form or once into the login form, which then sets a session
 cookie. Without a token configured the console is read-only and every action is refused.
 
-Three cookies, all `HttpOnly` and `SameSite=Strict` (and `Secure` when the console is reached over HTTPS):
+Two cookies, both `HttpOnly` and `SameSite=Strict` (and `Secure` when the console is reached over HTTPS):
 
 - `cekura_console_id`: a random browser id, set on the first page. The CSRF token every form carries is an HMAC of
   it under this process's key, so a page on another site can neither read nor compute it (signed double submit).
-- `cekura_console_session`: after a login, an HMAC of the browser id under a key derived from the process key and
-  the token; so it holds nothing secret, can't be forged, and lapses when the console restarts or the token changes.
+- `cekura_console_session`: after a login, a random session id and its issue time, signed (HMAC) with the browser
+  id under a key derived from the process key and the token. The console keeps the live session ids in memory: a
+  session ends at logout (a copy of the cookie taken before is no good after), `DEFAULT_SESSION_S` after the login
+  whatever the cookie says, when the console restarts, or when the token changes. The browser id is replaced at
+  login, so an id planted beforehand (cookies ignore ports: another service on 127.0.0.1 can set one) is not the
+  logged-in browser's.
 
 The token is never logged, echoed in a page, nor kept anywhere but in this process's memory; it is registered with
 `worker.redact` so that it is masked should any text ever quote it.
@@ -20,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -36,8 +42,12 @@ ID_COOKIE = "cekura_console_id"
 #: The cookie that says "this browser typed the token".
 SESSION_COOKIE = "cekura_console_session"
 
-#: How long a login lasts, in seconds (the browser drops the cookie then; a console restart ends it sooner).
+#: How long a login lasts, in seconds (the console ends it then, and the browser drops the cookie; a logout or a
+#: console restart ends it sooner).
 DEFAULT_SESSION_S = 8 * 3600
+
+#: The most sessions kept at once (each needs the token typed): past it, the oldest ends.
+DEFAULT_MAX_SESSIONS = 1000
 
 #: The longest browser id or signature read from a cookie or a form; anything longer is refused unread.
 _MAX_VALUE_CHARS = 128
@@ -70,6 +80,9 @@ class Guard:
         # Sessions are signed under a key that depends on the token, so a new token ends every session.
         token_hash = hashlib.sha256(self._token).digest()
         self._session_key = hmac.new(self._key, b"session-key:" + token_hash, "sha256").digest()
+        #: Live sessions: session id -> (browser id, when it ends on the monotonic clock); oldest first.
+        self._sessions: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
 
     @property
     def read_only(self) -> bool:
@@ -84,9 +97,35 @@ class Guard:
         """The CSRF token the forms of the browser `browser_id` carry."""
         return _sign(self._key, b"csrf:", browser_id)
 
-    def session_value(self, browser_id: str) -> str:
-        """The session cookie's value for a browser that typed the token."""
-        return _sign(self._session_key, b"session:", browser_id)
+    def new_session(self, browser_id: str) -> str:
+        """Start a session for a browser that typed the token; returns the session cookie's value."""
+        session_id, issued = secrets.token_hex(16), str(int(time.time()))
+        now = time.monotonic()
+        with self._lock:
+            for sid in [sid for sid, (_, ends) in self._sessions.items() if ends <= now]:
+                del self._sessions[sid]
+            while len(self._sessions) >= DEFAULT_MAX_SESSIONS:
+                del self._sessions[next(iter(self._sessions))]
+            self._sessions[session_id] = (browser_id, now + DEFAULT_SESSION_S)
+        payload = f"{session_id}.{issued}"
+        return f"{payload}.{self._session_signature(browser_id, payload)}"
+
+    def _session_signature(self, browser_id: str, payload: str) -> str:
+        return _sign(self._session_key, b"session:", f"{browser_id}|{payload}")
+
+    def _session_id(self, browser_id: str, session: str) -> str | None:
+        """The id of the live session `session` (a cookie value) of this browser, or None."""
+        if self.read_only or not _plausible(browser_id) or not _plausible(session):
+            return None
+        session_id, _, rest = session.partition(".")
+        issued, _, signature = rest.partition(".")
+        if not hmac.compare_digest(signature, self._session_signature(browser_id, f"{session_id}.{issued}")):
+            return None
+        with self._lock:
+            live = self._sessions.get(session_id)
+        if live is None or not hmac.compare_digest(live[0], browser_id) or live[1] <= time.monotonic():
+            return None
+        return session_id
 
     def token_matches(self, typed: str) -> bool:
         """Whether `typed` is the token, compared in constant time (False when there is none)."""
@@ -95,10 +134,15 @@ class Guard:
         return hmac.compare_digest(hashlib.sha256(typed.encode()).digest(), hashlib.sha256(self._token).digest())
 
     def logged_in(self, browser_id: str, session: str) -> bool:
-        """Whether the session cookie is this browser's, signed by this process for the current token."""
-        if self.read_only or not _plausible(browser_id) or not _plausible(session):
-            return False
-        return hmac.compare_digest(session, self.session_value(browser_id))
+        """Whether the session cookie is a live session of this browser, signed by this process for the token."""
+        return self._session_id(browser_id, session) is not None
+
+    def end_session(self, browser_id: str, session: str) -> None:
+        """End the session (a logout): its cookie, or any copy of it, is no good from now on."""
+        session_id = self._session_id(browser_id, session)
+        if session_id is not None:
+            with self._lock:
+                self._sessions.pop(session_id, None)
 
     def check_csrf(self, browser_id: str, form_token: str) -> bool:
         if not _plausible(browser_id) or not _plausible(form_token):

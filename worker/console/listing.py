@@ -2,12 +2,14 @@
 newest first, paged.
 
 Active jobs come from the schedule (the sorted set of every active job, by due time): at most
-`DEFAULT_ACTIVE_SCAN` of its members, each job's fields read with one pipelined `HMGET`, then sorted by submission,
-newest first. With more active jobs than that, the page says it shows those due soonest.
+`DEFAULT_ACTIVE_SCAN` of its members, each job's fields (and its stored secrets, only to mask them) read in the same
+script call, then sorted by submission, newest first. With more active jobs than that, the page says it shows those
+due soonest.
 
-Results and rejected requests come from the results stream, newest first (`XREVRANGE`): one page reads at most
-`DEFAULT_RESULT_SCAN` events, filtering as it goes, and its "older" link goes on from the last event it read, so a
-filter that matches little never makes one request read the whole stream.
+Results and rejected requests come from the results stream, newest first: one page reads at most
+`DEFAULT_RESULT_SCAN` events and `DEFAULT_PAGE_BUDGET` bytes (a result event's payload is never read: only the
+fields a row shows, each cut), filtering as it goes, and its "older" link goes on from the last event it read, so a
+filter that matches little never makes one request read the whole stream. Every read is `worker.console.reads`'.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from urllib.parse import urlencode
 import redis
 
 from config.settings import Settings
+from worker.console import reads
 from worker.console.detail import ACTIVE_STATES, MAX_JOB_ID_CHARS
-from worker.redact import redact
-from worker.store.jobs import as_text, iso_from_ms
+from worker.console.reads import CELL_BYTES, SHORT_BYTES, clip, ms_of
+from worker.store.jobs import iso_from_ms
 
 #: Rows per table on one page.
 DEFAULT_PAGE_SIZE = 50
@@ -33,8 +36,11 @@ DEFAULT_ACTIVE_SCAN = 1000
 #: Result events read at most for one page of results.
 DEFAULT_RESULT_SCAN = 2000
 
-#: Result events per `XREVRANGE`.
+#: Result events per read.
 DEFAULT_BATCH = 500
+
+#: The most bytes of values one page reads from the results stream.
+DEFAULT_PAGE_BUDGET = 4 * 1_048_576
 
 #: The longest error text a table cell shows (the job's page has it whole).
 DEFAULT_CELL_CHARS = 200
@@ -45,8 +51,33 @@ FINAL_STATUSES = ("completed", "needs_input", "failed", "timed_out", "cancelled"
 #: The states an active job is in, in the order it goes through them.
 ACTIVE_ORDER = ("queued", "starting", "polling", "waiting")
 
-_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
-_ACTIVE_FIELDS = ("kind", "state", "cekura_status", "current_stage", "polls", "submitted_ms", "next_poll_ms")
+#: A stream entry id: ASCII digits only (`\d` would take any script's digits), each part at most 2^64 - 1.
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_ACTIVE_FIELDS = {
+    "kind": CELL_BYTES,
+    "state": SHORT_BYTES,
+    "cekura_status": CELL_BYTES,
+    "current_stage": CELL_BYTES,
+    "polls": SHORT_BYTES,
+    "submitted_ms": SHORT_BYTES,
+    "next_poll_ms": SHORT_BYTES,
+}
+_RESULT_NAMES = ("job_id", "requested_job_id", "request_id", "kind", "status", "error", "polls", "finished_at")
+_RESULT_FIELDS = dict.fromkeys(_RESULT_NAMES, CELL_BYTES)
+
+
+def _cursor(value: str) -> str:
+    """`value` if it is a stream entry id Redis takes, else ""."""
+    match = _ENTRY_ID.fullmatch(value)
+    parts = [int(part) for part in match.groups()] if match else []
+    return value if parts and max(parts) < 2**64 and any(parts) else ""
+
+
+def _page(value: str) -> int:
+    """A page number from 1 to 10,000 (1 for anything that isn't a few ASCII digits)."""
+    if value.isascii() and value.isdecimal() and len(value) <= 6:
+        return max(1, min(int(value), 10_000))
+    return 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +105,8 @@ class Filters:
             kind=kind,
             status=status if status in (*ACTIVE_ORDER, *FINAL_STATUSES) else "",
             prefix=prefix,
-            before=before if _ENTRY_ID.fullmatch(before) else "",
-            page=max(1, min(int(page), 10_000)) if page.isdigit() else 1,
+            before=_cursor(before),
+            page=_page(page),
         )
 
     def query(self, **changes: object) -> str:
@@ -146,13 +177,13 @@ class ResultPage:
     skipped: str = ""
 
 
-def _cell(text: str) -> str:
-    flat = " ".join(text.split())
-    return redact(flat if len(flat) <= DEFAULT_CELL_CHARS else flat[: DEFAULT_CELL_CHARS - 3] + "...")
+def _cell(value: str, extra: tuple[str, ...] = ()) -> str:
+    return clip(value, DEFAULT_CELL_CHARS, extra, flat=True)
 
 
-def _iso(ms: str | None) -> str:
-    return iso_from_ms(int(ms)) if ms and ms.isdigit() and ms != "0" else ""
+def _iso(value: str | None) -> str:
+    ms = ms_of(value)
+    return iso_from_ms(ms) if ms else ""
 
 
 def active_jobs(
@@ -161,41 +192,32 @@ def active_jobs(
     """One page of active jobs matching `filters`, newest first (see the module docstring for the bound)."""
     if filters.status and filters.status not in ACTIVE_STATES:
         return ActivePage(page=filters.page, skipped=f"a job that is {filters.status} has finished: see the results")
-    schedule = settings.key("schedule")
-    pipe = client.pipeline(transaction=False)
-    pipe.zcard(schedule)
-    pipe.zrange(schedule, 0, DEFAULT_ACTIVE_SCAN - 1)
-    scheduled, members = pipe.execute()
-    job_ids = [as_text(m) for m in members]
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hmget(settings.key("job", job_id), *_ACTIVE_FIELDS)
+    scheduled, scanned, jobs = reads.schedule(client, settings, DEFAULT_ACTIVE_SCAN, _ACTIVE_FIELDS)
     found: list[tuple[int, ActiveRow]] = []
-    for job_id, values in zip(job_ids, pipe.execute(raise_on_error=False), strict=True):
-        if isinstance(values, Exception):  # a key holding something other than a job
-            continue
-        f = dict(zip(_ACTIVE_FIELDS, (as_text(v) if v is not None else "" for v in values), strict=True))
-        if f["state"] not in ACTIVE_STATES or not filters.wants(f["kind"], f["state"], job_id):
-            continue
+    for job_id, job in jobs:
+        f, extra = job.fields, job.secrets
+        state = f.get("state", "")
+        if not job.found or state not in ACTIVE_STATES or not filters.wants(f.get("kind", ""), state, job_id):
+            continue  # a finished job, or a key holding something other than a job
         row = ActiveRow(
-            job_id=redact(job_id),
-            kind=redact(f["kind"]),
-            state=f["state"],
-            cekura_status=_cell(f["cekura_status"]),
-            current_stage=_cell(f["current_stage"]),
-            polls=f["polls"] or "0",
-            submitted_at=_iso(f["submitted_ms"]),
-            next_due_at=_iso(f["next_poll_ms"]),
+            job_id=clip(job_id, MAX_JOB_ID_CHARS, extra),
+            kind=_cell(f.get("kind", ""), extra),
+            state=state,
+            cekura_status=_cell(f.get("cekura_status", ""), extra),
+            current_stage=_cell(f.get("current_stage", ""), extra),
+            polls=_cell(f.get("polls") or "0", extra),
+            submitted_at=_iso(f.get("submitted_ms")),
+            next_due_at=_iso(f.get("next_poll_ms")),
         )
-        found.append((int(f["submitted_ms"]) if f["submitted_ms"].isdigit() else 0, row))
+        found.append((ms_of(f.get("submitted_ms")), row))
     found.sort(key=lambda item: (item[0], item[1].job_id), reverse=True)  # ties (same ms): by id, for a stable page
     start = (filters.page - 1) * page_size
     return ActivePage(
         rows=[row for _, row in found[start : start + page_size]],
         page=filters.page,
         has_more=len(found) > start + page_size,
-        scheduled=int(scheduled),
-        scanned=len(job_ids),
+        scheduled=scheduled,
+        scanned=scanned,
     )
 
 
@@ -207,21 +229,34 @@ def recent_results(
         return ResultPage(skipped=f"a job that is {filters.status} has no result yet: see the active jobs")
     out = ResultPage()
     upper = f"({filters.before}" if filters.before else "+"
-    last, exhausted = "", False
-    while out.scanned < DEFAULT_RESULT_SCAN and len(out.results) + len(out.rejected) < page_size:
-        batch = client.xrevrange(settings.cekura_results_stream, max=upper, min="-", count=DEFAULT_BATCH)
-        for entry_id, raw in batch:
+    last, exhausted, used = "", False, 0
+
+    def full() -> bool:
+        return len(out.results) + len(out.rejected) >= page_size
+
+    while out.scanned < DEFAULT_RESULT_SCAN and not full() and used < DEFAULT_PAGE_BUDGET:
+        got = reads.entries(
+            client,
+            settings.cekura_results_stream,
+            _RESULT_FIELDS,
+            start=upper,
+            end="-",
+            count=min(DEFAULT_BATCH, DEFAULT_RESULT_SCAN - out.scanned),
+            reverse=True,
+            budget=DEFAULT_PAGE_BUDGET - used,
+        )
+        used += got.used
+        for entry_id, f in got.rows:
             out.scanned += 1
-            last = as_text(entry_id)
-            f = {as_text(k): as_text(v) for k, v in raw.items()}
+            last = entry_id
             status = f.get("status", "")
             job_id = f.get("job_id", "") if status != "rejected" else f.get("requested_job_id", "")
             if filters.wants(f.get("kind", ""), status, job_id):
                 _add(out, last, f)
-            if len(out.results) + len(out.rejected) >= page_size or out.scanned >= DEFAULT_RESULT_SCAN:
+            if full():
                 break
-        # A short batch read to its end is the stream's end: there is no older page.
-        if len(batch) < DEFAULT_BATCH and (not batch or last == as_text(batch[-1][0])):
+        # A read that reached the stream's end, every entry of it looked at: there is no older page.
+        if got.ended and (not got.rows or last == got.rows[-1][0]):
             exhausted = True
             break
         upper = f"({last}"
@@ -234,22 +269,22 @@ def _add(out: ResultPage, entry: str, f: dict[str, str]) -> None:
         out.rejected.append(
             RejectedRow(
                 entry_id=entry,
-                request_id=redact(f.get("request_id", "")),
-                requested_job_id=redact(f.get("requested_job_id", "")),
-                kind=redact(f.get("kind", "")),
+                request_id=_cell(f.get("request_id", "")),
+                requested_job_id=clip(f.get("requested_job_id", ""), MAX_JOB_ID_CHARS),
+                kind=_cell(f.get("kind", "")),
                 error=_cell(f.get("error", "")),
-                at=redact(f.get("finished_at", "")),
+                at=_cell(f.get("finished_at", "")),
             )
         )
         return
     out.results.append(
         ResultRow(
             entry_id=entry,
-            job_id=redact(f.get("job_id", "")),
-            kind=redact(f.get("kind", "")),
-            status=redact(f.get("status", "")),
+            job_id=clip(f.get("job_id", ""), MAX_JOB_ID_CHARS),
+            kind=_cell(f.get("kind", "")),
+            status=_cell(f.get("status", "")),
             error=_cell(f.get("error", "")),
-            polls=redact(f.get("polls", "")),
-            finished_at=redact(f.get("finished_at", "")),
+            polls=_cell(f.get("polls", "")),
+            finished_at=_cell(f.get("finished_at", "")),
         )
     )

@@ -4,13 +4,18 @@ each event to every open page that wants it, which gets it as a server-sent even
 Why one thread rather than a read per page: Redis does the same work whether one page is open or fifty. What the
 thread reads, while at least one page is open (and for `DEFAULT_IDLE_S` after the last one closed, then it stops):
 
-- one `XREAD BLOCK` on both streams, `COUNT` `DEFAULT_COUNT` each: about one a second when idle, and while events
-  flow at most one per `DEFAULT_MIN_READ_INTERVAL_S`, more only while a read comes back full (a backlog);
+- the entries added to both streams since its last read (`worker.console.feed`: only the fields an event shows,
+  each cut, at most `feed.DEFAULT_COUNT` entries and `feed.DEFAULT_READ_BUDGET` bytes a stream), every
+  `DEFAULT_POLL_S`, at once again while a read comes back full (a backlog);
 - with an overview open, the `status` summary every `DEFAULT_SUMMARY_INTERVAL_S` (or 20 times as long as the
-  last one took, if longer: a large backlog of active jobs makes it costly), shared with page loads;
-- with a job's page open, that job's hash (`HGETALL`) when an event names it and every `DEFAULT_JOB_REFRESH_S`
-  (so a change shows even with progress events off), at most `DEFAULT_MAX_WATCHED` jobs per read;
+  last one took, if longer: a large backlog of active jobs makes it costly), shared with page loads: however many
+  pages load at once, one of them computes it and the others wait for its answer;
+- with a job's page open, that job's record (each field cut) when an event names it and every
+  `DEFAULT_JOB_REFRESH_S` (so a change shows even with progress events off), at most `DEFAULT_MAX_WATCHED` jobs;
 - once when it starts, the last hour of result events (at most `overview.DEFAULT_SCAN`) to count outcomes.
+
+A failure never ends the thread: a Redis error is shown on the overview and the read tried again a second later;
+anything else (data no writer of the service makes) is logged, and the feed goes on.
 
 A page that can't keep up (its queue of `DEFAULT_QUEUE_SIZE` events is full) is told it lagged and reconnects.
 """
@@ -29,26 +34,27 @@ import redis
 import structlog
 
 from config.settings import Settings
-from worker.console.detail import record_fields
-from worker.console.overview import Outcomes, shape
+from worker.console import feed, reads
+from worker.console.detail import RECORD_FIELDS, record_fields
+from worker.console.overview import Outcomes, shape, unavailable
 from worker.ops.summary import summarize
 from worker.redact import redact
 from worker.runtime.connection import connect, server_ms
-from worker.store.jobs import as_text, iso_from_ms
 
 log = structlog.get_logger(__name__)
 
-#: How long one XREAD blocks, in ms; also how soon the thread notices it should stop.
-DEFAULT_BLOCK_MS = 1000
+#: Seconds between two reads of the streams, unless the last one came back full.
+DEFAULT_POLL_S = 0.25
 
-#: Entries read per stream per XREAD.
-DEFAULT_COUNT = 1000
-
-#: The shortest time between two reads that found events, unless the last one came back full.
-DEFAULT_MIN_READ_INTERVAL_S = 0.25
+#: Seconds a Redis command of the thread may take before it counts as failed.
+DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
 #: How often open overviews get the service summary.
 DEFAULT_SUMMARY_INTERVAL_S = 5.0
+
+#: At most this many active jobs are read for the overview's in-flight figures (shown as "N+" past it), so one
+#: overview costs the same whatever the backlog; `cekura-worker status` counts them all.
+DEFAULT_OVERVIEW_JOBS = 2000
 
 #: How often the records of jobs shown on open job pages are read again.
 DEFAULT_JOB_REFRESH_S = 2.0
@@ -104,6 +110,9 @@ class Hub:
         self._counted = threading.Event()
         self._summary: tuple[float, dict[str, Any]] | None = None
         self._summary_cost_s = 0.0
+        self._summary_lock = threading.Lock()
+        #: Why the last summary could not be made (empty when it could), for the overview to show.
+        self.summary_problem = ""
 
     # -- pages --------------------------------------------------------------------------------------------------
 
@@ -156,19 +165,33 @@ class Hub:
         return self._outcomes_event() if self._counted.wait(wait_s) else None
 
     def summary(self, client: redis.Redis, *, max_age_s: float = DEFAULT_SUMMARY_INTERVAL_S) -> dict[str, Any]:
-        """The shaped `status` summary, read again only when the last one is older than `max_age_s`."""
+        """The shaped `status` summary, read again only when the last one is older than `max_age_s`, by one caller
+        at a time (the others wait for its answer: a summary reads every active job). A Redis error propagates;
+        anything else is logged, and the last summary (or one of "?") is shown with `summary_problem` set."""
         cached = self._summary
         if cached is not None and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
-        began = time.monotonic()
-        shaped = shape(summarize(client, self.settings))
-        self._summary_cost_s = time.monotonic() - began
-        self._summary = (time.monotonic(), shaped)
-        return shaped
+        with self._summary_lock:
+            cached = self._summary
+            if cached is not None and time.monotonic() - cached[0] < max_age_s:
+                return cached[1]
+            began = time.monotonic()
+            try:
+                shaped = shape(summarize(client, self.settings, limit=DEFAULT_OVERVIEW_JOBS))
+                self.summary_problem = ""
+            except redis.RedisError:
+                raise
+            except Exception as exc:  # data no writer of the service makes: the rest of the overview still shows
+                log.error("console_summary_failed", error_type=type(exc).__name__, exc_info=exc)
+                self.summary_problem = "The service summary could not be made from what Redis holds: see the log."
+                shaped = cached[1] if cached is not None else unavailable()
+            self._summary_cost_s = time.monotonic() - began
+            self._summary = (time.monotonic(), shaped)
+            return shaped
 
     def stop(self, *, wait_s: float = 0.0) -> None:
-        """End every open page's stream and stop the thread; it ends within `DEFAULT_BLOCK_MS` (waited for up to
-        `wait_s` seconds)."""
+        """End every open page's stream and stop the thread; it ends once its Redis command in flight returns
+        (waited for up to `wait_s` seconds)."""
         self._stopping.set()
         with self._lock:
             subs, thread = list(self._subs), self._thread
@@ -195,7 +218,7 @@ class Hub:
             self.unsubscribe(sub)
 
     def _run(self) -> None:
-        client = connect(self.settings, socket_timeout=DEFAULT_BLOCK_MS / 1000 + 10)
+        client = connect(self.settings, socket_timeout=DEFAULT_SOCKET_TIMEOUT_S)
         ids: dict[str, str] | None = None
         next_summary = next_refresh = idle_since = 0.0
         try:
@@ -207,6 +230,7 @@ class Hub:
                     if not subs and now - idle_since > DEFAULT_IDLE_S:
                         self._thread = None
                         return
+                more = False
                 try:
                     if ids is None:
                         ids = self._start(client)
@@ -220,28 +244,36 @@ class Hub:
                     if watched and now >= next_refresh:
                         self._send_records(client, subs, watched)
                         next_refresh = now + DEFAULT_JOB_REFRESH_S
-                    reply = client.xread(ids, count=DEFAULT_COUNT, block=DEFAULT_BLOCK_MS)
-                    full = self._dispatch(client, reply or [], ids, subs)
+                    entries, more = feed.read(client, self.settings, ids)
+                    self._dispatch(client, entries, subs)
                     self.problem = ""
                 except redis.RedisError as exc:
                     self.problem = f"Redis at {self.settings.redis_url_redacted} failed: {redact(str(exc))}"
                     log.warning("console_live_failed", error=self.problem, error_type=type(exc).__name__)
                     self._stopping.wait(1.0)
                     continue
-                if reply and not full:
-                    self._stopping.wait(DEFAULT_MIN_READ_INTERVAL_S)
+                except Exception as exc:  # data no writer of the service makes: logged, and the feed goes on
+                    log.error("console_live_error", error_type=type(exc).__name__, exc_info=exc)
+                    self._stopping.wait(1.0)
+                    continue
+                if not more:
+                    self._stopping.wait(DEFAULT_POLL_S)
         finally:
             client.close()
             client.connection_pool.disconnect()
 
     def _start(self, client: redis.Redis) -> dict[str, str]:
         """Where the feed starts (the streams' last entries), after counting the last hour of outcomes up to it."""
-        ids = {}
-        for stream in (self.settings.cekura_results_stream, self.settings.cekura_progress_stream):
-            last = client.xrevrange(stream, count=1)
-            ids[stream] = as_text(last[0][0]) if last else "0-0"
+        results = self.settings.cekura_results_stream
+        ids = {stream: feed.last_id(client, stream) for stream in (results, self.settings.cekura_progress_stream)}
         self.outcomes = Outcomes()
-        self.outcomes.load(client, self.settings, ids[self.settings.cekura_results_stream], server_ms(client))
+        try:
+            self.outcomes.load(client, self.settings, ids[results], server_ms(client))
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # counted from the feed on, not stalling every overview
+            log.error("console_outcomes_failed", error_type=type(exc).__name__, exc_info=exc)
+            self.outcomes.partial = True
         self._counted.set()
         return ids
 
@@ -252,77 +284,41 @@ class Hub:
     def _send_records(self, client: redis.Redis, subs: list[Subscription], job_ids: set[str]) -> None:
         """Read the records of `job_ids` (at most `DEFAULT_MAX_WATCHED`) and send each to the pages showing it."""
         chosen = sorted(job_ids)[:DEFAULT_MAX_WATCHED]
-        pipe = client.pipeline(transaction=False)
-        for job_id in chosen:
-            pipe.hgetall(self.settings.key("job", job_id))
-        for job_id, raw in zip(chosen, pipe.execute(raise_on_error=False), strict=True):
-            if not raw or isinstance(raw, Exception):
+        for job_id, job in zip(chosen, reads.jobs(client, self.settings, chosen, RECORD_FIELDS), strict=True):
+            if not job.found:
                 continue
-            fields = record_fields({as_text(k): as_text(v) for k, v in raw.items()})
+            try:
+                fields = record_fields(job.fields, job.secrets)
+            except Exception as exc:  # one odd record never holds up the others, nor the feed
+                log.warning("console_live_record_skipped", job_id=job_id, error_type=type(exc).__name__)
+                continue
             self._send([s for s in subs if s.job_id == job_id], ("job", fields))
 
-    def _dispatch(self, client: redis.Redis, reply: list[Any], ids: dict[str, str], subs: list[Subscription]) -> bool:
-        """Hand a read's events to the pages; True when a stream's batch was full (more is waiting)."""
-        results = self.settings.cekura_results_stream
-        events: list[tuple[tuple[int, int], str, Event]] = []
-        full = any_result = False
-        for stream, entries in reply:
-            name = as_text(stream)
-            full = full or len(entries) >= DEFAULT_COUNT
-            for entry_id, raw in entries:
-                entry = ids[name] = as_text(entry_id)
-                ms, _, seq = entry.partition("-")
-                order = (int(ms), int(seq or 0))
-                f = {as_text(k): as_text(v) for k, v in raw.items()}
-                if name == results:
-                    any_result = True
-                    self.outcomes.add(order[0], f.get("kind", ""), f.get("status", ""))
-                    events.append((order, f.get("job_id", ""), ("result", _result_line(entry, f))))
-                else:
-                    events.append((order, f.get("job_id", ""), ("progress", _progress_line(entry, f))))
-        events.sort(key=lambda item: item[0])
+    def _dispatch(self, client: redis.Redis, entries: list[feed.Entry], subs: list[Subscription]) -> None:
+        """Count a read's result events and hand its events to the pages that want them."""
+        for entry in entries:
+            if entry.result:
+                self.outcomes.add(entry.order[0], entry.fields.get("kind", ""), entry.fields.get("status", ""))
+        entries = sorted(entries, key=lambda e: e.order)
         overviews = [s for s in subs if s.job_id is None]
-        for _, _, event in events[-DEFAULT_FEED_PER_READ:]:
-            self._send(overviews, event)
-        if any_result:
+        watched = {s.job_id for s in subs if s.job_id is not None}
+        shown = entries[-DEFAULT_FEED_PER_READ:] if overviews else []
+        for_jobs = [e for e in entries if e.job_id in watched]
+        if not shown and not for_jobs:
+            return
+        chosen = list({id(e): e for e in [*shown, *for_jobs]}.values())
+        made = feed.events(chosen, feed.secrets_of(client, self.settings, chosen))
+        by_entry = {id(entry): event for entry, event in made}
+        for entry in shown:
+            if id(entry) in by_entry:
+                self._send(overviews, by_entry[id(entry)])
+        if any(e.result for e in entries):
             self._send(overviews, ("outcomes", self._outcomes_event()))
         touched: set[str] = set()
         for sub in subs:
-            for _, job_id, event in events:
-                if sub.job_id is not None and job_id == sub.job_id:
-                    self._offer(sub, event)
-                    touched.add(job_id)
+            for entry in for_jobs:
+                if sub.job_id == entry.job_id and id(entry) in by_entry:
+                    self._offer(sub, by_entry[id(entry)])
+                    touched.add(entry.job_id)
         if touched:
             self._send_records(client, subs, touched)
-        return full
-
-
-def _at(entry: str) -> str:
-    return iso_from_ms(int(entry.partition("-")[0]))
-
-
-def _result_line(entry: str, f: dict[str, str]) -> dict[str, Any]:
-    rejected = f.get("status") == "rejected"
-    return {
-        "entry_id": entry,
-        "at": _at(entry),
-        "job_id": redact(f.get("job_id", "")),
-        "requested_job_id": redact(f.get("requested_job_id", "")) if rejected else "",
-        "kind": redact(f.get("kind", "")),
-        "status": redact(f.get("status", "")),
-        "error": redact(f.get("error", "")[:200]),
-    }
-
-
-def _progress_line(entry: str, f: dict[str, str]) -> dict[str, Any]:
-    return {
-        "entry_id": entry,
-        "at": _at(entry),
-        "job_id": redact(f.get("job_id", "")),
-        "kind": redact(f.get("kind", "")),
-        "cekura_status": redact(f.get("cekura_status", "")),
-        "current_stage": redact(f.get("current_stage", "")),
-        "polls": redact(f.get("polls", "")),
-        "state": redact(f.get("state", "")),
-        "question": redact(f.get("question", "")),
-    }

@@ -19,9 +19,9 @@ from typing import Any
 import redis
 
 from config.settings import Settings
+from worker.console import reads
+from worker.console.reads import SHORT_BYTES, clip, entry_ms
 from worker.ops.summary import ACTIVE_STATES
-from worker.redact import redact
-from worker.store.jobs import as_text
 
 #: How far back outcomes are counted, in seconds.
 DEFAULT_WINDOW_S = 3600
@@ -29,8 +29,11 @@ DEFAULT_WINDOW_S = 3600
 #: The most result events read back when counting starts.
 DEFAULT_SCAN = 10_000
 
-#: Result events per `XREVRANGE` while counting.
+#: Result events per read while counting.
 DEFAULT_BATCH = 1000
+
+#: The most characters a figure or a table cell shows (a kind or a job id can be anything a stray writer left).
+DEFAULT_CELL_CHARS = 200
 
 #: The outcome columns, in the order a reader wants them; any other status gets a column after these.
 STATUSES = ("completed", "needs_input", "failed", "timed_out", "cancelled", "rejected")
@@ -40,12 +43,22 @@ NO_KIND = "(none)"
 
 _BUCKET_MS = 60_000
 
+#: What counting reads of each result event: its kind and status, each cut (kinds are short; anything longer is
+#: shown cut anyway).
+_FIELDS = {"kind": 4 * SHORT_BYTES, "status": SHORT_BYTES}
+
 Table = dict[str, Any]
 
 
 def table(header: list[str], rows: list[list[Any]]) -> Table:
     """A small table as the template and the script both render it."""
-    return {"header": header, "rows": [[redact(str(cell)) for cell in row] for row in rows]}
+    return {"header": header, "rows": [[clip(str(cell), DEFAULT_CELL_CHARS) for cell in row] for row in rows]}
+
+
+def _in_flight(counted: dict[str, Any]) -> str:
+    """The in-flight figure; "N+" when the console read only its first `limit` jobs (a large backlog)."""
+    limit, scheduled = counted.get("limit"), counted.get("scheduled", 0)
+    return f"{counted['total']}+" if limit is not None and scheduled > limit else str(counted["total"])
 
 
 def shape(summary: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +71,7 @@ def shape(summary: dict[str, Any]) -> dict[str, Any]:
     workers = summary["workers"]
     figures = {
         "generated_at": summary["generated_at"],
-        "in_flight": summary["jobs_in_flight"]["total"],
+        "in_flight": _in_flight(summary["jobs_in_flight"]),
         "scheduled": schedule["active"],
         "overdue": schedule["overdue"],
         "oldest_overdue": f"job {oldest['job_id']}, {oldest['overdue_s']:.1f} s overdue" if oldest else "none",
@@ -83,8 +96,46 @@ def shape(summary: dict[str, Any]) -> dict[str, Any]:
         [[name, q["ready"], q["delayed"], q["unacked"], q["dead"]] for name, q in summary["queues"].items()],
     )
     return {
-        "figures": {name: redact(str(value)) for name, value in figures.items()},
-        "tables": {"in-flight": in_flight, "queues": queues},
+        "figures": {name: clip(str(value), DEFAULT_CELL_CHARS) for name, value in figures.items()},
+        "tables": {"in-flight": in_flight, "queues": queues, "polling": polling_table(summary.get("polling"))},
+    }
+
+
+POLLING_HEADER = ["kind", "jobs", "p50 s", "p95 s", "schedule", "calls/job", "p95 delay s", "declared calls/job"]
+
+
+def polling_table(polling: dict[str, Any] | None) -> dict[str, Any]:
+    """Each kind's learned state (`PollingBook.describe`) as a table."""
+    rows = []
+    for kind, state in ((polling or {}).get("by_kind") or {}).items():
+        durations = state.get("durations_s") or {}
+        schedule = state.get("schedule") or {}
+        in_use = schedule.get("in_use", "?")
+        expected = schedule.get(f"{in_use}_expected") or {}
+        declared = schedule.get("declared_expected") or {}
+        rows.append([
+            kind,
+            state.get("jobs", 0),
+            durations.get("p50", ""),
+            durations.get("p95", ""),
+            in_use if in_use == "learned" else f"declared ({schedule.get('why', '')})",
+            expected.get("calls", ""),
+            expected.get("p95_delay_s", ""),
+            declared.get("calls", ""),
+        ])  # fmt: skip
+    return table(POLLING_HEADER, rows)
+
+
+def unavailable() -> dict[str, Any]:
+    """The shape of a summary that could not be made: every figure a "?", every table empty."""
+    names = "generated_at in_flight scheduled overdue oldest_overdue results_length requests_length intake_group"
+    names += " intake_consumers intake_pending request_lag workers_live workers"
+    figures = dict.fromkeys(names.split(), "?")
+    in_flight = table(["kind", *ACTIVE_STATES, "total"], [])
+    queues = table(["queue", "ready", "delayed", "unacked", "dead"], [])
+    return {
+        "figures": figures,
+        "tables": {"in-flight": in_flight, "queues": queues, "polling": table(POLLING_HEADER, [])},
     }
 
 
@@ -101,7 +152,12 @@ class Outcomes:
         self.partial = False
 
     def add(self, entry_ms: int, kind: str, status: str) -> None:
+        """Count one result event (an id more than the window ahead of the clock is a stray: it would empty the
+        counts for good)."""
+        kind, status = clip(kind, DEFAULT_CELL_CHARS), clip(status, DEFAULT_CELL_CHARS)
         with self._lock:
+            if self._latest_ms and entry_ms > self._latest_ms + self.window_ms:
+                return
             bucket = self._buckets.setdefault(entry_ms // _BUCKET_MS, Counter())
             bucket[(kind or NO_KIND, status or "?")] += 1
             self._latest_ms = max(self._latest_ms, entry_ms)
@@ -133,12 +189,19 @@ class Outcomes:
         upper, scanned = upto_id, 0
         self.advance(now_ms)
         while scanned < DEFAULT_SCAN:
-            batch = client.xrevrange(stream, max=upper, min=f"{since}-0", count=DEFAULT_BATCH)
-            for entry_id, raw in batch:
-                fields = {as_text(k): as_text(v) for k, v in raw.items() if as_text(k) in ("kind", "status")}
-                self.add(int(as_text(entry_id).split("-")[0]), fields.get("kind", ""), fields.get("status", ""))
-            scanned += len(batch)
-            if len(batch) < DEFAULT_BATCH:
+            got = reads.entries(
+                client,
+                stream,
+                _FIELDS,
+                start=upper,
+                end=f"{since}-0",
+                count=min(DEFAULT_BATCH, DEFAULT_SCAN - scanned),
+                reverse=True,
+            )
+            for entry_id, fields in got.rows:
+                self.add(entry_ms(entry_id), fields.get("kind", ""), fields.get("status", ""))
+            scanned += got.scanned
+            if got.ended:
                 return
-            upper = f"({as_text(batch[-1][0])}"
+            upper = f"({got.last}"
         self.partial = True

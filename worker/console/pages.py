@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from actors.kinds import KINDS
 from worker.console import detail, listing
 from worker.console.actions import can_answer
+from worker.console.reads import clip
 from worker.console.state import console, render
 
 
@@ -27,7 +28,7 @@ def overview(request: Request) -> Response:
             "page": "overview",
             "summary": c.hub.summary(c.client.redis),
             "outcomes": c.hub.outcomes_table(),
-            "problem": c.hub.problem,
+            "problem": c.hub.problem or c.hub.summary_problem,
             "events_url": "/events",
         },
     )
@@ -58,7 +59,8 @@ def job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     found = detail.load(c.client.redis, c.settings, job_id)
     if found is None:
-        message = f"No job {job_id} is known: never submitted, or its record expired (CEKURA_JOB_TTL_S after it ended)."
+        shown = clip(job_id, detail.MAX_JOB_ID_CHARS)
+        message = f"No job {shown} is known: never submitted, or its record expired (CEKURA_JOB_TTL_S after it ended)."
         return render(request, "error.html", {"page": "job", "title": "Unknown job", "message": message}, 404)
     kind = KINDS.get(found.fields["kind"])
     return render(
@@ -69,8 +71,9 @@ def job(request: Request) -> Response:
             "job": found,
             "can_answer": can_answer(c.client) and found.state == "waiting",
             "secret_params": bool(kind is not None and kind.secret_fields),
-            # A finished job changes no more: its page needs no live updates.
-            "events_url": f"/events?job={quote(job_id, safe='')}" if found.active else "",
+            # A finished job changes no more: its page needs no live updates (nor one whose id quotes a secret,
+            # which the page doesn't echo).
+            "events_url": f"/events?job={quote(job_id, safe='')}" if found.active and found.job_id == job_id else "",
         },
     )
 

@@ -23,6 +23,7 @@ from config.settings import Settings
 from worker.client import Client
 from worker.console.guard import DEFAULT_SESSION_S, ID_COOKIE, SESSION_COOKIE, Guard
 from worker.console.live import Hub
+from worker.redact import redact
 
 #: Where the page templates are.
 TEMPLATES = Path(__file__).with_name("templates")
@@ -46,6 +47,7 @@ def templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["redact"] = lambda value: redact(str(value))
     return Jinja2Templates(env=env)
 
 
@@ -94,6 +96,18 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
 
 
 def login(request: Request, response: Response) -> None:
-    """Remember that this browser typed the token (its session cookie)."""
+    """Remember that this browser typed the token: a new browser id (an id planted before the login is not the
+    logged-in browser's) and a new session for it; a session the browser had ends."""
+    guard = console(request).guard
     bid, _ = browser_id(request)
-    set_cookie(request, response, SESSION_COOKIE, console(request).guard.session_value(bid), DEFAULT_SESSION_S)
+    guard.end_session(bid, request.cookies.get(SESSION_COOKIE, ""))
+    fresh = Guard.new_browser_id()
+    set_cookie(request, response, ID_COOKIE, fresh)
+    set_cookie(request, response, SESSION_COOKIE, guard.new_session(fresh), DEFAULT_SESSION_S)
+
+
+def logout(request: Request, response: Response) -> None:
+    """End this browser's session, here (a copy of its cookie is no good from now on) and in the browser."""
+    bid, _ = browser_id(request)
+    console(request).guard.end_session(bid, request.cookies.get(SESSION_COOKIE, ""))
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

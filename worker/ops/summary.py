@@ -23,7 +23,7 @@ from worker.store.jobs import as_text, iso_from_ms
 DEFAULT_BATCH = 1000
 
 #: The states of a job that has not finished, in the order a job goes through them.
-ACTIVE_STATES = ("queued", "starting", "polling")
+ACTIVE_STATES = ("queued", "starting", "polling", "waiting")
 
 
 def _batches(client: redis.Redis, key: str) -> Iterator[list[str]]:
@@ -37,18 +37,25 @@ def _batches(client: redis.Redis, key: str) -> Iterator[list[str]]:
         yield batch
 
 
-def jobs_in_flight(client: redis.Redis, settings: Settings) -> dict[str, dict[str, int]]:
-    """Active jobs as {kind: {state: count}}; jobs whose record is gone or already finished are not counted."""
+def jobs_in_flight(client: redis.Redis, settings: Settings, *, limit: int | None = None) -> dict[str, dict[str, int]]:
+    """Active jobs as {kind: {state: count}}; jobs whose record is gone or already finished are not counted, nor is
+    a schedule member whose key holds something else. With `limit`, at most that many jobs are read (the console's
+    overview bounds its cost so; `status` and the metrics count them all)."""
     prefix = settings.key("job") + ":"
     counts: dict[str, dict[str, int]] = {}
     seen: set[str] = set()  # ZSCAN may return a member twice while the set changes
     for batch in _batches(client, settings.key("schedule")):
+        if limit is not None and len(seen) >= limit:
+            break
         fresh = [job_id for job_id in batch if job_id not in seen]
         seen.update(fresh)
         pipe = client.pipeline(transaction=False)
         for job_id in fresh:
             pipe.hmget(prefix + job_id, "kind", "state")
-        for kind, state in pipe.execute():
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):  # WRONGTYPE: a stray key where a job would be
+                continue
+            kind, state = reply
             if state is None or as_text(state) == "finished":
                 continue
             by_state = counts.setdefault(as_text(kind) if kind is not None else "", {})
@@ -131,10 +138,11 @@ def polling_view(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     }
 
 
-def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    """The whole snapshot as a JSON-serialisable dict."""
+def summarize(client: redis.Redis, settings: Settings, *, limit: int | None = None) -> dict[str, Any]:
+    """The whole snapshot as a JSON-serialisable dict (`limit`: see `jobs_in_flight`; `jobs_in_flight.counted`
+    then says how many of `scheduled` were read)."""
     now_ms = server_ms(client)
-    in_flight = jobs_in_flight(client, settings)
+    in_flight = jobs_in_flight(client, settings, limit=limit)
     workers = sorted(live_workers(client, settings))
     return {
         "redis": settings.redis_url_redacted,
@@ -142,6 +150,7 @@ def summarize(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "generated_at": iso_from_ms(now_ms),
         "jobs_in_flight": {
             "total": sum(sum(states.values()) for states in in_flight.values()),
+            **({"scheduled": client.zcard(settings.key("schedule")), "limit": limit} if limit is not None else {}),
             "by_kind": {kind: dict(sorted(states.items())) for kind, states in sorted(in_flight.items())},
         },
         "queues": queue_depths(client, settings),

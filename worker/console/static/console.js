@@ -24,8 +24,10 @@
     return element;
   }
 
+  // A job id is shown isolated (<bdi>): a right-to-left or override character in it can't reorder the text around.
   function jobLink(jobId) {
-    const link = cell("a", jobId);
+    const link = document.createElement("a");
+    link.appendChild(cell("bdi", jobId));
     link.className = "job";
     link.href = "/jobs/" + encodeURIComponent(jobId);
     return link;

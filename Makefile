@@ -17,8 +17,9 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cekura-worker demo
 
+# Two pytest workers (pytest-xdist; each module stays on one), each with its own Redis database (15, 14).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-chaos: $(STAMP)
 	CHAOS_JOBS=$${CHAOS_JOBS:-400} $(PY) -m pytest -q -m chaos

@@ -21,7 +21,19 @@ from simulator import SimConfig, SimulatorHandle, start_in_thread
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _per_worker(url: str, worker: str) -> str:
+    """The test database of this pytest-xdist worker (`gw<n>`): the configured one minus n, so parallel workers
+    never flush each other's data. Without xdist, the configured database."""
+    if not worker.startswith("gw"):
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) - int(worker[2:])}"
+
+
+TEST_REDIS_URL = _per_worker(
+    os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), os.environ.get("PYTEST_XDIST_WORKER", "")
+)
 SIM_KEY = "sim-key"
 
 #: Fast polling so integration tests finish in seconds.

@@ -147,11 +147,10 @@ def _settings(redis_url: str, api_url: str, api_key: str, **overrides: Any) -> S
 
 
 def _test_redis_url() -> str:
-    import os
+    from tests.conftest import TEST_REDIS_URL  # this pytest worker's database
 
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    assert not url.endswith("/0"), "never db 0"
-    return url
+    assert not TEST_REDIS_URL.endswith("/0"), "never db 0"
+    return TEST_REDIS_URL
 
 
 TOGGLE = "agent.toggle_mock_tools"

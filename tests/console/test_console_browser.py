@@ -83,6 +83,8 @@ class Stack:
         WebDriverWait(self.browser, WAIT_S, poll_frequency=0.05).until(condition, f"timed out waiting for {what}")
 
     def text(self, element_id: str) -> str:
+        """The element's text, once the page that holds it has loaded (a form's answer may still be on its way)."""
+        self.wait(lambda b: b.find_elements(By.ID, element_id), f"#{element_id} on the page")
         return self.browser.find_element(By.ID, element_id).text
 
     def click(self, element_id: str) -> None:

@@ -43,11 +43,10 @@ from simulator.validation import (
     OBJECT,
     STR,
     STR_LIST,
-    check_fields,
+    checked_object,
     choice,
     int_between,
     nullable,
-    object_or_error,
     str_max,
 )
 
@@ -106,12 +105,9 @@ def _selection(data: JsonObject) -> list[int]:
 
 def start_run(store: JobStore, body: bytes, as_text: bool) -> Reply:
     """POST run_scenarios(_text): check the body, start a result, answer 201 with it."""
-    data = object_or_error(body)
+    data = checked_object(body, _TEXT_FIELDS if as_text else _RUN_FIELDS)
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _TEXT_FIELDS if as_text else _RUN_FIELDS)
-    if errors:
-        return 400, dumps(errors)
     if not (data.get("scenarios") or data.get("tags") or data.get("folder_path")):
         return 400, dumps({"non_field_errors": ["Either scenarios, tags, or folder_path must be provided."]})
     if data.get("folder_path") and data.get("project_id") is None:

@@ -34,7 +34,7 @@ from typing import Any
 from simulator.jobs import JobStore
 from simulator.model import CANCELLED, METRIC_IMPROVE, NEVER, Answers, Job, Start
 from simulator.replies import JsonObject, Reply, detail, dumps
-from simulator.validation import BOOL, INT, INT_LIST, OBJECT, STR, check_fields, choice, object_or_error
+from simulator.validation import BOOL, INT, INT_LIST, OBJECT, STR, check_fields, checked_object, choice, object_or_error
 
 SCHEMA_SHAPE_METRIC = 555
 HANG_METRIC = 777
@@ -56,12 +56,9 @@ _ANSWER_FIELDS = {"progress_id": STR, "answers": OBJECT}
 
 def start_process_feedbacks(store: JobStore, body: bytes) -> Reply:
     """POST process_feedbacks: check the body, start an optimization, answer 200 `{progress_id}`."""
-    data = object_or_error(body)
+    data = checked_object(body, _FIELDS, required=("metric_id",))
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _FIELDS, required=("metric_id",))
-    if errors:
-        return 400, dumps(errors)
     metric_id: int = data["metric_id"]
     outcome, error = "success", None
     if 900 <= metric_id <= 999:
@@ -114,12 +111,9 @@ def answer_questions(store: JobStore, body: bytes) -> Reply:
 
 def cancel(store: JobStore, body: bytes) -> Reply:
     """POST process_feedbacks_cancel: a running optimization ends `cancelled`."""
-    data = object_or_error(body)
+    data = checked_object(body, {"progress_id": STR}, required=("progress_id",))
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, {"progress_id": STR}, required=("progress_id",))
-    if errors:
-        return 400, dumps(errors)
     job = store.find(METRIC_IMPROVE, data["progress_id"])
     if job is None:
         return detail(400, "Invalid progress_id")

@@ -44,11 +44,10 @@ from simulator.validation import (
     INT_LIST,
     STR,
     STR_LIST,
-    check_fields,
+    checked_object,
     choice,
     int_between,
     nullable,
-    object_or_error,
     str_max,
 )
 
@@ -124,12 +123,9 @@ _TRANSCRIPT_FIELDS = {
 
 def start_generate(store: JobStore, body: bytes) -> Reply:
     """POST generate-bg: check the body, start a generation, answer 200 `{progress_id}`."""
-    data = object_or_error(body)
+    data = checked_object(body, _GENERATE_FIELDS, required=("num_scenarios",))
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _GENERATE_FIELDS, required=("num_scenarios",))
-    if errors:
-        return 400, dumps(errors)
     total: int = data["num_scenarios"]
     instructions: str = data.get("extra_instructions") or ""
     outcome = next((status for marker, status in _GENERATE_MARKERS if marker in instructions), "completed")
@@ -149,12 +145,9 @@ def start_generate(store: JobStore, body: bytes) -> Reply:
 
 def answer_clarification(store: JobStore, body: bytes) -> Reply:
     """POST generate-clarify-answer: resume a generation paused on its question."""
-    data = object_or_error(body)
+    data = checked_object(body, _ANSWER_FIELDS, required=("progress_id", "answer"))
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _ANSWER_FIELDS, required=("progress_id", "answer"))
-    if errors:
-        return 400, dumps(errors)
     job = store.find(SCENARIO_GENERATE, data["progress_id"])
     if job is None:
         return invalid_progress_field(data["progress_id"])
@@ -223,12 +216,9 @@ def _generate_terminal(job: Job) -> JsonObject:
 
 def start_from_transcript(store: JobStore, body: bytes) -> Reply:
     """POST create-from-transcript-bg: check the transcript, start, answer 200 `{progress_id}`."""
-    data = object_or_error(body)
+    data = checked_object(body, _TRANSCRIPT_FIELDS, required=("transcript_json",))
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _TRANSCRIPT_FIELDS, required=("transcript_json",))
-    if errors:
-        return 400, dumps(errors)
     agent: int | None = data.get("agent")
     outcome, error = agent_terminal(agent) if agent is not None else ("completed", None)
     request: JsonObject = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from simulator.jobs import JobStore, agent_terminal
 from simulator.model import METRIC_GENERATE, Answers, Job, Start
 from simulator.replies import JsonObject, Reply, dumps
-from simulator.validation import INT, STR, check_fields, int_between, object_or_error
+from simulator.validation import INT, STR, checked_object, int_between
 
 _QUEUED_UNTIL = 0.25
 _EVAL_TYPES = ("boolean", "numeric", "rating", "enum")
@@ -21,12 +21,9 @@ _FIELDS = {"agent_id": INT, "assistant_id": STR, "num_metrics": int_between(1, 1
 
 def start_generate_metrics(store: JobStore, body: bytes) -> Reply:
     """POST generate_metrics: check the body, start, answer 200 `{progress_id}`."""
-    data = object_or_error(body)
+    data = checked_object(body, _FIELDS)
     if not isinstance(data, dict):
         return data
-    errors = check_fields(data, _FIELDS)
-    if errors:
-        return 400, dumps(errors)
     agent = data.get("agent_id")
     if agent is None and not data.get("assistant_id"):
         return 400, dumps({"agent_id": ["Either agent_id or assistant_id must be provided."]})

@@ -104,6 +104,15 @@ def str_max(length: int) -> Check:
     return check
 
 
+def checked_object(body: bytes, fields: Mapping[str, Check], required: Iterable[str] = ()) -> JsonObject | Reply:
+    """A start body decoded (`object_or_error`), its fields checked (`check_fields`); a problem is the 400 to send."""
+    data = object_or_error(body)
+    if not isinstance(data, dict):
+        return data
+    errors = check_fields(data, fields, required)
+    return (400, dumps(errors)) if errors else data
+
+
 def check_fields(data: JsonObject, fields: Mapping[str, Check], required: Iterable[str] = ()) -> dict[str, list[str]]:
     """Field errors of `data` against `fields` (only the fields present are checked) and `required`."""
     errors: dict[str, list[str]] = {}

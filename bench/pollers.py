@@ -8,7 +8,6 @@ simulator and a private Redis. The alternatives receive N `start` messages enque
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 import redis
 
 from bench.processes import Child, spawn
+from tests.support import free_port
 
 #: The repository root: the pollers run from here so `bench.*`, `worker.*` and `config.*` import.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -201,7 +201,7 @@ class CekuraWithConsole(CekuraWorker):
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         children = super().start_workers(processes, threads, env, log_dir, tag)
-        port = _free_port()
+        port = free_port()
         script = Path(sys.executable).parent / "cekura-worker"
         base = [str(script)] if script.exists() else [sys.executable, "-c", "from worker.cli import main; main()"]
         argv = [*base, "console", "--port", str(port)]
@@ -209,12 +209,6 @@ class CekuraWithConsole(CekuraWorker):
         viewer = [sys.executable, "-m", "bench.console_viewer", f"http://127.0.0.1:{port}"]
         children.append(spawn(f"{tag}-viewer", viewer, env=env, log_dir=log_dir, cwd=REPO_ROOT))
         return children
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 #: Every poller, in table-column order (cekura-worker first, then the alternatives; `cekura-console` only on ask).

@@ -31,7 +31,7 @@ import structlog
 
 from actors import names
 from actors.kinds import KINDS, Outcome, Params
-from actors.step import Step, fail, finish, internal_error, make_step, time_out
+from actors.step import Step, fail, finish, internal_error, make_step, mark_start, time_out, unknown_start
 from worker.cekura.backoff import retry_delay
 from worker.errors import CekuraError, PermanentError, RateLimited, TransientError
 from worker.ops import metrics
@@ -94,11 +94,11 @@ def _start(step: Step) -> None:
     structlog.contextvars.bind_contextvars(kind=kind.name)
     if step.job.start_sent and not kind.repeatable_start:
         # An earlier attempt claimed this start and never recorded its end (its worker stopped mid-call).
-        fail(step, _unknown_start("an earlier attempt stopped during the start call"))
+        fail(step, unknown_start("an earlier attempt stopped during the start call"))
         return
     step, params = _with_secrets(step)
-    if not kind.repeatable_start:
-        rt.store.mark_start_sent(job_id)
+    if not kind.repeatable_start and not mark_start(step):
+        return
     try:
         started = rt.cekura.start(kind, params, time_left_s=step.time_left_s())
     except CekuraError as exc:
@@ -133,13 +133,6 @@ def _start(step: Step) -> None:
         event = "job_cancelled_during_start" if done.verdict is AdvanceVerdict.FINISHED else "duplicate_start_cancelled"
         log.warning(event, session_id=started.session_id)
         cancel_remote.send(job_id, kind.name, started.session_id, started.progress_id)
-
-
-def _unknown_start(reason: str) -> str:
-    return (
-        f"the start call's outcome is unknown ({reason}): Cekura may have started the operation, and it was not "
-        "sent again because this kind's start is not safe to repeat (it would start a duplicate)"
-    )
 
 
 @dramatiq.actor(actor_name=names.POLL, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
@@ -268,7 +261,7 @@ def _deliver_answer(step: Step) -> None:
                 log.info("job_answer_already_taken", cekura_status=redact(raw_status, step.secrets))
                 _answered(step)
                 return
-        rt.cekura.answer(kind, job.progress_id, job.answer, time_left_s=step.time_left_s())
+        rt.cekura.answer(kind, job.progress_id, job.answer, secrets=step.secrets, time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("answer", str(exc.status_code or "error")).inc()
         _failed_call(step, exc, polls=job.polls + 1)  # the answer stays recorded: the retry sends it again
@@ -346,13 +339,17 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
     reason = redact(str(exc), step.secrets)
     done_polls = job.polls if polls is None else polls - 1
     if isinstance(exc, PermanentError):
-        if step.phase is Phase.START and not kind.repeatable_start and exc.status_code in (200, 201, 202):
-            reason = _unknown_start(f"Cekura accepted it but its answer could not be used: {reason}")
-        fail(step, reason, polls=done_polls)
+        extra: dict[str, Any] = {}
+        if step.phase is Phase.START and not kind.repeatable_start:
+            if exc.status_code in (200, 201, 202):
+                reason = unknown_start(f"Cekura accepted it but its answer could not be used: {reason}")
+            elif exc.status_code is not None:
+                extra["start_sent"] = ""  # Cekura refused it: no operation runs there (a retry needs no --force)
+        fail(step, reason, polls=done_polls, extra=extra)
         return
     unsent = isinstance(exc, TransientError) and not exc.maybe_sent
     if step.phase is Phase.START and not kind.repeatable_start and not unsent:
-        fail(step, _unknown_start(reason), polls=done_polls)
+        fail(step, unknown_start(reason), polls=done_polls)
         return
     errors = job.errors
     if isinstance(exc, RateLimited):

@@ -66,8 +66,9 @@ def finish(
     result: dict[str, Any] | None = None,
     error: str = "",
     polls: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """End the claimed job with `outcome` and publish its one result event."""
+    """End the claimed job with `outcome` and publish its one result event; `extra`: more record fields."""
     publish(
         step.rt,
         step.job_id,
@@ -80,10 +81,11 @@ def finish(
         error=error,
         polls=polls,
         secrets=step.secrets,
+        extra=extra,
     )
 
 
-def fail(step: Step, error: str, *, polls: int | None = None) -> None:
+def fail(step: Step, error: str, *, polls: int | None = None, extra: dict[str, Any] | None = None) -> None:
     """End the claimed job `failed` with `error`, keeping its last Cekura status."""
     finish(
         step,
@@ -91,6 +93,7 @@ def fail(step: Step, error: str, *, polls: int | None = None) -> None:
         cekura_status=step.job.cekura_status,
         error=error,
         polls=step.job.polls if polls is None else polls,
+        extra=extra,
     )
 
 
@@ -142,13 +145,15 @@ def publish(
     polls: int,
     result: dict[str, Any] | None = None,
     secrets: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    fields = {
+    fields: dict[str, Any] = {
         "status": outcome.value,
         "cekura_status": redact(cekura_status, secrets),
         "result": redact(json.dumps(result, separators=(",", ":")), secrets) if result is not None else "",
         "error": redact(error, secrets),
         "polls": polls,
+        **(extra or {}),
     }
     done = rt.store.finish(job_id, expect, seq, fields)
     if done.verdict is not FinishVerdict.OK:
@@ -165,4 +170,26 @@ def publish(
         polls=polls,
         duration_s=round(duration, 3),
         error=fields["error"] or None,
+    )
+
+
+def mark_start(step: Step) -> bool:
+    """Mark a start that must not repeat as sent, fenced by this attempt's claim; True when the call may go.
+
+    An attempt paused past its lease (SIGSTOP, a VM freeze) whose step another attempt took over finds the
+    claim no longer its own and makes no call: the other attempt's start is the job's one start."""
+    mark = step.rt.store.mark_start_sent(step.job_id, step.claim)
+    if mark == "ok":
+        return True
+    if mark == "sent":  # an earlier attempt marked it while this one held the claim: it may have reached Cekura
+        fail(step, unknown_start("another attempt may have sent it"))
+    else:
+        log.warning("start_superseded", result=mark, hint="this attempt's claim ended before its call: no call made")
+    return False
+
+
+def unknown_start(reason: str) -> str:
+    return (
+        f"the start call's outcome is unknown ({reason}): Cekura may have started the operation, and it was not "
+        "sent again because this kind's start is not safe to repeat (it would start a duplicate)"
     )

@@ -341,8 +341,9 @@ def test_a_start_left_unfinished_by_a_worker_that_died_is_not_sent_again(
 
     job_id = client.submit("scenario.from_transcript", {"transcript_json": TRANSCRIPT})
     # a worker claims the start (and may have sent it) and dies: its lease lapses
-    assert rt.store.claim(job_id, Phase.START, 0).verdict == "ok"
-    rt.store.mark_start_sent(job_id)  # what a worker does just before the call
+    claim = rt.store.claim(job_id, Phase.START, 0)
+    assert claim.verdict == "ok"
+    assert rt.store.mark_start_sent(job_id, claim) == "ok"  # what a worker does just before the call
     rt.redis.hset(rt.store.job_key(job_id), "lease", 0)
     w = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=100)
     w.start()

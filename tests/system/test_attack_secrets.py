@@ -401,3 +401,65 @@ def test_cli_usage_error_quotes_provider_key(system: System) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert provider_key not in done.stdout + done.stderr, done.stderr
+
+
+# -- 8. a provider key quoted by a progress error, across the excerpt's cut (issue 19, break 2) -----------------------
+
+
+TOOLS = "agent.tools_auto_fetch"
+
+
+def _pieces(secret: str, size: int = 12) -> list[str]:
+    """Every run of `size` characters of `secret`: none of them may be written anywhere."""
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+def test_provider_key_quoted_by_a_progress_error_across_the_excerpt_cut_is_masked(
+    fake: FakeCekura, start_run: Callable[..., Run], capsys: Any
+) -> None:
+    """On main before the fix, the progress call did not know the job's secrets and cut the excerpt unmasked: 36 of
+    the key's 40 characters reached the job's error, its event and the log."""
+    provider_key = f"prov-{secrets.token_hex(18)}"[:40]
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        if method == "POST":
+            return _json(200, {"progress_id": "p-cut"})
+        text = "x" * 260 + "provider key " + provider_key + " was refused"  # the cut (300) falls inside the key
+        return 400, [("Content-Type", "text/plain")], text.encode()
+
+    fake.script = script
+    run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
+    params = {"agent_id": 6, "provider": "vapi", "api_key": provider_key}
+    job_id = run.client.submit(TOOLS, params, job_id="progress-cut")
+    event = run.client.wait(job_id, timeout=20)
+    assert event["status"] == "failed" and "HTTP 400" in event["error"]
+    logs = capsys.readouterr().out
+    writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
+    leaks = sorted({where for where, text in writings.items() for piece in _pieces(provider_key) if piece in text})
+    assert not leaks, f"part of the provider api_key is in: {leaks}: {event['error'][-60:]!r}"
+
+
+def test_an_answer_error_masks_the_jobs_secrets_and_a_cancel_error_quotes_nothing(fake: FakeCekura) -> None:
+    """Every call made for a job masks that job's secrets: the answer call is given them; a remote cancel runs after
+    the job's secrets are gone, so its error quotes no body at all."""
+    from actors.kinds import KINDS
+    from worker.cekura.client import CekuraClient
+    from worker.errors import PermanentError
+
+    provider_key = f"prov-{secrets.token_hex(16)}"
+
+    def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
+        return 400, [("Content-Type", "text/plain")], ("y" * 290 + provider_key).encode()
+
+    fake.script = script
+    cekura = CekuraClient(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
+    try:
+        with pytest.raises(PermanentError) as answered:
+            cekura.answer(KINDS["scenario.generate"], "p-1", "an answer", secrets=(provider_key,))
+        with pytest.raises(PermanentError) as cancelled:
+            cekura.cancel(KINDS["metric.improve_from_feedback"], None, "12")
+    finally:
+        cekura.close()
+    for error in (str(answered.value), str(cancelled.value)):
+        assert not [piece for piece in _pieces(provider_key) if piece in error], error
+    assert "not quoted" in str(cancelled.value)

@@ -170,19 +170,40 @@ class CekuraClient:
         """The status word (by the kind's rule) and the whole answer of one progress poll."""
         _, path = kind.paths(params, progress_id)
         query = None if kind.polls_by_path else b"progress_id=" + quote(progress_id, safe="").encode()
-        data = self._call("GET", path, query=query, time_left_s=time_left_s)
+        secrets = kind.secret_values(kind.secrets(params))
+        data = self._call("GET", path, query=query, secrets=secrets, time_left_s=time_left_s)
         status = kind.status_of(data)
         if status is None:
             raise PermanentError(f"invalid response from {path}: no status")
         return status, data
 
-    def answer(self, kind: JobKind, progress_id: str, text: str, *, time_left_s: float = math.inf) -> None:
-        """Send a person's answer to an operation that waits for one."""
+    def answer(
+        self,
+        kind: JobKind,
+        progress_id: str,
+        text: str,
+        *,
+        secrets: tuple[str, ...] = (),
+        time_left_s: float = math.inf,
+    ) -> None:
+        """Send a person's answer to an operation that waits for one; `secrets`: the job's own, masked in errors.
+        An answer its kind can't send (only a record older than the check made when an answer is accepted) is a
+        `PermanentError` naming the problem, never a crash."""
+        from worker.errors import InvalidRequest
+
         if kind.answer_path is None:
             raise PermanentError(f"{kind.name} takes no answers")
-        self._call("POST", kind.answer_path, json_body=kind.answer_body(progress_id, text), time_left_s=time_left_s)
+        try:  # built and checked as when the answer was accepted; a record older than that check may hold worse
+            body = kind.answer_request(progress_id, text)
+        except InvalidRequest as exc:
+            raise PermanentError(f"the recorded answer can't be sent to Cekura: {exc}") from None
+        self._call("POST", kind.answer_path, json_body=body, secrets=secrets, time_left_s=time_left_s)
 
-    def cancel(self, kind: JobKind, session_id: int | None, progress_id: str = "") -> dict[str, Any]:
+    def cancel(
+        self, kind: JobKind, session_id: int | None, progress_id: str = "", *, secrets: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
+        """Stop an operation at Cekura. A cancel usually runs after its job ended and its secrets were dropped:
+        with `secrets` unknown (None), an error quotes nothing of Cekura's answer, only its status."""
         if kind.cancel_path is None:
             raise PermanentError(f"{kind.name} has no cancel operation")
         if "{progress_id}" in kind.cancel_path:
@@ -194,7 +215,7 @@ class CekuraClient:
         body = kind.cancel_body(session_id, progress_id)
         if body is not None and any(value is None for value in body.values()):
             raise PermanentError(f"{kind.name}: nothing to cancel it by (no session or progress id)")
-        return self._call("POST", path, json_body=body, allow_empty=True)
+        return self._call("POST", path, json_body=body, secrets=secrets, allow_empty=True)
 
     def _call(
         self,
@@ -203,12 +224,15 @@ class CekuraClient:
         *,
         json_body: dict[str, Any] | None = None,
         query: bytes | None = None,
-        secrets: tuple[str, ...] = (),
+        secrets: tuple[str, ...] | None,
         time_left_s: float = math.inf,
         allow_empty: bool = False,
     ) -> dict[str, Any]:
-        """One call, over within `time_left_s` (the job's deadline) and half the lease, whichever is first;
-        `secrets` are the job's own (a provider key), masked in any error text the call produces."""
+        """One call, over within `time_left_s` (the job's deadline) and half the lease, whichever is first.
+
+        `secrets` are the job's own (a provider key), masked in any error text the call produces, before any cut;
+        every call names them (none: `()`), and a call that can't know them (`None`) quotes nothing of an error
+        answer's body."""
         origin = self._origin
         target = self._prefix + path.encode() + (b"?" + query if query else b"")
         url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
@@ -277,10 +301,13 @@ class CekuraClient:
 
     @staticmethod
     def _error(
-        method: str, path: str, status: int, body: bytes, retry_after: str | None, secrets: tuple[str, ...] = ()
+        method: str, path: str, status: int, body: bytes, retry_after: str | None, secrets: tuple[str, ...] | None
     ) -> CekuraError:
-        # Masked before it is cut: a secret straddling the cut would leave a prefix no form of it matches.
-        excerpt = redact(body.decode("utf-8", "replace"), secrets)[:DEFAULT_ERROR_EXCERPT].strip()
+        if secrets is None:
+            excerpt = f"({len(body)} bytes not quoted)"
+        else:
+            # Masked before it is cut: a secret straddling the cut would leave a prefix no form of it matches.
+            excerpt = redact(body.decode("utf-8", "replace"), secrets)[:DEFAULT_ERROR_EXCERPT].strip()
         where = f"{method} {path} answered HTTP {status}"
         if status == 429:
             wait = parse_retry_after(retry_after)

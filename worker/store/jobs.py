@@ -105,6 +105,7 @@ class JobStore:
         self._reject = scripts.load(client, "reject")
         self._cool_down = scripts.load(client, "cool_down")
         self._answer = scripts.load(client, "answer")
+        self._mark_start = scripts.load(client, "mark_start", per_thread=per_thread)
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -326,10 +327,15 @@ class JobStore:
         )
         return [as_text(part) for part in reply]
 
-    def mark_start_sent(self, job_id: str) -> None:
+    def mark_start_sent(self, job_id: str, claim: Claim) -> str:
         """Record, just before a start call that must not be repeated, that it may reach Cekura: an attempt that
-        finds the mark (its predecessor stopped mid-call) fails the job instead of starting a second operation."""
-        self.client.hset(self.job_key(job_id), "start_sent", "1")
+        finds the mark (its predecessor stopped mid-call) fails the job instead of starting a second operation.
+
+        Fenced by `claim` (`mark_start.lua`): `ok` only while that claim still holds the job's start, so an attempt
+        paused past its lease, whose step another attempt took over, gets `lost` and must make no call; `sent` if
+        an earlier attempt marked it."""
+        assert claim.job is not None
+        return as_text(self._mark_start(keys=[self.job_key(job_id)], args=[claim.job.start_claim]))
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""

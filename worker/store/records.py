@@ -67,6 +67,7 @@ CLAIM_FIELDS = (
     "answer",
     "start_sent",
     "answer_sent",
+    "start_claim",
 )
 
 
@@ -95,6 +96,8 @@ class JobRecord:
     start_sent: bool = False
     #: An earlier claim was made to send the recorded answer: it may have reached Cekura.
     answer_sent: bool = False
+    #: The number of the job's latest start claim: a start attempt's fencing token (`JobStore.mark_start_sent`).
+    start_claim: int = 0
 
     @property
     def deadline_s(self) -> float:
@@ -122,6 +125,7 @@ class JobRecord:
             answer=fields.get("answer", ""),
             start_sent=fields.get("start_sent", "") == "1",
             answer_sent=fields.get("answer_sent", "") == "1",
+            start_claim=int(fields.get("start_claim", "0") or 0),
         )
 
 

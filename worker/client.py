@@ -6,6 +6,7 @@
     client.status(job_id)                  # dict, readable while the job runs and for a day after
     event = client.wait(job_id, timeout=60)
     client.retry(job_id)                   # a finished job again, as a new job: "<job_id>-retry-1"
+    client.retry(job_id, force=True)       # even one whose start's outcome is unknown (it may run twice)
 
 It validates exactly as the request stream does and raises `InvalidRequest` with the same messages, for any input
 it can't accept, before sending anything.
@@ -126,14 +127,16 @@ class Client:
         if outcome.result != "ok":
             raise InvalidRequest(outcome.message)
 
-    def retry(self, job_id: str, new_job_id: str | None = None) -> str:
+    def retry(self, job_id: str, new_job_id: str | None = None, *, force: bool = False) -> str:
         """Submit a finished job again as a new job (same kind, params and deadline; `retry_of` added to its
         metadata) and return the new id: `new_job_id`, else `<job_id>-retry-<n>`.
 
         Raises `InvalidRequest`, saying why, for a job that is unknown (or expired), still active, or of a kind
-        with secret params (never stored: submit it again with the secret), or when `new_job_id` is another job's.
+        with secret params (never stored: submit it again with the secret), or when `new_job_id` is another job's;
+        and, unless `force`, for a job whose start must not repeat and may have reached Cekura (its outcome is
+        unknown: Cekura may still be running the first operation, and a retry may start a second one).
         """
-        outcome = submission.retry(self.store, self.broker, job_id, new_job_id)
+        outcome = submission.retry(self.store, self.broker, job_id, new_job_id, force=force)
         if outcome.result != "submitted":
             raise InvalidRequest(outcome.message)
         return outcome.job_id

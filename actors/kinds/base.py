@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from worker.cekura.polling import PollPlan
+from worker.errors import InvalidRequest
 from worker.redact import DEFAULT_MIN_SECRET_LEN
 
 
@@ -149,6 +150,19 @@ class JobKind:
     poll_plan: PollPlan = field(default_factory=PollPlan)
     #: Deadline for a request that names none (seconds); None takes CEKURA_JOB_DEADLINE_S.
     default_deadline_s: float | None = None
+
+    def answer_request(self, progress_id: str, text: str) -> dict[str, Any]:
+        """The body of the answer call, checked: the one function behind both the check of an answer when it is
+        submitted and its delivery, so an answer accepted is one that can be sent. Raises `InvalidRequest` naming
+        what is wrong (a body rule that parses the text refuses what JSON can't carry: `rules.feedback_answers`)."""
+        try:
+            body = self.answer_body(progress_id, text)
+            json.dumps(body, allow_nan=False)  # what the Cekura client will write
+        except InvalidRequest:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:  # a body rule that checks less than it should
+            raise InvalidRequest(f"answer can't be sent as JSON ({type(exc).__name__})") from None
+        return body
 
     def validate(self, raw: Mapping[str, Any]) -> Params:
         """Validate raw params into the kind's model (raises pydantic.ValidationError)."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from actors.kinds.base import Outcome
+from actors.kinds.values import json_object
 
 #: How many failed runs an evaluator verdict names (the result event holds them all).
 DEFAULT_NAMED_RUNS = 10
@@ -69,11 +69,9 @@ def all_runs_passed(outcome: Outcome, answer: Mapping[str, Any]) -> tuple[Outcom
 
 def feedback_answers(progress_id: str, text: str) -> dict[str, Any]:
     """The body of `process_feedbacks_answer`: a JSON object answer is sent as the answers keyed by question id;
-    any other text answers every question, under the key `all` (the contract here is the least certain)."""
-    try:
-        answers = json.loads(text)
-    except ValueError:
-        answers = None
-    if not isinstance(answers, dict):
-        answers = {"all": text}
-    return {"progress_id": progress_id, "answers": answers}
+    any other text answers every question, under the key `all` (the contract here is the least certain).
+
+    The object obeys every request value's rules (`values.check_values`): one it can't send raises `InvalidRequest`
+    naming the problem, when the answer is submitted and, for a record older than that check, when it is delivered."""
+    answers = json_object(text, "answer")
+    return {"progress_id": progress_id, "answers": {"all": text} if answers is None else answers}

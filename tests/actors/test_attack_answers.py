@@ -31,6 +31,7 @@ import pytest
 from actors import names
 from config.settings import Settings, get_settings
 from simulator import SimulatorHandle
+from tests.intake.test_answer_values import DEEP_ANSWER, REFUSED
 from tests.support import wait_for
 from tests.system.conftest import System, system  # noqa: F401  (the `system` fixture, for the process tests)
 from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
@@ -907,3 +908,81 @@ def test_a_worker_and_a_cli_with_skewed_clocks_wait_answer_and_time_out_on_redis
     refused = system.cli(cli_env, "answer", unanswered, "too late")
     assert refused.returncode == EXIT_FAILED and "already ended (timed_out)" in refused.stderr, refused
     assert sim.stats()["by_route"].get(f"{CLARIFY} 200", 0) == 1
+
+
+# -- 11. answers that are JSON: checked in full when submitted (issue 19, break 3) -----------------------------
+
+
+def test_a_metric_answer_json_cannot_carry_is_refused_alike_by_every_channel_and_the_job_waits_on(
+    cli: None,
+    worker: dramatiq.Worker,
+    client: Client,
+    rt: Runtime,
+    sim: SimulatorHandle,
+    intake: Intake,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A paused metric improvement sends an answer that is a JSON object as its answers by question id, so that JSON
+    must obey every request value's rules. Each answer below is refused when submitted, with the same message naming
+    the problem by the stream (a `rejected` event), the client (`InvalidRequest`) and the CLI (exit 2); the job
+    still waits, Cekura hears nothing, and a good answer afterwards completes the job.
+
+    BREAK (issue 19, break 3): all were accepted ("answer recorded"); the 4,010-character nested one then failed the
+    job with "internal error while handling the poll step (RecursionError)" and `{"q1": 1e999}` went out as the
+    invalid JSON `Infinity`."""
+    job_id = _ask(client, "metric.improve_from_feedback", {"metric_id": 333})
+    capsys.readouterr()
+    for name, (text, problem) in REFUSED.items():
+        with pytest.raises(InvalidRequest) as caught:
+            client.answer(job_id, text)
+        assert str(caught.value) == problem, name
+        assert main(["answer", job_id, text]) == EXIT_USAGE, name
+        assert capsys.readouterr().err.strip() == f"cekura-worker: rejected: {problem}", name
+        entry = _xadd_answer(rt, job_id, text)
+        assert _rejection_of(rt, entry)["error"] == f"{problem} (request entry {entry})", name
+        assert _waiting(client, job_id), f"a refused answer ({name}) changed the job"
+    assert _route(sim, FEEDBACK_ANSWER) == 0
+    client.answer(job_id, json.dumps({"q1": "yes", "q2": {"action": "skip"}}))
+    event = _one_event(rt, job_id)
+    assert event["status"] == "completed", event
+    assert _sim_answers(sim, _progress_id(rt, job_id)) == [{"q1": "yes", "q2": {"action": "skip"}}]
+
+
+def test_a_kind_that_sends_answers_as_text_takes_json_looking_answers_verbatim(
+    worker: dramatiq.Worker, client: Client, rt: Runtime, sim: SimulatorHandle
+) -> None:
+    """Only the kind that parses an answer refuses what its parse can't send: a generation's answer is text."""
+    for text in (DEEP_ANSWER, '{"q1": 1e999}'):
+        job_id = _ask(client)
+        client.answer(job_id, text)
+        event = _one_event(rt, job_id)
+        assert event["status"] == "completed", event
+        assert json.loads(event["result"])["answers"] == [text]
+
+
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [
+        (DEEP_ANSWER, "answer is nested too deeply (more than 64 levels)"),
+        ('{"q1": 1e999}', "answer.q1 is out of range for a JSON number (beyond a 64-bit float)"),
+    ],
+    ids=["nested_past_the_parser", "overflowing_number"],
+)
+def test_a_recorded_answer_that_cannot_be_sent_fails_the_job_saying_why_and_sends_nothing(
+    worker: dramatiq.Worker, client: Client, rt: Runtime, sim: SimulatorHandle, stored: str, problem: str
+) -> None:
+    """A record written before answers were checked in full (here: recorded past the checks, straight through the
+    store) fails its job once, with an error naming the problem, and nothing reaches Cekura.
+
+    BREAK (issue 19, break 3): the nested answer failed the job with "internal error while handling the poll step
+    (RecursionError)"; the overflowing one was sent to Cekura as `Infinity`."""
+    job_id = _ask(client, "metric.improve_from_feedback", {"metric_id": 333})
+    s = rt.settings
+    reply = rt.store.answer(
+        job_id, stored, queue_name=s.cekura_queue, namespace=s.key("dramatiq"), poll_actor=names.POLL
+    )
+    assert reply[0] == "ok", reply
+    event = _one_event(rt, job_id)
+    assert event["status"] == "failed", event
+    assert event["error"] == f"the recorded answer can't be sent to Cekura: {problem}", event["error"]
+    assert _route(sim, FEEDBACK_ANSWER) == 0

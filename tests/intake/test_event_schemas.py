@@ -51,6 +51,7 @@ NOT_JSON = {
     "empty_request",
     "not_json_at_all",
     "nan_deadline",
+    "integer_of_too_many_digits",  # valid JSON text, but no Python consumer reads an integer of 5000 digits
     "invalid_utf8",
     "utf8_encoded_surrogate",
 }
@@ -65,6 +66,8 @@ BEYOND_JSON_SCHEMA = {
     "lone_surrogate_in_param": "a lone surrogate is valid JSON text (\\ud800) and a JSON Schema string; only the "
     "worker's UTF-8 check refuses it",
     "lone_surrogate_in_key": "as lone_surrogate_in_param, in an object key",
+    "overflowing_number_in_metadata": "1e999 is valid JSON text and a JSON Schema number; only the worker's range "
+    "check refuses it (it decodes to Infinity, which strict JSON can't write back)",
 }
 
 #: Requests outside the intake tests' table that the worker refuses and `jsonschema` accepts, and why.

@@ -280,6 +280,16 @@ BAD: dict[str, Bad] = {
         "",
         "scenario.agent",
     ),
+    "overflowing_number_in_metadata": Bad(
+        _raw(b'{"kind":"agent.auto_fetch","params":{"agent_id":5},"metadata":{"score":1e999}}'),
+        _p("metadata.score is out of range for a JSON number (beyond a 64-bit float)"),
+        "",
+        "agent.auto_fetch",
+    ),
+    "integer_of_too_many_digits": Bad(
+        _raw(b'{"kind":"agent.auto_fetch","params":{"agent_id":5},"metadata":{"n":' + b"9" * 5000 + b"}}"),
+        _p("request holds an integer of 5000 digits, over the 4300-digit limit"),
+    ),
     "invalid_utf8": Bad(_raw(LATIN1), _p(f"request is not valid UTF-8 (byte {LATIN1.index(0xE9)})")),
     "utf8_encoded_surrogate": Bad(
         _raw(CESU), _p(f"request is not valid UTF-8 (byte {CESU.index(0xED)})"), "", "scenario.agent"
@@ -420,6 +430,26 @@ CLIENT_CASES = [
     pytest.param(Py("scenario.agent", {"updated_scenarios": [{"steps": _nested(DEEP)}]}, {}), id="nested_too_deeply"),
 ]
 
+#: Numbers a Python caller can give that JSON can't carry, and the problem the client names (the request stream
+#: can't express NaN, nor an integer it could not parse: see BAD).
+NUMBER_CASES = [
+    pytest.param(
+        Py("agent.auto_fetch", {"agent_id": 5}, {"metadata": {"score": float("nan")}}),
+        "metadata.score is NaN, which is not a JSON number",
+        id="nan_in_metadata",
+    ),
+    pytest.param(
+        Py("scenario.agent", {"updated_scenarios": [{"id": 1, "weight": float("inf")}]}, {}),
+        "params.updated_scenarios.weight is out of range for a JSON number (beyond a 64-bit float)",
+        id="infinity_in_params",
+    ),
+    pytest.param(
+        Py("agent.auto_fetch", {"agent_id": 5}, {"metadata": {"n": -(10**5000)}}),
+        "metadata.n is an integer over the 4300-digit limit",
+        id="huge_integer_in_metadata",
+    ),
+]
+
 
 @pytest.mark.parametrize("case", CLIENT_CASES)
 def test_the_client_refuses_what_the_stream_rejects_with_the_same_message(
@@ -432,20 +462,14 @@ def test_the_client_refuses_what_the_stream_rejects_with_the_same_message(
     assert str(caught.value) == _stream_problem(rt, _json(request))
 
 
-@pytest.mark.parametrize(
-    ("kind", "params", "extra"),
-    [
-        ("agent.auto_fetch", {"agent_id": 5}, {"metadata": {"score": float("nan")}}),
-        ("scenario.agent", {"updated_scenarios": [{"id": 1, "weight": float("inf")}]}, {}),
-    ],
-    ids=["nan_in_metadata", "infinity_in_params"],
-)
-def test_the_client_refuses_numbers_that_json_cannot_carry(
-    rt: Runtime, client: Client, kind: str, params: dict[str, Any], extra: dict[str, Any]
+@pytest.mark.parametrize(("case", "problem"), NUMBER_CASES)
+def test_the_client_refuses_numbers_that_json_cannot_carry_naming_where(
+    rt: Runtime, client: Client, case: Py, problem: str
 ) -> None:
-    # the request stream can't even express these (NaN is not JSON); accepted, they reach events and Cekura as NaN
-    with pytest.raises(InvalidRequest):
-        client.submit(kind, params, **extra)
+    # accepted, they would reach events and Cekura as NaN or Infinity, which no strict JSON reader takes
+    with pytest.raises(InvalidRequest) as caught:
+        client.submit(case.kind, case.params, **case.extra)
+    assert str(caught.value) == problem
     _assert_nothing_else_happened(rt)
 
 

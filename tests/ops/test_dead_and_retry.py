@@ -256,14 +256,16 @@ def test_dead_list_json_has_both_sections_newest_first_within_since_and_limit(
     assert message["error"].startswith("TypeError: ")
     jobs = report["failed_jobs"]
     assert [job["job_id"] for job in jobs] == ["fail-5", "fail-4"]  # newest first; old-1 is outside 24h
-    assert set(jobs[0]) == {"job_id", "kind", "status", "error", "finished_at", "retryable"}
+    assert set(jobs[0]) == {"job_id", "kind", "status", "error", "finished_at", "retryable", "needs_force"}
     assert (jobs[0]["kind"], jobs[0]["status"], jobs[0]["retryable"]) == ("agent.auto_fetch", "failed", True)
+    assert jobs[0]["needs_force"] is False
     assert jobs[0]["error"]
 
     code, out, _ = cli(capsys, "dead", "list", "--format", "json", "--since", "3d", "--limit", "5")
     jobs = json.loads(out)["failed_jobs"]
     assert [job["job_id"] for job in jobs] == ["fail-5", "fail-4", "old-1"]
-    assert jobs[2] == {**old, "finished_at": "2020-01-01T00:00:00.000Z", "retryable": False}  # its record is gone
+    gone = {"finished_at": "2020-01-01T00:00:00.000Z", "retryable": False, "needs_force": False}
+    assert jobs[2] == {**old, **gone}  # its record is gone
     code, out, _ = cli(capsys, "dead", "list", "--format", "json", "--since", "3d", "--limit", "1")
     assert [job["job_id"] for job in json.loads(out)["failed_jobs"]] == ["fail-5"]
 

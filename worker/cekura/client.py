@@ -187,13 +187,12 @@ class CekuraClient:
         time_left_s: float = math.inf,
     ) -> None:
         """Send a person's answer to an operation that waits for one; `secrets`: the job's own, masked in errors.
-        An answer its kind can't send (only a record older than the check made when an answer is accepted) is a
-        `PermanentError` naming the problem, never a crash."""
+        An answer its kind can't send (recorded before answers were checked in full) is a `PermanentError`."""
         from worker.errors import InvalidRequest
 
         if kind.answer_path is None:
             raise PermanentError(f"{kind.name} takes no answers")
-        try:  # built and checked as when the answer was accepted; a record older than that check may hold worse
+        try:  # built and checked as when the answer was accepted
             body = kind.answer_request(progress_id, text)
         except InvalidRequest as exc:
             raise PermanentError(f"the recorded answer can't be sent to Cekura: {exc}") from None

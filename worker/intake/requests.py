@@ -5,9 +5,11 @@ A request is JSON: `{"kind", "params", "job_id"?, "deadline_s"?, "metadata"?}` t
 waiting job asked. Anything else raises `InvalidRequest` with a message that says
 what is wrong and quotes no secret (validation errors name fields, never values).
 
-Every check that walks a request's values is iterative and bounded (`DEFAULT_MAX_DEPTH` levels of nesting, no more
-values than the size limit allows), so no input can exhaust the stack or reach the depth at which pydantic's
-serializer gives up (255) after the request was accepted; and nothing over `CEKURA_REQUEST_MAX_BYTES` is parsed.
+A request's values, and an answer that is JSON, are decoded and walked by the rules in `actors/kinds/values.py`
+(bounded nesting, JSON-only numbers, no NUL or lone surrogate): iterative and bounded, so no input can exhaust the
+stack or reach the depth at which pydantic's serializer gives up (255) after the request was accepted; and nothing
+over `CEKURA_REQUEST_MAX_BYTES` is parsed. Once its job is known, an answer is also checked by the job's kind with
+the very code that builds the body it is delivered in (`JobKind.answer_request`), so an answer accepted can be sent.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.kinds import KINDS, JobKind, Params
+from actors.kinds.values import check_values, loads
 from config.settings import Settings
 from worker.errors import InvalidRequest
 
@@ -30,10 +33,6 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: The smallest deadline a request may ask for, in seconds.
 DEFAULT_MIN_DEADLINE_S = 1.0
-
-#: How deeply objects and arrays may nest in a request's values: ample for any Cekura payload, far below the
-#: 255 levels at which pydantic's serializer refuses to store params.
-DEFAULT_MAX_DEPTH = 64
 
 _SUBMIT_KEYS = frozenset({"kind", "params", "job_id", "deadline_s", "metadata"})
 _CANCEL_KEYS = frozenset({"action", "job_id"})
@@ -88,11 +87,7 @@ def parse(
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"request is not valid UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except InvalidRequest:
-        raise
-    except RecursionError:
-        raise InvalidRequest("request is nested too deeply") from None
+        value = loads(text, "request")
     except ValueError as exc:
         raise InvalidRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -213,7 +208,8 @@ def _parse_action(value: dict[str, Any], settings: Settings) -> CancelRequest | 
 
 def check_answer(answer: Any, settings: Settings) -> str:
     """An answer's text: a non-blank string of at most `DEFAULT_MAX_ANSWER_CHARS` characters, holding nothing a
-    request's values may not (a NUL, an unpaired surrogate), whichever way it came."""
+    request's values may not (a NUL, an unpaired surrogate), whichever way it came. Whether the job's kind can send
+    it is checked once the job is known (`submission.answer`, with `JobKind.answer_request`)."""
     if not isinstance(answer, str) or not answer.strip():
         raise InvalidRequest("answer needs 'answer': the text of the answer, a non-empty string")
     if len(answer) > DEFAULT_MAX_ANSWER_CHARS:
@@ -252,57 +248,9 @@ def _check_size_and_numbers(request: dict[str, Any], settings: Settings) -> None
     check_size(len(data), settings)
 
 
-#: A value's location as a chain of (parent, name) links, turned into "params.a.b" only for an error message:
-#: built eagerly, the names of a wide object under a long key would be copied once per child.
-_Where = tuple[Any, str]
-
-
 def _check_values(roots: Iterable[tuple[Any, str]], settings: Settings) -> None:
-    """Refuse NUL characters and lone surrogates in keys and strings, mapping keys that are not strings, and
-    objects and arrays nested more than `DEFAULT_MAX_DEPTH` deep; each root is a value and the name of where it sits.
-
-    It walks with a list, not recursion, and stops after as many values as the size limit has bytes (each
-    takes at least one), so neither a deep request nor a circular or shared structure from Python runs away.
-    """
-    limit = settings.cekura_request_max_bytes
-    stack: list[tuple[Any, _Where, int]] = [(value, (None, where), 1) for value, where in reversed(list(roots))]
-    seen = len(stack)
-    while stack:
-        value, where, depth = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise InvalidRequest(f"{_name(where)} contains a NUL character")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidRequest(f"{_name(where)} contains a lone surrogate (invalid Unicode)") from None
-            continue
-        if not isinstance(value, Mapping | list | tuple):
-            continue
-        if depth > DEFAULT_MAX_DEPTH:
-            raise InvalidRequest(f"{_name(where)} is nested too deeply (more than {DEFAULT_MAX_DEPTH} levels)")
-        seen += 2 * len(value) if isinstance(value, Mapping) else len(value)
-        if seen > limit:
-            raise InvalidRequest(f"request holds more than {limit} values, over the {limit}-byte limit")
-        children: list[tuple[Any, _Where, int]] = []
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if not isinstance(key, str):  # json.dumps would write 1 and "1" as the same key: one value lost
-                    raise InvalidRequest(f"{_name(where)} keys must be strings")
-                child = (where, key) if key.isprintable() else where
-                children += [(key, where, depth), (item, child, depth + 1)]
-        else:
-            children = [(item, where, depth + 1) for item in value]
-        stack.extend(reversed(children))
-
-
-def _name(where: _Where) -> str:
-    names = []
-    link: _Where | None = where
-    while link is not None:
-        link, name = link
-        names.append(name)
-    return ".".join(reversed(names))
+    """The value rules (`values.check_values`), bounded by the size limit: each value takes at least one byte."""
+    check_values(roots, max_values=settings.cekura_request_max_bytes)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -312,10 +260,6 @@ def _describe(exc: ValidationError) -> str:
         message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         problems.append(f"{location}: {message}")
     return "; ".join(problems)
-
-
-def _reject_constant(name: str) -> Any:
-    raise InvalidRequest(f"request is not valid JSON: {name} is not a JSON number")
 
 
 def _show_kind(kind: Any) -> str:

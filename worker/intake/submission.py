@@ -63,12 +63,30 @@ class Cancelled:
 @dataclass(frozen=True, slots=True)
 class Retried:
     """What a retry request did: `submitted` (new job `job_id`, or the one an earlier identical retry made), or why
-    it was refused: `unknown`, `active`, `secret` (a kind whose secret params were never stored) or `taken`."""
+    it was refused: `unknown`, `active`, `secret` (a kind whose secret params were never stored), `unknown_start`
+    (a start that must not repeat and may have reached Cekura; `force` overrides it) or `taken`."""
 
     retry_of: str
     result: str
     job_id: str = ""
     detail: str = ""
+
+    @classmethod
+    def refusal(cls, job_id: str, record: dict[str, str], *, force: bool = False) -> Retried | None:
+        """Why a retry of the job with this record (`state`, `kind`, `start_sent`, `progress_id` are read) is
+        refused before anything is made, or None when it may go ahead; `dead list` asks the same question."""
+        from actors.kinds import KINDS
+
+        if record.get("state") != "finished":
+            return cls(job_id, "active", detail=record.get("state", ""))
+        kind = KINDS.get(record.get("kind", ""))
+        if kind is not None and kind.secret_fields:
+            return cls(job_id, "secret", detail=kind.name)
+        # The start may have reached Cekura and no progress id came back: the first operation may still run there.
+        unknown = record.get("start_sent") == "1" and not record.get("progress_id")
+        if not force and kind is not None and not kind.repeatable_start and unknown:
+            return cls(job_id, "unknown_start", detail=kind.name)
+        return None
 
     @property
     def message(self) -> str:
@@ -82,6 +100,12 @@ class Retried:
             return (
                 f"job {self.retry_of} can't be retried: {self.detail} jobs take secret params, which are never "
                 "stored; submit a new job with `submit`, giving the secret again"
+            )
+        if self.result == "unknown_start":
+            return (
+                f"job {self.retry_of}'s start may have reached Cekura (its outcome is unknown): the first operation "
+                "may still be running there, and a retry may start a second one; retry with --force (force=True) to "
+                "do so anyway"
             )
         return f"job_id {self.job_id} is already taken by another job; choose another new job id"
 
@@ -181,9 +205,21 @@ class Answered:
 def answer(store: JobStore, job_id: str, text: str) -> Answered:
     """Record the answer to the question a waiting job asked; the poll message that sends it to Cekura is written
     by the same script. Raises `InvalidRequest` for an answer that is not a non-empty string of at most 10,000
-    characters, or when the id's key holds something other than a job."""
+    characters, or that the job's kind could not send (checked by the code that builds the body it is delivered
+    in: a metric improvement's JSON-object answer obeys every request value's rules), or when the id's key holds
+    something other than a job."""
+    from actors.kinds import KINDS
+
     check_job_id(job_id)
     requests.check_answer(text, store.settings)
+    try:  # a job's kind never changes: read apart from answer.lua, which decides whether it may be answered
+        stored_kind = store.client.hget(store.job_key(job_id), "kind")
+    except redis.ResponseError:  # WRONGTYPE: the key holds something other than a job
+        raise not_a_job(job_id) from None
+    name = stored_kind.decode("utf-8", "replace") if isinstance(stored_kind, bytes) else stored_kind
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is not None and kind.answer_path is not None:
+        kind.answer_request("", text)  # built and checked as on delivery: raises InvalidRequest naming the problem
     s = store.settings
     reply = store.answer(job_id, text, queue_name=s.cekura_queue, namespace=s.key("dramatiq"), poll_actor=names.POLL)
     if reply[0] == "corrupt":
@@ -193,16 +229,18 @@ def answer(store: JobStore, job_id: str, text: str) -> Answered:
     return done
 
 
-def retry(store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str | None = None) -> Retried:
+def retry(
+    store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str | None = None, *, force: bool = False
+) -> Retried:
     """Submit a finished job again as a new job: same kind, public params and deadline, metadata plus `retry_of`.
 
     The new id is `new_job_id`, else `<job_id>-retry-<n>` with the first free n. The request is rebuilt and
     validated by `requests.build` like any other, so a record that no longer validates (a kind renamed, a deadline
     over today's limit) raises `InvalidRequest`. Giving the same `new_job_id` again returns the job the first call
-    made, as `submit` does; an id held by any other job is refused (`taken`).
+    made, as `submit` does; an id held by any other job is refused (`taken`). A job of a kind whose start must not
+    repeat, whose start may have reached Cekura without an answer, is refused (`unknown_start`) unless `force`:
+    Cekura may still be running its operation, and the retry would start a second one.
     """
-    from actors.kinds import KINDS
-
     check_job_id(job_id)
     if new_job_id is not None:
         check_job_id(new_job_id)
@@ -214,11 +252,11 @@ def retry(store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str
         return Retried(job_id, "unknown")
     if "kind" not in record or "state" not in record:
         raise not_a_job(job_id)
-    if record["state"] != "finished":
-        return Retried(job_id, "active", detail=record["state"])
-    kind = KINDS.get(record["kind"])
-    if kind is not None and kind.secret_fields:
-        return Retried(job_id, "secret", detail=kind.name)
+    refused = Retried.refusal(job_id, record, force=force)
+    if refused is not None:
+        if refused.result == "unknown_start" and new_job_id is not None and _retry_of(store, new_job_id) == job_id:
+            return Retried(job_id, "submitted", job_id=new_job_id)  # a forced retry asked for again: nothing new
+        return refused
     params, metadata = _stored_json(record, "params"), _stored_json(record, "metadata")
     deadline_s = JobRecord.from_fields(record).deadline_s
 

@@ -6,8 +6,14 @@ past `max_retries` (a Redis error in every attempt, a `cancel_remote` Cekura kep
 `<prefix>:dramatiq:<queue>.XQ` (a sorted set of Redis message ids scored by when it was nacked, in ms) with its data
 in `.XQ.msgs`, until Dramatiq's maintenance drops it after `dead_message_ttl` (7 days). A *failed job* is an
 outcome the service published: it is read from the results stream, newest first, so it is known as long as the
-stream keeps its event (`CEKURA_RESULTS_MAXLEN`); `retryable` says whether its record is still there for
-`cekura-worker retry` (`CEKURA_JOB_TTL_S`).
+stream keeps its event (`CEKURA_RESULTS_MAXLEN`); `retryable` says whether `cekura-worker retry` takes it as it is
+(its record is still there, `CEKURA_JOB_TTL_S`, and `submission.Retried.refusal` finds nothing against it), and
+`needs_force` whether it takes it only with `--force` (a start that must not repeat and whose outcome is unknown).
+
+The stream is read through the console's bounded reads (`worker.console.reads`, one Lua script): each event comes
+back as its small fields only, each cut to a length (an error to 32 KiB), at most `DEFAULT_BATCH_BYTES` a call. A
+listing used to read whole events, 1,000 at a time, results and all: 200 completed events of 1 MiB in the window
+took it to a peak of 251 MiB to print nothing.
 
 What this relies on of Dramatiq (the key layout and `nack` are pinned in tests/broker/test_dramatiq_contract.py,
 `Retries`' options in tests/ops/test_dead_and_retry.py): the message is stored as `Message.encode()` wrote it when
@@ -28,6 +34,8 @@ from dramatiq.message import Message
 
 from actors.kinds import KINDS
 from config.settings import Settings
+from worker.console import reads
+from worker.intake.submission import Retried
 from worker.redact import redact
 from worker.runtime.connection import server_ms
 from worker.store.jobs import as_text, iso_from_ms
@@ -35,10 +43,13 @@ from worker.store.jobs import as_text, iso_from_ms
 #: The most entries of each kind a listing shows unless asked otherwise.
 DEFAULT_LIMIT = 20
 
-#: Result events read per `XREVRANGE` while looking for failed jobs.
+#: Result events looked at per read while looking for failed jobs.
 DEFAULT_SCAN_BATCH = 1000
 
-#: The longest error text a table cell shows (JSON output has it whole).
+#: Bytes one read of the results stream returns at most (the small fields of the events it looked at).
+DEFAULT_BATCH_BYTES = 1_048_576
+
+#: The longest error text a table cell shows (JSON output has it up to the 32 KiB read).
 DEFAULT_CELL_CHARS = 100
 
 #: The outcomes `dead list` shows: the ones a retry might fix.
@@ -97,34 +108,62 @@ def dead_letters(client: redis.Redis, settings: Settings, since_ms: int, limit: 
 
 def failed_jobs(client: redis.Redis, settings: Settings, since_ms: int, limit: int) -> list[dict[str, Any]]:
     """Jobs whose result event says `failed` or `timed_out`, finished since `since_ms`, newest first, at most
-    `limit`; read from the results stream, whose entry ids are the server's ms when the event was written."""
-    stream = settings.cekura_results_stream
-    found: list[dict[str, Any]] = []
+    `limit`; read from the results stream, whose entry ids are the server's ms when the event was written, a
+    bounded batch at a time (see the module docstring)."""
+    hits: list[dict[str, str]] = []
     upper = "+"
-    while len(found) < limit:
-        batch = client.xrevrange(stream, max=upper, min=f"{since_ms}-0", count=DEFAULT_SCAN_BATCH)
-        for _, raw in batch:
-            fields = {as_text(k): as_text(v) for k, v in raw.items()}
-            if fields.get("status") in FAILED_STATUSES and fields.get("job_id"):
-                found.append({name: redact(fields.get(name, "")) for name in _JOB_FIELDS})
-                if len(found) == limit:
-                    break
-        if len(batch) < DEFAULT_SCAN_BATCH:
+    while len(hits) < limit:
+        got = reads.entries(
+            client,
+            settings.cekura_results_stream,
+            _EVENT_FIELDS,
+            start=upper,
+            end=f"{since_ms}-0",
+            count=DEFAULT_SCAN_BATCH,
+            reverse=True,
+            budget=DEFAULT_BATCH_BYTES,
+        )
+        hits += [f for _, f in got.rows if f.get("status") in FAILED_STATUSES and f.get("job_id")][: limit - len(hits)]
+        if got.ended:
             break
-        upper = f"({as_text(batch[-1][0])}"  # exclusive: continue below the last entry read
-    if found:
-        prefix = settings.key("job") + ":"
-        pipe = client.pipeline(transaction=False)
-        for job in found:
-            pipe.hget(prefix + job["job_id"], "state")
-        for job, state in zip(found, pipe.execute(), strict=True):
-            kind = KINDS.get(job["kind"])
-            finished = state is not None and as_text(state) == "finished"
-            job["retryable"] = finished and kind is not None and not kind.secret_fields
+        upper = f"({got.last}"  # exclusive: continue below the last entry looked at
+    # An id read cut (longer than any job id) names no job: it is not looked up.
+    ids = [f["job_id"] for f in hits if not isinstance(f["job_id"], reads.Partial)]
+    records = dict(zip(ids, reads.jobs(client, settings, ids, _RECORD_FIELDS), strict=True))
+    found: list[dict[str, Any]] = []
+    for fields in hits:
+        job: dict[str, Any] = {name: _shown(fields.get(name, "")) for name in _EVENT_FIELDS}
+        job["retryable"], job["needs_force"] = _retryable(fields["job_id"], records.get(fields["job_id"]))
+        found.append(job)
     return found
 
 
-_JOB_FIELDS = ("job_id", "kind", "status", "error", "finished_at")
+def _shown(value: str) -> str:
+    """A value read from an event as shown: redacted, and marked "..." if it was cut."""
+    return reads.clip(value, reads.TEXT_BYTES)
+
+
+def _retryable(job_id: str, record: reads.Job | None) -> tuple[bool, bool]:
+    """Whether `retry` takes the job as it is, and whether it takes it only with `--force`."""
+    if record is None or not record.found or record.fields.get("kind") not in KINDS:
+        return False, False  # expired, not a job, or of a kind this version doesn't know: `retry` refuses it
+    refused = Retried.refusal(job_id, record.fields)
+    if refused is None:
+        return True, False
+    return False, refused.result == "unknown_start"
+
+
+#: The event fields shown, and the bytes read at most of each.
+_EVENT_FIELDS = {
+    "job_id": reads.MAX_ID_BYTES,
+    "kind": reads.SHORT_BYTES,
+    "status": reads.SHORT_BYTES,
+    "error": reads.TEXT_BYTES,
+    "finished_at": reads.SHORT_BYTES,
+}
+
+#: What `Retried.refusal` reads of a job's record.
+_RECORD_FIELDS = dict.fromkeys(("state", "kind", "start_sent", "progress_id"), reads.SHORT_BYTES)
 
 
 def report(client: redis.Redis, settings: Settings, *, since_s: float, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
@@ -167,9 +206,12 @@ def render_table(data: dict[str, Any]) -> str:
     jobs = data["failed_jobs"]
     lines += ["", f"Failed and timed-out jobs: {len(jobs)} shown"]
     if jobs:
-        rows = [
-            [j["finished_at"], j["job_id"], j["kind"], j["status"], "yes" if j["retryable"] else "no", j["error"]]
-            for j in jobs
-        ]
+        rows = [[j["finished_at"], j["job_id"], j["kind"], j["status"], _retry_cell(j), j["error"]] for j in jobs]
         lines += _table(["FINISHED AT", "JOB ID", "KIND", "STATUS", "RETRYABLE", "ERROR"], rows)
     return "\n".join(lines)
+
+
+def _retry_cell(job: dict[str, Any]) -> str:
+    if job["retryable"]:
+        return "yes"
+    return "needs --force" if job["needs_force"] else "no"

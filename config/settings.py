@@ -13,6 +13,7 @@ shown (`hide_input_in_errors`: a pydantic error never quotes any input).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -50,8 +51,14 @@ class Settings(BaseSettings):
     cekura_rate_limit_burst: int = Field(10, ge=1)
 
     # Redis and streams
-    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")  # surrounding whitespace stripped
+    # redis://, rediss:// (TLS), unix://, or redis+sentinel:// / rediss+sentinel:// naming Sentinels and a service:
+    # redis+sentinel://[:password@]host:26379[,host:26379...]/service_name[/db]; surrounding whitespace stripped
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_ca_bundle: str | None = None  # CA file for rediss:// (verification always stays on)
+    redis_sentinel_password: SecretStr | None = None  # the Sentinels' own password (requirepass), if they have one
+    # Writes that matter wait for this many replicas (WAIT) before they are relied on: 0 = don't wait.
+    cekura_redis_min_replicas: int = Field(0, ge=0, le=16)
+    cekura_redis_wait_timeout_ms: int = Field(1000, ge=10, le=60_000)  # how long one WAIT may take
     cekura_key_prefix: str = Field("cekura", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     cekura_queue: str = Field("cekura", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     cekura_requests_stream: str = "cekura:requests"
@@ -159,14 +166,26 @@ class Settings(BaseSettings):
         if query_keys & {"password", "username"}:
             raise ValueError("must carry its user and password before the host, not as query parameters (not shown)")
         try:
-            parts.port  # noqa: B018 - raises on a malformed port, whose message would quote it
+            if parts.scheme not in SENTINEL_SCHEMES:  # a Sentinel URL lists several hosts: checked below
+                parts.port  # noqa: B018 - raises on a malformed port, whose message would quote it
         except ValueError:
             raise ValueError("has a malformed host or port (the value is not shown)") from None
         if parts.password is not None and 0 < len(unquote(parts.password)) < DEFAULT_MIN_SECRET_LEN:
             raise ValueError(f"has a password shorter than {DEFAULT_MIN_SECRET_LEN} characters: too short to be masked")
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
+            raise ValueError("must be a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// URL")
+        if parts.scheme in SENTINEL_SCHEMES:
+            sentinel_parts(url)  # raises a ValueError that names what is wrong, never quoting the password
         return SecretStr(url)
+
+    @field_validator("redis_sentinel_password")
+    @classmethod
+    def _check_sentinel_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip()) < DEFAULT_MIN_SECRET_LEN:
+            raise ValueError(f"is shorter than {DEFAULT_MIN_SECRET_LEN} characters: too short to be masked in output")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("cekura_poll_overrides")
     @classmethod
@@ -224,8 +243,55 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    hosts = parts.netloc.rpartition("@")[2]  # as written: a Sentinel URL lists several host:port pairs
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hosts}"))
+
+
+#: URL schemes that name Sentinels rather than Redis itself (the second one: TLS to the Sentinels and Redis).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+#: Sentinel's own port, for a host given without one.
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelParts:
+    """What a `redis+sentinel://` URL says: where the Sentinels are, which service's primary to use, and how."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def sentinel_parts(url: str) -> SentinelParts:
+    """Parse `redis+sentinel://[user:password@]host[:port][,host[:port]...]/service_name[/db]`; ValueError names
+    what is wrong (never the password)."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for item in (piece.strip() for piece in hosts.split(",")):
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            colon, port = rest[:1], rest[1:]
+        else:
+            host, colon, port = item.rpartition(":") if ":" in item else (item, "", "")
+        if not host or (colon and not port.isdigit()) or (port and not 0 < int(port) < 65536):
+            raise ValueError("lists a Sentinel with a malformed host or port (the value is not shown)")
+        sentinels.append((host, int(port) if port else DEFAULT_SENTINEL_PORT))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("must name the Sentinel service after the hosts: redis+sentinel://host:26379/service_name[/db]")
+    return SentinelParts(
+        sentinels=tuple(sentinels),
+        service=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "rediss+sentinel",
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -87,9 +87,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.cekura_api_key is None:
         raise ConfigError("CEKURA_API_KEY is not set: the workers need it to call the Cekura API")
     service_logging.configure(settings)
+    _refuse_an_evicting_redis(settings)
     return run(
         settings, processes=args.processes or settings.cekura_processes, threads=args.threads or settings.cekura_threads
     )
+
+
+def _refuse_an_evicting_redis(settings: Settings) -> None:
+    """Stop start-up on a Redis whose memory policy may delete jobs (`worker.runtime.eviction`). A Redis that can't
+    be reached now is not refused: the workers ride out an outage, and readiness reports the policy later."""
+    import redis
+
+    from worker.runtime import eviction
+    from worker.runtime.connection import connect
+
+    client = connect(settings, retry_on_error=[], socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        found = eviction.problem(client)
+    except redis.RedisError:
+        return
+    finally:
+        client.close()
+    if found is not None:
+        raise ConfigError(found)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,7 +175,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from worker.intake import submission
 
     with Client(settings) as client:
-        outcome = submission.retry(client.store, client.broker, args.job_id, args.new_job_id)
+        outcome = submission.retry(client.store, client.broker, args.job_id, args.new_job_id, force=args.force)
     if outcome.result != "submitted":
         print(f"cekura-worker: {outcome.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -266,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit a finished job again as a new job; prints the new job id",
         description="Submit a finished job (its record is kept CEKURA_JOB_TTL_S) again as a new job with the same "
         "kind, params and deadline; its metadata gets retry_of=JOB_ID. Refused for a job still running, an unknown "
-        "one, and kinds with secret params (never stored: submit those again with the secret).",
+        "one, kinds with secret params (never stored: submit those again with the secret), and, without --force, "
+        "a job whose start must not repeat and may have reached Cekura (its outcome is unknown).",
     )
     p.add_argument("job_id", metavar="JOB_ID", help="the finished job")
     p.add_argument(
@@ -274,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="new_job_id",
         metavar="NEW_ID",
         help="the new job's id (default: JOB_ID-retry-N, the next free N)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="retry even a job whose start's outcome is unknown: Cekura may still be running the first operation, "
+        "and the retry may start a second one",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="the new id alone, or a JSON object")
     p.set_defaults(func=cmd_retry)
@@ -284,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         help="list dead-lettered messages and failed or timed-out jobs, newest first",
         description="Dead-lettered Dramatiq messages (actor, job id, last recorded error) and jobs whose result event "
-        "is failed or timed_out (with whether `retry` can still take them), newest first.",
+        "is failed or timed_out (with whether `retry` can still take them, or only with --force), newest first.",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N of each (default 20)")

@@ -83,10 +83,12 @@ def register(values: Iterable[str | None]) -> None:
 
 
 def register_settings(settings: Settings) -> None:
-    """Register this deployment's secrets: the Cekura API key and the Redis password (as written and decoded)."""
+    """Register this deployment's secrets: the Cekura API key, the Redis password (as written and decoded) and the
+    Sentinels' password."""
     password = urlsplit(settings.redis_url.get_secret_value()).password
     key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
-    register([key, password, unquote(password) if password else None])
+    sentinel = settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None
+    register([key, password, unquote(password) if password else None, sentinel])
 
 
 def _mask(text: str, groups: Iterable[_Group]) -> str:

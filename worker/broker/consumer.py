@@ -40,6 +40,11 @@ class _ZSetConsumer(_RedisConsumer):
     the heartbeat timeout, which the actors' claims already make harmless. Every message popped stays in the
     broker's `held` set until its ack or requeue has reached Redis, which is how `sweep_acks` tells a message
     in hand from one whose fetch reply was lost.
+
+    Every Redis error, not only a lost connection, reaches Dramatiq as `ConnectionClosed`: a failover's `READONLY`,
+    an `OOM` or a script error would otherwise escape Dramatiq's `ConsumerThread.close()` (which catches only
+    connection errors) and end the consumer thread for good. As `ConnectionClosed`, Dramatiq restarts the
+    consumer a second later, and retries an ack until Redis takes it.
     """
 
     broker: CekuraBroker
@@ -87,7 +92,10 @@ class _ZSetConsumer(_RedisConsumer):
 
     def requeue(self, messages: Any) -> None:
         messages = list(messages)
-        super().requeue(messages)
+        try:
+            super().requeue(messages)
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None
         self._held.difference_update(m.options["redis_message_id"] for m in messages)
 
     def close(self) -> None:
@@ -100,7 +108,7 @@ class _ZSetConsumer(_RedisConsumer):
             if unstarted:
                 self.broker.do_requeue(self.queue_name, *unstarted)
                 self._held.difference_update(unstarted)
-        except redis.ConnectionError as exc:
+        except redis.RedisError as exc:  # see `_ZSetConsumer`: a Redis error restarts the consumer, never kills it
             raise ConnectionClosed(exc) from None
 
     def nack(self, message: MessageProxy) -> None:
@@ -138,7 +146,7 @@ class _ZSetConsumer(_RedisConsumer):
             if wait_ms > 0:
                 self.broker.wakeup.wait(wait_ms / 1000)
             return None
-        except redis.ConnectionError as exc:
+        except redis.RedisError as exc:  # see `_ZSetConsumer`: a Redis error restarts the consumer, never kills it
             raise ConnectionClosed(exc) from None
 
     def _pop(self) -> MessageProxy:

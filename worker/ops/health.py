@@ -3,7 +3,8 @@
 - `--liveness`: are this container's worker processes alive and unstuck? It reads only local files (each
   process's `LocalBeat` touches one while its Dramatiq, intake and reconciler threads run), never Redis, so a
   Redis outage, which the workers ride out by themselves, never gets them restarted.
-- `--readiness` (the default): does Redis answer, and has a worker process on this host beaten there recently?
+- `--readiness` (the default): does Redis answer, with a memory policy that never deletes keys by itself
+  (`worker.runtime.eviction`), and has a worker process on this host beaten there recently?
 
 Both run every few seconds, so they stay cheap: no Dramatiq or actor imports; readiness makes one connection with
 short timeouts and no retries, and a few commands. The host is the container's hostname, so each replica reports
@@ -20,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.settings import Settings
+from worker.runtime import eviction
 from worker.runtime.connection import connect, server_ms
 from worker.runtime.heartbeat import live_local_processes, live_workers, workers_key
 
@@ -78,6 +80,9 @@ def check(settings: Settings) -> tuple[bool, str]:
         return False, f"redis unreachable at {where}: {_scrub(str(exc), settings)}"
     try:
         client.ping()
+        unsafe = eviction.problem(client)
+        if unsafe is not None:
+            return False, unsafe
         workers = live_workers(client, settings, host=host)
         if workers:
             return True, f"ok: redis at {where} answers; {len(workers)} live worker process(es) on host {host}"

@@ -15,6 +15,7 @@ import redis
 
 from config.settings import Settings
 from worker.cekura.polling import PollingBook
+from worker.runtime import eviction
 from worker.runtime.connection import server_ms
 from worker.runtime.heartbeat import live_workers
 from worker.store.jobs import as_text, iso_from_ms
@@ -158,6 +159,7 @@ def summarize(client: redis.Redis, settings: Settings, *, limit: int | None = No
         "streams": stream_view(client, settings),
         "workers": {"live": len(workers), "processes": workers},
         "polling": polling_view(client, settings),
+        "redis_memory": {"policy": eviction.policy(client), "problem": eviction.problem(client)},
     }
 
 
@@ -211,6 +213,12 @@ def render_table(summary: dict[str, Any]) -> str:
     workers = summary["workers"]
     listed = ", ".join(workers["processes"]) if workers["processes"] else "none"
     lines.append(f"Workers: {workers['live']} live ({listed})")
+    memory = summary.get("redis_memory")
+    if memory is not None:
+        lines.append(
+            f"Redis memory policy: {memory['policy'] or 'unknown'}"
+            + (f"; WARNING: {memory['problem']}" if memory["problem"] else "")
+        )
     if "polling" in summary:
         lines += ["", *_polling_lines(summary["polling"])]
     return "\n".join(lines)

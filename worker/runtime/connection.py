@@ -1,7 +1,11 @@
-"""Redis connections: one pool per process, built from `REDIS_URL` (redis://, rediss:// for TLS, unix://).
+"""Redis connections: one pool per process, built from `REDIS_URL` (redis://, rediss:// for TLS, unix://, or
+redis+sentinel:// and rediss+sentinel:// for a primary found through Sentinel).
 
 Commands retry on connection errors with exponential backoff, so a Redis restart or a dropped connection
-costs a short pause, not a crash.
+costs a short pause, not a crash. A failover is one more such error: a `READONLY` reply (a connection still on
+the old primary, now a replica) disconnects and retries, so the next attempt connects afresh, through Sentinel
+(redis-py's `SentinelConnectionPool` asks the Sentinels for the current primary) or, with a plain URL, through
+the endpoint a managed Redis moves to the new primary.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from config.settings import Settings
+from config.settings import SENTINEL_SCHEMES, Settings, sentinel_parts
 
 #: How many times a command is retried on a connection error before the error reaches the caller.
 DEFAULT_COMMAND_RETRIES = 5
@@ -31,9 +37,10 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 30,
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), DEFAULT_COMMAND_RETRIES),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        # READONLY: this connection is on a primary that was demoted (a failover): reconnect and try again.
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, ReadOnlyError],
     }
-    if settings.redis_url.get_secret_value().startswith("rediss://"):
+    if settings.redis_url.get_secret_value().startswith(("rediss://", "rediss+sentinel://")):
         kwargs["ssl_cert_reqs"] = "required"
         if settings.redis_ca_bundle:
             kwargs["ssl_ca_certs"] = settings.redis_ca_bundle
@@ -41,10 +48,38 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def connect(settings: Settings, **overrides: Any) -> redis.Redis:
-    """A client on a fresh connection pool for `settings.redis_url`."""
+    """A client on a fresh connection pool for `settings.redis_url` (the current primary, with Sentinel)."""
     kwargs = connection_kwargs(settings) | overrides
-    pool = redis.ConnectionPool.from_url(settings.redis_url.get_secret_value(), **kwargs)
+    url = settings.redis_url.get_secret_value()
+    if url.split("://", 1)[0] in SENTINEL_SCHEMES:
+        return _sentinel_primary(settings, kwargs)
+    pool = redis.ConnectionPool.from_url(url, **kwargs)
     return redis.Redis(connection_pool=pool)
+
+
+def _sentinel_primary(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
+    """A client whose every connection (the pool's and `ThreadConnections`') asks the Sentinels where the primary
+    is when it connects, and reconnects on `READONLY`. Nothing falls back to localhost: a connection has no address
+    of its own until the Sentinels give it one."""
+    parts = sentinel_parts(settings.redis_url.get_secret_value())
+    tls = {key: value for key, value in kwargs.items() if key.startswith("ssl_")}
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": kwargs["socket_timeout"],
+        "socket_connect_timeout": kwargs["socket_connect_timeout"],
+        "password": settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None,
+        **({"ssl": True, **tls} if parts.tls else {}),
+    }
+    sentinel = Sentinel(list(parts.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(
+        parts.service,
+        redis_class=redis.Redis,
+        db=parts.db,
+        username=parts.username,
+        password=parts.password,
+        check_connection=True,
+        **({"ssl": True} if parts.tls else {}),
+        **kwargs,
+    )
 
 
 class ThreadConnections:

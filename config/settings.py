@@ -283,7 +283,9 @@ def sentinel_parts(url: str) -> SentinelParts:
         sentinels.append((host, int(port) if port else DEFAULT_SENTINEL_PORT))
     path = [piece for piece in parts.path.split("/") if piece]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError("must name the Sentinel service after the hosts: redis+sentinel://host:26379/service_name[/db]")
+        raise ValueError(
+            "must name the Sentinel service after the hosts: redis+sentinel://host:26379/service_name[/db]"
+        )
     return SentinelParts(
         sentinels=tuple(sentinels),
         service=unquote(path[0]),

@@ -94,9 +94,10 @@ class RedisHA:
 
     def _sees_replica(self, sentinel: _Process) -> bool:
         with contextlib.suppress(redis.RedisError), sentinel.client() as c:
-            return bool(c.execute_command("SENTINEL", "REPLICAS", SERVICE)) and len(
-                c.execute_command("SENTINEL", "SENTINELS", SERVICE)
-            ) >= 2
+            return (
+                bool(c.execute_command("SENTINEL", "REPLICAS", SERVICE))
+                and len(c.execute_command("SENTINEL", "SENTINELS", SERVICE)) >= 2
+            )
         return False
 
     def primary_port(self) -> int | None:

@@ -41,7 +41,7 @@ from worker.intake import requests, submission
 from worker.ops import metrics
 from worker.runtime.app import Runtime
 from worker.store import scripts
-from worker.store.jobs import as_text
+from worker.store.jobs import NotReplicated, as_text
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +88,7 @@ def about_the_server(exc: redis.RedisError) -> bool:
         redis.TimeoutError,
         ReadOnlyError,
         OutOfMemoryError,
+        NotReplicated,
         TryAgainError,
         ClusterDownError,
         NoPermissionError,

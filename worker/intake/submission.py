@@ -144,6 +144,7 @@ def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Sub
                 kind=request.kind.name,
                 hint="the reconciler sends the start once the job is overdue",
             )
+    store.wait_replicated()  # with CEKURA_REDIS_MIN_REPLICAS: accepted means on the replicas too
     return Submitted(request.job_id, created, state)
 
 
@@ -226,6 +227,8 @@ def answer(store: JobStore, job_id: str, text: str) -> Answered:
         raise not_a_job(job_id)
     done = Answered(job_id, reply[0], reply[1] if len(reply) > 1 else "")
     log.info("job_answered" if done.result == "ok" else "answer_refused", job_id=job_id, result=done.result)
+    if done.result == "ok":
+        store.wait_replicated()
     return done
 
 

@@ -82,6 +82,12 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class NotReplicated(redis.RedisError):  # type: ignore[misc]  # redis-py types RedisError as Any
+    """Fewer replicas than CEKURA_REDIS_MIN_REPLICAS acknowledged a write in time: it is not relied on yet (the
+    request entry stays unacknowledged, the step's message is retried). A Redis error, so every Redis handler
+    treats it as one that passes."""
+
+
 class JobStore:
     """Reads and changes job state; the only code that knows the Redis layout of a job."""
 
@@ -106,6 +112,7 @@ class JobStore:
         self._cool_down = scripts.load(client, "cool_down")
         self._answer = scripts.load(client, "answer")
         self._mark_start = scripts.load(client, "mark_start", per_thread=per_thread)
+        self._marker_key = settings.key("replicated")
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -292,6 +299,7 @@ class JobStore:
         )
         verdict = FinishVerdict(as_text(reply[0]))
         if verdict is FinishVerdict.OK:
+            self.wait_replicated()  # the final state and its event, before anything relies on them
             return Finish(
                 verdict,
                 as_text(reply[1]),
@@ -326,6 +334,23 @@ class JobStore:
             ],
         )
         return [as_text(part) for part in reply]
+
+    def wait_replicated(self) -> None:
+        """With CEKURA_REDIS_MIN_REPLICAS > 0: return once that many replicas hold every write made so far (on any
+        connection), else raise `NotReplicated`. One round trip: a marker write and `WAIT` on one connection, since
+        `WAIT` counts what its own connection wrote, and the primary's replication stream is one ordered log."""
+        wanted = self.settings.cekura_redis_min_replicas
+        if wanted == 0:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._marker_key, "1", px=60_000)
+        pipe.execute_command("WAIT", wanted, self.settings.cekura_redis_wait_timeout_ms)
+        acknowledged = int(pipe.execute()[1])
+        if acknowledged < wanted:
+            raise NotReplicated(
+                f"NOREPLICAS {acknowledged} of {wanted} replica(s) acknowledged the write within "
+                f"{self.settings.cekura_redis_wait_timeout_ms} ms"
+            )
 
     def mark_start_sent(self, job_id: str, claim: Claim) -> str:
         """Record, just before a start call that must not be repeated, that it may reach Cekura: an attempt that

@@ -449,15 +449,16 @@ def test_a_form_replayed_with_another_browsers_cookies_is_refused(console: Serve
     """Held: the victim's session cookie with the attacker's own browser id and CSRF token is no good, nor the
     victim's CSRF token with the attacker's id."""
     make_job(store, "queued")
-    console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN})
-    victim_session = console.http.cookies["cekura_console_session"]
+    assert console.login().status_code == 303
+    victim_session = console.http.cookies[console.session_cookie]
     victim_csrf = console.csrf("/actions/cancel?job=queued")
     with httpx.Client(base_url=console.handle.url, trust_env=False) as attacker:
         own_csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', attacker.get("/login").text)
         assert own_csrf
-        attacker.cookies.set("cekura_console_session", victim_session)
+        attacker.cookies.set(console.session_cookie, victim_session)
         for csrf in (own_csrf[1], victim_csrf):
-            assert attacker.post("/actions/cancel", data={"csrf": csrf, "job": "queued"}).status_code == 403
+            data = {"csrf": csrf, "job": "queued", "key": console.key}  # even with the victim's page key
+            assert attacker.post("/actions/cancel", data=data).status_code == 403
     assert _state(store, "queued") == "queued"
 
 
@@ -515,21 +516,22 @@ def test_a_forged_session_cookie_is_refused(console: Served, store: JobStore, se
     """Held: the session is an HMAC under a per-process key: no guessed value works."""
     make_job(store, "queued")
     console.csrf()
-    console.http.cookies.set("cekura_console_session", session)
+    console.http.cookies.set(console.session_cookie, session)
     assert console.act("cancel", "queued", token=None).status_code == 403
     assert _state(store, "queued") == "queued"
 
 
 def test_a_fixed_browser_id_gives_the_attacker_nothing(console: Served, store: JobStore) -> None:
-    """Held (fixation): another port on 127.0.0.1 can plant `cekura_console_id` in the victim's browser (cookies
+    """Held (fixation): another port on 127.0.0.1 can plant the browser id cookie in the victim's browser (cookies
     ignore ports), and the console takes the planted id as is until the login, which replaces it; the session is
     bound to the new id, so the attacker, holding the planted id and its CSRF token, still can't act."""
     make_job(store, "queued")
     planted = "attacker-chosen-browser-id"
-    console.http.cookies.set("cekura_console_id", planted, domain="127.0.0.1")  # as a page on another port sets it
-    assert console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN}).status_code == 303
-    assert console.http.cookies["cekura_console_id"] != planted  # rotated at login
-    with httpx.Client(base_url=console.handle.url, trust_env=False, cookies={"cekura_console_id": planted}) as attacker:
+    console.http.cookies.set(console.id_cookie, planted, domain="127.0.0.1")  # as a page on another port sets it
+    assert console.login().status_code == 303
+    assert console.http.cookies[console.id_cookie] != planted  # rotated at login
+    cookies = {console.id_cookie: planted}
+    with httpx.Client(base_url=console.handle.url, trust_env=False, cookies=cookies) as attacker:
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', attacker.get("/actions/cancel?job=queued").text)
         assert csrf
         assert attacker.post("/actions/cancel", data={"csrf": csrf[1], "job": "queued"}).status_code == 403
@@ -542,14 +544,15 @@ def test_logging_out_ends_the_session_for_good(console: Served, store: JobStore)
     machine, a proxy log, another service on 127.0.0.1 that received it: cookies ignore ports) still acts, and keeps
     acting past the 8-hour Max-Age too: nothing on the server expires it short of a console restart."""
     make_job(store, "after-logout")
-    console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN})
+    assert console.login().status_code == 303
     stolen = dict(console.http.cookies)
     assert console.http.post("/logout", data={"csrf": console.csrf()}).status_code == 303
-    assert "cekura_console_session" not in console.http.cookies
+    assert console.session_cookie not in console.http.cookies
     with httpx.Client(base_url=console.handle.url, trust_env=False, cookies=stolen) as thief:
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', thief.get("/actions/cancel?job=after-logout").text)
         assert csrf
-        replayed = thief.post("/actions/cancel", data={"csrf": csrf[1], "job": "after-logout"})
+        data = {"csrf": csrf[1], "job": "after-logout", "key": console.key}  # the page key copied too
+        replayed = thief.post("/actions/cancel", data=data)
     assert replayed.status_code == 403, "a session cookie copied before the logout still cancels jobs"
     assert _state(store, "after-logout") == "queued"
 

@@ -3,10 +3,13 @@ Selenium, against the whole service as processes: a redis-server with a password
 `cekura-worker run` with progress events on, and `cekura-worker console` itself.
 
 A person's path through it: find a running job, watch its stage change without reloading, be refused without the
-token, cancel a job and see it end `cancelled`, retry a failed one, see hostile strings as text, and an overview
-that follows events live. The tests save screenshots of the overview and a job page
-(the README's, with CONSOLE_SCREENSHOTS=docs). They skip, saying why, only where no
-Chromium or chromedriver is installed (`.ci/run` installs both).
+token, cancel a job and see it end `cancelled`, retry a failed one, see hostile strings as text, an overview that
+follows events live, and a login that acts without the token while another port holding its cookies can't.
+
+The page changes under the tests (events replace a feed's lines): a list is read in one step (`Stack.texts`), a
+click that navigates waits for the next page to have loaded (`Stack.follow`), and every wait is for a state. The
+tests save screenshots of the overview and a job page (the README's, with CONSOLE_SCREENSHOTS=docs). They skip,
+saying why, only where no Chromium or chromedriver is installed (`.ci/run` installs both).
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.console.consoles import TOKEN
+from tests.console.consoles import TOKEN, hidden_fields
 from tests.console.jobs import HOSTILE_JOB_ID, HOSTILE_SCRIPT
 from tests.support import RedisServer, free_port, kill_group, wait_for_line, without_service_env
 from tests.system.conftest import System
@@ -87,9 +92,24 @@ class Stack:
         self.wait(lambda b: b.find_elements(By.ID, element_id), f"#{element_id} on the page")
         return self.browser.find_element(By.ID, element_id).text
 
-    def click(self, element_id: str) -> None:
-        self.browser.find_element(By.ID, element_id).click()
+    def texts(self, css: str) -> list[str]:
+        """The text of every element `css` selects, read in one step: the feed replaces its lines as events come, so
+        a line found by one WebDriver call may be gone by the next (StaleElementReferenceException)."""
+        found = self.browser.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]), (element) => element.innerText);", css
+        )
+        return [str(text) for text in found]
+
+    def follow(self, by: str, value: str) -> None:
+        """Click what leads to another page (a link, a form's button), and wait until that page has loaded."""
+        old = self.browser.find_element(By.TAG_NAME, "html")
+        self.browser.find_element(by, value).click()
+        self.wait(expected_conditions.staleness_of(old), f"the page after {value} to come")
+        self.wait(lambda b: b.execute_script("return document.readyState") == "complete", "the page to load")
         self.pages.append(self.browser.page_source)
+
+    def click(self, element_id: str) -> None:
+        self.follow(By.ID, element_id)
 
     def wait_live(self) -> None:
         self.wait(lambda b: b.find_element(By.ID, "live-status").text == "live", "the event stream to connect")
@@ -184,16 +204,14 @@ def test_a_running_job_is_found_and_its_stage_changes_without_a_reload(
     stack: Stack, failed_job: str, hostile_jobs: dict[str, str]
 ) -> None:
     job_id = stack.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="stages")
-    found = ""
-    for _ in range(100):  # until the jobs page lists it among the active jobs
-        stack.open("/jobs")
-        links = stack.browser.find_elements(By.CSS_SELECTOR, f'#active-jobs tr[data-job-id="{job_id}"] a.job')
-        if links:
-            found = links[0].text
-            links[0].click()
-            break
-        time.sleep(0.1)
-    assert found == job_id
+    link = f'#active-jobs tr[data-job-id="{job_id}"] a.job'
+
+    def listed(browser: WebDriver) -> bool:
+        browser.get(stack.url + "/jobs")  # the jobs page is not live: each look is a new page
+        return stack.texts(link) == [job_id]
+
+    stack.wait(listed, "the jobs page to list the job among the active ones")
+    stack.follow(By.CSS_SELECTOR, link)
     stack.wait_live()
     stack.browser.execute_script("window.__samePage = true;")
     seen: list[str] = []
@@ -232,14 +250,14 @@ def test_cancelling_a_running_job_ends_it_cancelled(stack: Stack) -> None:
     job_id = stack.client.submit("agent.auto_fetch", {"agent_id": 777}, job_id="stuck")
     stack.system.wait_for(lambda: (stack.client.status(job_id) or {}).get("state") == "polling", timeout=WAIT_S)
     stack.open("/jobs?status=polling")
-    stack.browser.find_element(By.CSS_SELECTOR, f'#active-jobs tr[data-job-id="{job_id}"] a.job').click()
+    stack.follow(By.CSS_SELECTOR, f'#active-jobs tr[data-job-id="{job_id}"] a.job')
     assert stack.text("job-state") == "polling"
     stack.click("cancel-link")
     assert "Cancel job stuck?" in stack.browser.find_element(By.TAG_NAME, "h1").text
     stack.browser.find_element(By.ID, "token").send_keys(TOKEN)
     stack.click("confirm")
     assert stack.text("outcome") == "job stuck cancelled"
-    stack.browser.find_element(By.LINK_TEXT, job_id).click()
+    stack.follow(By.LINK_TEXT, job_id)
     assert stack.text("job-state") == "finished"
     assert stack.text("job-status") == "cancelled"
     assert stack.text("result-status") == "cancelled"
@@ -248,15 +266,16 @@ def test_cancelling_a_running_job_ends_it_cancelled(stack: Stack) -> None:
 def test_retrying_a_failed_job_submits_it_again(stack: Stack, failed_job: str) -> None:
     assert stack.client.wait(failed_job, timeout=WAIT_S)["status"] == "failed"
     stack.open("/jobs?status=failed")
-    stack.browser.find_element(By.LINK_TEXT, failed_job).click()
+    stack.follow(By.LINK_TEXT, failed_job)
     assert stack.text("result-status") == "failed"
     assert "Simulated provider failure" in stack.text("result-error")
     stack.click("retry-link")
+    assert stack.text("new-job-id") == f"{failed_job}-retry-1"
     stack.browser.find_element(By.ID, "token").send_keys(TOKEN)
-    stack.click("confirm")
-    assert stack.text("outcome") == f"job {failed_job} retried as job {failed_job}-retry-1"
-    stack.browser.find_element(By.LINK_TEXT, f"{failed_job}-retry-1").click()
-    assert stack.text("job-state") in ("queued", "starting", "polling")
+    stack.click("confirm")  # answered with the new job's page (post, redirect, get)
+    assert stack.browser.current_url == f"{stack.url}/jobs/{failed_job}-retry-1"
+    assert stack.text("job-id") == f"{failed_job}-retry-1"
+    assert stack.text("job-state") in ("queued", "starting", "polling", "finished")
     assert f"a retry of job {failed_job}" in stack.text("timeline")
 
 
@@ -274,7 +293,7 @@ def test_hostile_strings_are_shown_as_text(stack: Stack, hostile_jobs: dict[str,
     assert HOSTILE_JOB_ID in page  # among the active jobs
     assert f"unknown kind {HOSTILE_SCRIPT!r}" in page or HOSTILE_SCRIPT in page  # a rejected request's reason
     inert("/jobs")
-    stack.browser.find_element(By.LINK_TEXT, HOSTILE_JOB_ID).click()
+    stack.follow(By.LINK_TEXT, HOSTILE_JOB_ID)
     assert stack.text("job-id") == HOSTILE_JOB_ID
     inert("the hostile job's page")
     stack.open(f"/jobs/{quote(hostile_jobs['echo'], safe='')}")
@@ -287,16 +306,12 @@ def test_the_overview_shows_the_status_figures_and_follows_events_live(stack: St
     stack.open("/")
     stack.wait_live()
     stack.browser.execute_script("window.__samePage = true;")
-    assert stack.browser.find_element(By.CSS_SELECTOR, '[data-figure="workers_live"]').text == "1"
+    stack.wait(lambda b: stack.texts('[data-figure="workers_live"]')[:1] == ["1"], "the one worker to be counted")
     job_id = stack.client.submit("agent.auto_fetch", {"agent_id": 6}, job_id="watched")
-
-    def fed(browser: WebDriver) -> bool:
-        return any(job_id in item.text for item in browser.find_elements(By.CSS_SELECTOR, "#feed li"))
-
-    stack.wait(fed, "a progress event of the new job in the feed")
-    stack.wait(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#feed li")) >= 3, "a few more events in the feed")
+    stack.wait(lambda b: any(job_id in line for line in _feed_lines(b)), "a progress event of the new job in the feed")
+    stack.wait(lambda b: len(_feed_lines(b)) >= 3, "a few more events in the feed")
     stack.wait(
-        lambda b: b.find_element(By.CSS_SELECTOR, '[data-figure="in_flight"]').text not in ("", "0"),
+        lambda b: stack.texts('[data-figure="in_flight"]')[:1] not in ([], [""], ["0"]),
         "the in-flight figure to count the new job",
     )
     outcomes = stack.browser.find_element(By.CSS_SELECTOR, 'table[data-table="outcomes"]').text
@@ -307,11 +322,41 @@ def test_the_overview_shows_the_status_figures_and_follows_events_live(stack: St
     stack.pages.append(stack.browser.page_source)
 
 
+#: Replaces every line of the feed every few milliseconds, as a burst of events does.
+_CHURN = """
+const feed = document.getElementById("feed");
+window.__churn = setInterval(() => {
+  const lines = [1, 2, 3, 4, 5].map((n) => {
+    const li = document.createElement("li");
+    li.textContent = "burst " + n + " at " + performance.now();
+    return li;
+  });
+  feed.replaceChildren(...lines);
+}, 0);
+"""
+
+
+def _feed_lines(browser: WebDriver) -> list[str]:
+    """The feed's lines, read in one step."""
+    found = browser.execute_script("return Array.from(document.querySelectorAll('#feed li'), (li) => li.innerText);")
+    return [str(line) for line in found]
+
+
+def test_the_feed_is_read_whole_while_events_replace_its_lines(stack: Stack) -> None:
+    stack.open("/")
+    stack.browser.execute_script(_CHURN)
+    try:
+        for _ in range(50):  # an event may add a line of its own between two bursts
+            assert sum(line.startswith("burst ") for line in _feed_lines(stack.browser)) == 5
+    finally:
+        stack.browser.execute_script("clearInterval(window.__churn)")
+
+
 def test_no_secret_reaches_a_console_page_or_its_log(stack: Stack) -> None:
     stack.open("/login")
     stack.browser.find_element(By.ID, "token").send_keys(TOKEN)
     stack.click("login")
-    assert stack.browser.find_element(By.CSS_SELECTOR, ".badge.ok").text == "logged in"
+    assert stack.texts(".badge.ok") == ["logged in"]
     for path in ("/", "/jobs", "/jobs/doomed", "/jobs/stuck", "/actions/retry?job=doomed"):
         stack.open(path)
     log = stack.console_log.read_text()
@@ -320,3 +365,33 @@ def test_no_secret_reaches_a_console_page_or_its_log(stack: Stack) -> None:
     leaks = [f"{name} in {where}" for where, text in writings.items() for name, v in stack.secrets.items() if v in text]
     assert not leaks, f"secrets leaked: {leaks}"
     stack.system.assert_log_shape([line for line in log.splitlines() if not line.startswith("cekura-worker console")])
+
+
+def test_a_logged_in_browser_acts_without_the_token_and_another_port_holding_its_cookies_can_not(stack: Stack) -> None:
+    if stack.texts(".badge.ok") != ["logged in"]:
+        stack.open("/login")
+        stack.browser.find_element(By.ID, "token").send_keys(TOKEN)
+        stack.click("login")
+    key = stack.browser.execute_script("return window.localStorage.getItem('cekura-console-page-key')")
+    assert isinstance(key, str) and len(key) == 43  # kept by the page, for this origin only
+    cookies = {cookie["name"]: cookie["value"] for cookie in stack.browser.get_cookies()}
+    assert key not in str(cookies)
+    job_id = stack.client.submit("agent.auto_fetch", {"agent_id": 777}, job_id="logged-in-cancel")
+    stack.system.wait_for(lambda: (stack.client.status(job_id) or {}).get("state") == "polling", timeout=WAIT_S)
+
+    # What the browser sends to any other port of 127.0.0.1, replayed from there: refused.
+    with httpx.Client(base_url=stack.url, cookies=cookies, trust_env=False, timeout=WAIT_S) as other:
+        fields = hidden_fields(other.get(f"/actions/cancel?job={job_id}").text)
+        assert fields and fields.get("key") == ""
+        assert other.post("/actions/cancel", data=fields, headers={"origin": stack.url}).status_code == 403
+    assert (stack.client.status(job_id) or {})["state"] == "polling"
+
+    stack.open(f"/jobs/{job_id}")
+    stack.click("cancel-link")
+    assert not stack.browser.find_element(By.ID, "token").is_displayed()  # the page key goes instead
+    stack.click("confirm")
+    assert stack.text("outcome") == f"job {job_id} cancelled"
+    stack.follow(By.CSS_SELECTOR, "form[data-logout] button")
+    assert stack.browser.execute_script("return window.localStorage.getItem('cekura-console-page-key')") is None
+    stack.open(f"/actions/cancel?job={job_id}")
+    assert stack.browser.find_element(By.ID, "token").is_displayed()

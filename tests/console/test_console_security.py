@@ -8,14 +8,15 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
 from config.settings import load_settings
-from tests.console.consoles import TOKEN, Served
-from tests.console.jobs import finish, make_job
+from tests.console.consoles import TOKEN, Served, hidden_fields
+from tests.console.jobs import finish, make_job, progress
 from worker.console import guard as guard_module
 from worker.console.forms import DEFAULT_MAX_FORM_BYTES
 from worker.console.guard import DEFAULT_MIN_TOKEN_CHARS, DEFAULT_SESSION_S, Guard
@@ -154,17 +155,26 @@ def test_only_a_small_urlencoded_form_is_read(console: Served, store: JobStore) 
 def test_logging_in_lets_this_browser_act_until_it_logs_out(console: Served, store: JobStore) -> None:
     make_job(store, "first")
     make_job(store, "second")
-    wrong = console.http.post("/login", data={"csrf": console.csrf(), "token": "not-the-token-at-all"})
+    wrong = console.login("not-the-token-at-all")
     assert wrong.status_code == 403 and "Refused: the console token is wrong." in wrong.text
-    logged_in = console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN})
+    keyless = console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN})  # no script ran
+    assert keyless.status_code == 400 and "sent no login key" in keyless.text
+    assert console.session_cookie not in console.http.cookies
+    logged_in = console.login()
     assert logged_in.status_code == 303
     cookie = logged_in.headers["set-cookie"]
-    assert "cekura_console_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
-    assert TOKEN not in cookie
+    assert f"{console.session_cookie}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert TOKEN not in cookie and console.key not in str(logged_in.headers)
     confirm = console.get("/actions/cancel?job=first").text
-    assert 'name="token"' not in confirm and "logged in" in confirm
+    assert re.search(r'<label id="token-row" data-without-key hidden>', confirm) and "logged in" in confirm
+    assert console.key not in confirm  # the page key is the page's to keep: the console never sends it
+    without_key = console.act("cancel", "first", token=None, key="")
+    assert without_key.status_code == 403 and "did not send this browser&#39;s login key" in without_key.text
     done = console.act("cancel", "first", token=None)
     assert done.status_code == 200 and "job first cancelled" in done.text
+    # A session does not renew itself: a login takes the token, whatever the browser already holds.
+    renew = {"csrf": console.csrf(), "token": "", "key": console.key}
+    assert console.http.post("/login", data=renew).status_code == 403
 
     console.http.post("/logout", data={"csrf": console.csrf()})
     refused = console.act("cancel", "second", token=None)
@@ -176,13 +186,15 @@ def test_a_session_cookie_is_good_only_in_the_browser_and_console_that_issued_it
     console: Served, serve: Callable[..., Served], store: JobStore
 ) -> None:
     make_job(store, "queued")
-    console.http.post("/login", data={"csrf": console.csrf(), "token": TOKEN})
-    session = console.http.cookies["cekura_console_session"]
+    assert console.login().status_code == 303
+    session = console.http.cookies[console.session_cookie]
     restarted = serve()  # a new process key: every session of the old console lapses
-    restarted.http.cookies.set("cekura_console_session", session)
+    restarted.http.cookies.set(restarted.session_cookie, session)
+    restarted.key = console.key
     assert restarted.act("cancel", "queued", token=None).status_code == 403
     thief = serve()
-    thief.http.cookies.set("cekura_console_session", session)  # without the browser id it was issued for
+    thief.http.cookies.set(thief.session_cookie, session)  # without the browser id it was issued for
+    thief.key = console.key
     assert thief.act("cancel", "queued", token=None).status_code == 403
     assert _state(store, "queued") == "queued"
 
@@ -214,10 +226,11 @@ def test_the_token_is_compared_in_constant_time_and_never_kept_in_a_cookie() -> 
     guard = Guard(load_settings(cekura_console_token=token).cekura_console_token)
     assert guard.token_matches(token)
     assert not guard.token_matches(token[:-1]) and not guard.token_matches("")
-    browser = Guard.new_browser_id()
-    session = guard.new_session(browser)
-    assert token not in session and token not in guard.csrf_token(browser)
-    assert guard.logged_in(browser, session)
+    browser, key = Guard.new_browser_id(), secrets.token_urlsafe(32)
+    session = guard.new_session(browser, key)
+    assert token not in session and token not in guard.csrf_token(browser) and key not in session
+    assert guard.logged_in(browser, session) and guard.session_acts(browser, session, key)
+    assert not guard.session_acts(browser, session, "") and not guard.session_acts(browser, session, key[:-1] + "x")
     assert not guard.logged_in(Guard.new_browser_id(), session)
     assert not guard.logged_in(browser, session[:-1] + ("0" if session[-1] != "0" else "1"))  # signed
     guard.end_session(browser, session)
@@ -234,7 +247,7 @@ def test_no_secret_appears_in_a_page_or_a_log_line(serve: Callable[..., Served],
         pages = [served.get(path).text for path in ("/", "/jobs", "/jobs/leaky", "/actions/retry?job=leaky")]
         pages.append(served.act("cancel", "leaky", token="a-guess-that-is-wrong").text)
         pages.append(served.act("retry", "leaky").text)
-        pages.append(served.http.post("/login", data={"csrf": served.csrf(), "token": TOKEN}).text)
+        pages.append(served.login().text)
     text = "\n".join(pages) + repr(logs)
     assert api_key not in text and TOKEN not in text
     assert "***" in served.get("/jobs/leaky").text
@@ -242,9 +255,44 @@ def test_no_secret_appears_in_a_page_or_a_log_line(serve: Callable[..., Served],
 
 def test_a_session_ends_on_the_server_after_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
     guard = Guard(load_settings(cekura_console_token=secrets.token_urlsafe(24)).cekura_console_token)
-    browser = Guard.new_browser_id()
-    session = guard.new_session(browser)
+    browser, key = Guard.new_browser_id(), secrets.token_urlsafe(32)
+    session = guard.new_session(browser, key)
     assert guard.logged_in(browser, session)
     later = time.monotonic() + DEFAULT_SESSION_S + 1
     monkeypatch.setattr(guard_module.time, "monotonic", lambda: later)
-    assert not guard.logged_in(browser, session)  # whatever the browser kept
+    assert not guard.logged_in(browser, session) and not guard.session_acts(browser, session, key)
+
+
+def test_another_server_on_this_host_holding_the_consoles_cookies_can_not_act(console: Served, store: JobStore) -> None:
+    """Cookies ignore ports: once the operator has logged in, every request their browser makes to any other port of
+    127.0.0.1 carries the console's cookies, whatever their names. The server on that port replays them from its own
+    HTTP client, with whatever headers it likes, reading every page the cookies open."""
+    make_job(store, "running")
+    progress(store.client, console.settings, "running", "in_progress")
+    assert console.login().status_code == 303
+    sent_to_another_port = {cookie.name: cookie.value for cookie in console.http.cookies.jar}
+    origin = {"origin": console.handle.url, "sec-fetch-site": "same-origin"}  # forged: it is not a browser
+    with httpx.Client(
+        base_url=console.handle.url, trust_env=False, cookies=sent_to_another_port, headers=origin
+    ) as other:
+        page = other.get("/actions/cancel?job=running")
+        assert page.status_code == 200
+        fields = hidden_fields(page.text)
+        for data in (fields, {**fields, "job": "running"}, {**fields, "job": "running", "token": ""}):
+            assert other.post("/actions/cancel", data=data).status_code == 403
+        retried = other.post("/actions/retry", data={"csrf": fields.get("csrf", ""), "job": "running"})
+        assert retried.status_code == 403
+    assert _state(store, "running") == "polling"
+    assert console.act("cancel", "running", token=None).status_code == 200  # the operator's own page still acts
+    assert _state(store, "running") == "finished"
+
+
+@pytest.mark.parametrize("scheme", ["https", "HTTP"])
+def test_a_form_whose_origin_differs_only_in_scheme_or_case_is_judged_exactly(
+    console: Served, store: JobStore, scheme: str
+) -> None:
+    make_job(store, "queued")
+    own = urlsplit(console.handle.url)
+    data = {**hidden_fields(console.get("/actions/cancel?job=queued").text), "token": TOKEN}
+    response = console.http.post("/actions/cancel", data=data, headers={"origin": f"{scheme}://{own.netloc}"})
+    assert response.status_code == (403 if scheme == "https" else 200)

@@ -8,7 +8,7 @@ the CLI; the workers don't know it exists. The modules, in the order a request m
 - `server`: runs it (uvicorn on 127.0.0.1:8089 by default), in its own process or a thread;
 - `app`: the routes, the error pages; `headers`: the strict Content-Security-Policy and the Host check;
 - `pages`: the read-only pages and their event stream; `forms`: confirmation pages, actions, login;
-- `guard`: the token, session and CSRF checks; `actions`: cancel, retry, answer;
+- `guard`: the token, the session (a cookie and a page key) and CSRF checks; `actions`: cancel, retry, answer;
 - `overview`, `listing`, `detail`: what each page reads from Redis (every read bounded);
 - `reads` (and its `reads.lua`): those reads, bounded in bytes too (each value cut), and how a value is shown
   (redacted, then cut);

@@ -3,6 +3,11 @@ Python client (`Client.cancel`, `submission.retry`, `Client.answer`), so the con
 
 Each action is asked for on a confirmation page and its outcome shown as the words those functions answer with.
 `answer` is offered only by a client that has it (`Client.answer`, for jobs whose Cekura operation asked a question).
+
+A retry's new job id is drawn when its confirmation page is (`retry_id`) and posted back with the form, so the same
+confirmation posted twice (a double click, a reload that posts again) makes one job: `submission.retry` answers a
+new job id it has already made with that job. A retry that could start a second Cekura operation beside one that
+may still be running (`unknown_start`) is done only when the form says so (`force`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import structlog
 
 from worker.client import Client
 from worker.errors import InvalidRequest
-from worker.intake import submission
+from worker.intake import requests, submission
 from worker.redact import redact
 
 log = structlog.get_logger(__name__)
@@ -45,8 +50,8 @@ ACTIONS = {
         "retry",
         "Retry",
         "Yes, retry the job",
-        "Submits this finished job again as a new job (<job>-retry-N) with the same kind, params and deadline, "
-        "exactly as `cekura-worker retry` does. The finished job is left as it is.",
+        "Submits this finished job again as a new job with the same kind, params and deadline, exactly as "
+        "`cekura-worker retry` does. The finished job is left as it is.",
     ),
     "answer": Action(
         "answer",
@@ -67,6 +72,8 @@ class Done:
     message: str
     job_id: str
     new_job_id: str = ""
+    #: A retry refused because its start's outcome is unknown: it asks to be confirmed again, explicitly.
+    unknown_start: bool = False
 
 
 def can_answer(client: Client) -> bool:
@@ -74,24 +81,46 @@ def can_answer(client: Client) -> bool:
     return callable(getattr(client, "answer", None))
 
 
-def perform(client: Client, action: str, job_id: str, text: str = "") -> Done:
-    """Run `action` on `job_id`; a refusal (`InvalidRequest`) becomes a `Done` that says why. Redis errors propagate."""
+def retry_id(client: Client, job_id: str) -> str:
+    """The id a retry of `job_id` confirmed now would make: `<job_id>-retry-<n>` with the first free n, as the CLI
+    picks it ("" when there is none: the id is too long to add to, or every number is taken)."""
+    for number in range(1, submission.DEFAULT_MAX_RETRY_NUMBER + 1):
+        candidate = f"{job_id}-retry-{number}"
+        if not requests.JOB_ID_PATTERN.fullmatch(candidate):
+            return ""
+        if not client.redis.exists(client.store.job_key(candidate)):
+            return candidate
+    return ""
+
+
+def unknown_start(job_id: str, record: dict[str, str]) -> bool:
+    """Whether a retry of the job with `record` (its `state`, `kind`, `start_sent`, `progress_id`) needs `force`: its
+    start must not repeat and may have reached Cekura, whose operation may still be running."""
+    refused = submission.Retried.refusal(job_id, record)
+    return refused is not None and refused.result == "unknown_start"
+
+
+def perform(
+    client: Client, action: str, job_id: str, text: str = "", *, new_job_id: str = "", force: bool = False
+) -> Done:
+    """Run `action` on `job_id` (a retry as `new_job_id`, forced or not); a refusal (`InvalidRequest`) becomes a
+    `Done` that says why. Redis errors propagate."""
     try:
-        done = _perform(client, action, job_id, text)
+        done = _perform(client, action, job_id, text, new_job_id, force)
     except InvalidRequest as exc:
         done = Done(False, redact(str(exc)), job_id)
     log.info("console_action", action=action, job_id=job_id, ok=done.ok, new_job_id=done.new_job_id or None)
     return done
 
 
-def _perform(client: Client, action: str, job_id: str, text: str) -> Done:
+def _perform(client: Client, action: str, job_id: str, text: str, new_job_id: str, force: bool) -> Done:
     if action == "cancel":
         cancelled = client.cancel(job_id)
         return Done(cancelled.result == "cancelled", redact(cancelled.message), job_id)
     if action == "retry":
-        retried = submission.retry(client.store, client.broker, job_id)
-        submitted = retried.result == "submitted"
-        return Done(submitted, redact(retried.message), job_id, retried.job_id if submitted else "")
+        retried = submission.retry(client.store, client.broker, job_id, new_job_id=new_job_id or None, force=force)
+        submitted, unknown = retried.result == "submitted", retried.result == "unknown_start"
+        return Done(submitted, redact(retried.message), job_id, retried.job_id if submitted else "", unknown)
     if action == "answer":
         answer = getattr(client, "answer", None)
         if not callable(answer):

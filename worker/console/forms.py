@@ -1,16 +1,19 @@
 """The pages that change something: an action's confirmation page and its POST, and logging in and out.
 
 Every POST is checked the same way before anything else happens (see `worker.console.guard`): a form body
-(`application/x-www-form-urlencoded`, small), from this origin (`Origin` and `Sec-Fetch-Site`, when the browser
+(`application/x-www-form-urlencoded`, small), from this very origin (`Origin` and `Sec-Fetch-Site`, when the browser
 sends them), with this browser's CSRF token, and, to act, the console token (typed into the form, or a login
-session). A refusal changes nothing, says why, and is logged without any value the user typed. A wrong token costs
-the sender `DEFAULT_REFUSAL_DELAY_S`, so guessing it is slow.
+session: its cookie and its page key). A refusal changes nothing, says why, and is logged without any value the user
+typed. A wrong token costs the sender `DEFAULT_REFUSAL_DELAY_S`, so guessing it is slow.
+
+A retry done is answered with a redirect (303) to the new job's page, so reloading that page posts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import structlog
 from starlette.concurrency import run_in_threadpool
@@ -18,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from worker.console import reads
-from worker.console.actions import ACTIONS, can_answer, perform
+from worker.console.actions import ACTIONS, can_answer, perform, retry_id, unknown_start
 from worker.console.detail import DEFAULT_TEXT_CHARS, MAX_JOB_ID_CHARS
-from worker.console.guard import SESSION_COOKIE, Verdict
-from worker.console.reads import TEXT_BYTES, clip
-from worker.console.state import browser_id, console, login, render
+from worker.console.guard import Guard, Verdict
+from worker.console.reads import SHORT_BYTES, TEXT_BYTES, clip
+from worker.console.state import browser_id, console, login, render, session_cookie
 from worker.console.state import logout as logout_browser
 from worker.redact import redact
 
@@ -56,30 +59,49 @@ def _job_id(value: str) -> str:
     return value if len(value) <= MAX_JOB_ID_CHARS else clip(value, MAX_JOB_ID_CHARS)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int | None]:
+    """An origin as (scheme, host, port), the default port written out, so `http://h` is `http://h:80`."""
+    parts = urlsplit(f"{scheme.lower()}://{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        return ("", "", None)
+    return parts.scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(parts.scheme)
+
+
 def _same_origin(request: Request) -> bool:
-    """False when the browser says the form came from another site.
+    """False when the browser says the form came from anywhere but this very origin (scheme, host and port).
 
     `Origin: null` says nothing: browsers send it for every form POST of a page whose Referrer-Policy is
-    `no-referrer`, as the console's are; `Sec-Fetch-Site` still tells, and the CSRF token decides in any case."""
+    `no-referrer`, as the console's are; `Sec-Fetch-Site` still tells. A request with neither header is not from a
+    browser of today, and a client that isn't a browser can send any header: these checks stop other sites' pages,
+    not programs (the console token and the session's page key do that)."""
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return True
     parts = urlsplit(origin)
-    return parts.netloc.lower() == request.headers.get("host", "").lower() and parts.scheme in ("http", "https")
+    if parts.scheme not in _DEFAULT_PORTS or parts.path or parts.query or parts.username or parts.password:
+        return False
+    own = _origin(request.url.scheme, request.headers.get("host", ""))
+    return own[1] != "" and _origin(parts.scheme, parts.netloc) == own
 
 
-async def _check(request: Request) -> tuple[dict[str, str], Verdict]:
+async def _check(request: Request, *, token_only: bool = False) -> tuple[dict[str, str], Verdict]:
+    """The POST's form and whether it may act; `token_only`: only the token typed counts, not a session (a login
+    must not renew a session without it)."""
     form = await _form(request)
     if form is None:
         return {}, Verdict(False, "form", "The request isn't a form this console sent: nothing was changed.")
     if not _same_origin(request):
-        return form, Verdict(False, "csrf", "The form came from another site: nothing was changed.")
+        return form, Verdict(False, "csrf", "The form came from another origin: nothing was changed.")
     bid, _ = browser_id(request)
-    verdict = console(request).guard.check_action(
-        bid, request.cookies.get(SESSION_COOKIE, ""), form.get("csrf", ""), form.get("token", "")
-    )
+    session, key = ("", "") if token_only else (session_cookie(request), form.get("key", ""))
+    verdict = console(request).guard.check_action(bid, session, form.get("csrf", ""), form.get("token", ""), key)
     return form, verdict
 
 
@@ -91,7 +113,7 @@ async def _refused(request: Request, verdict: Verdict, what: str, job_id: str = 
         reason=verdict.reason,
         client=request.client.host if request.client else None,
     )
-    if verdict.reason == "token":
+    if verdict.reason in ("token", "key"):
         await asyncio.sleep(DEFAULT_REFUSAL_DELAY_S)
     context = {"page": "refused", "title": "Refused", "message": verdict.message, "job_id": job_id}
     return render(request, "error.html", context, 403)
@@ -106,14 +128,25 @@ def confirm(request: Request) -> Response:
     if action.name == "answer" and not can_answer(console(request).client):
         message = "This version of cekura-worker can't answer jobs."
         return render(request, "error.html", {"page": "error", "title": "Not available", "message": message}, 404)
-    question = ""
-    if action.name == "answer":  # a key that isn't a job has no question; the action itself will say so
-        c = console(request)
-        job = reads.jobs(c.client.redis, c.settings, [job_id], {"question": TEXT_BYTES})[0]
-        question = clip(job.fields.get("question", ""), DEFAULT_TEXT_CHARS, job.secrets)
+    c = console(request)
     # The id as the page shows it (and its form sends back): an id quoting a secret is not echoed.
-    context = {"page": "confirm", "action": action, "job_id": redact(job_id), "question": question}
+    shown = redact(job_id)
+    context: dict[str, Any] = {"page": "confirm", "action": action, "job_id": shown, "question": ""}
+    if action.name == "answer":  # a key that isn't a job has no question; the action itself will say so
+        job = reads.jobs(c.client.redis, c.settings, [job_id], {"question": TEXT_BYTES})[0]
+        context["question"] = clip(job.fields.get("question", ""), DEFAULT_TEXT_CHARS, job.secrets)
+    if action.name == "retry":
+        fields = dict.fromkeys(("kind", "state", "start_sent", "progress_id"), SHORT_BYTES)
+        record = reads.jobs(c.client.redis, c.settings, [job_id], fields)[0].fields
+        context |= _retry_form(c.guard, shown, retry_id(c.client, shown), unknown_start(shown, record))
     return render(request, "confirm.html", context)
+
+
+def _retry_form(guard: Guard, job_id: str, new_job_id: str, unknown: bool) -> dict[str, Any]:
+    """What a retry's confirmation page adds: the new job's id, fixed now and signed, and whether the job's start
+    may still be running at Cekura (then the form asks for a second, explicit confirmation)."""
+    signature = guard.retry_signature(job_id, new_job_id) if new_job_id else ""
+    return {"new_job_id": new_job_id, "new_job_sig": signature, "unknown_start": unknown}
 
 
 async def act(request: Request) -> Response:
@@ -125,25 +158,47 @@ async def act(request: Request) -> Response:
         return await _refused(request, verdict, name, job_id)
     if name not in ACTIONS or not job_id:
         return render(request, "error.html", {"page": "error", "title": "Not found", "message": "No such action."}, 404)
-    done = await run_in_threadpool(perform, console(request).client, name, job_id, form.get("answer", ""))
+    c = console(request)
+    new_job_id, force = "", False
+    if name == "retry":
+        new_job_id, force = form.get("new_job", ""), form.get("force") == "1"
+        if not c.guard.check_retry(job_id, new_job_id, form.get("new_job_sig", "")):
+            message = "This retry form was not drawn by this console: open the job's Retry again. Nothing was changed."
+            return await _refused(request, Verdict(False, "retry_form", message), name, job_id)
+    done = await run_in_threadpool(
+        perform, c.client, name, job_id, form.get("answer", ""), new_job_id=new_job_id, force=force
+    )
+    if name == "retry" and done.ok:
+        # Post/redirect/get: a reload of the new job's page posts nothing (a repeat of the post makes nothing new).
+        return RedirectResponse(f"/jobs/{quote(done.new_job_id, safe='')}", status_code=303)
+    if done.unknown_start:
+        context = {"page": "confirm", "action": ACTIONS[name], "job_id": job_id, "question": "", "refused": done}
+        context |= _retry_form(c.guard, job_id, new_job_id, True)
+        return render(request, "confirm.html", context, 409)
     context = {"page": "done", "action": ACTIONS[name], "done": done}
     return render(request, "done.html", context, 200 if done.ok else 409)
 
 
 def login_page(request: Request) -> Response:
-    return render(request, "login.html", {"page": "login", "failed": False})
+    return render(request, "login.html", {"page": "login", "failed": False, "no_key": False})
 
 
 async def login_post(request: Request) -> Response:
-    _, verdict = await _check(request)
+    """POST /login: the token typed (and checked as an action's is), with the page key the login page's script made;
+    a session is the two together (see `worker.console.guard`)."""
+    form, verdict = await _check(request, token_only=True)
     if not verdict.allowed:
         if verdict.reason == "token":
             await asyncio.sleep(DEFAULT_REFUSAL_DELAY_S)
             log.warning("console_login_refused", client=request.client.host if request.client else None)
-            return render(request, "login.html", {"page": "login", "failed": True}, 403)
+            return render(request, "login.html", {"page": "login", "failed": True, "no_key": False}, 403)
         return await _refused(request, verdict, "login")
+    key = form.get("key", "")
+    if not Guard.plausible_key(key):
+        log.warning("console_login_without_key", client=request.client.host if request.client else None)
+        return render(request, "login.html", {"page": "login", "failed": False, "no_key": True}, 400)
     response = RedirectResponse("/", status_code=303)
-    login(request, response)
+    login(request, response, key)
     log.info("console_login", client=request.client.host if request.client else None)
     return response
 

@@ -21,7 +21,7 @@ from starlette.templating import Jinja2Templates
 
 from config.settings import Settings
 from worker.client import Client
-from worker.console.guard import DEFAULT_SESSION_S, ID_COOKIE, SESSION_COOKIE, Guard
+from worker.console.guard import DEFAULT_SESSION_S, ID_COOKIE, SESSION_COOKIE, Guard, cookie_name
 from worker.console.live import Hub
 from worker.redact import redact
 
@@ -56,9 +56,20 @@ def console(request: Request) -> Console:
     return found
 
 
+def cookie(request: Request, base: str) -> str:
+    """The name of this console's cookie `base` (it carries the port the console listens on)."""
+    server = request.scope.get("server")
+    return cookie_name(base, server[1] if server else None)
+
+
+def session_cookie(request: Request) -> str:
+    """The value of this browser's session cookie ("" if it has none)."""
+    return request.cookies.get(cookie(request, SESSION_COOKIE), "")
+
+
 def browser_id(request: Request) -> tuple[str, bool]:
     """This browser's id from its cookie, or a new one (True) to set."""
-    value = request.cookies.get(ID_COOKIE, "")
+    value = request.cookies.get(cookie(request, ID_COOKIE), "")
     if 0 < len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum():
         return value, False
     return Guard.new_browser_id(), True
@@ -82,7 +93,7 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     bid, new = browser_id(request)
     ctx = {
         "read_only": c.guard.read_only,
-        "logged_in": not new and c.guard.logged_in(bid, request.cookies.get(SESSION_COOKIE, "")),
+        "logged_in": not new and c.guard.logged_in(bid, session_cookie(request)),
         "csrf": c.guard.csrf_token(bid),
         "redis": c.settings.redis_url_redacted,
         "prefix": c.settings.cekura_key_prefix,
@@ -91,23 +102,23 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     }
     response = c.templates.TemplateResponse(request, name, ctx, status_code=status_code)
     if new:
-        set_cookie(request, response, ID_COOKIE, bid)
+        set_cookie(request, response, cookie(request, ID_COOKIE), bid)
     return response
 
 
-def login(request: Request, response: Response) -> None:
-    """Remember that this browser typed the token: a new browser id (an id planted before the login is not the
-    logged-in browser's) and a new session for it; a session the browser had ends."""
+def login(request: Request, response: Response, key: str) -> None:
+    """Remember that this browser typed the token and keeps page key `key`: a new browser id (an id planted before
+    the login is not the logged-in browser's) and a new session for it; a session the browser had ends."""
     guard = console(request).guard
     bid, _ = browser_id(request)
-    guard.end_session(bid, request.cookies.get(SESSION_COOKIE, ""))
+    guard.end_session(bid, session_cookie(request))
     fresh = Guard.new_browser_id()
-    set_cookie(request, response, ID_COOKIE, fresh)
-    set_cookie(request, response, SESSION_COOKIE, guard.new_session(fresh), DEFAULT_SESSION_S)
+    set_cookie(request, response, cookie(request, ID_COOKIE), fresh)
+    set_cookie(request, response, cookie(request, SESSION_COOKIE), guard.new_session(fresh, key), DEFAULT_SESSION_S)
 
 
 def logout(request: Request, response: Response) -> None:
-    """End this browser's session, here (a copy of its cookie is no good from now on) and in the browser."""
+    """End this browser's session, here (a copy of its cookie or key is no good from now on) and in the browser."""
     bid, _ = browser_id(request)
-    console(request).guard.end_session(bid, request.cookies.get(SESSION_COOKIE, ""))
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    console(request).guard.end_session(bid, session_cookie(request))
+    response.delete_cookie(cookie(request, SESSION_COOKIE), path="/", httponly=True, samesite="strict")

@@ -2,6 +2,63 @@
 // innerHTML), so text from a job or from Cekura is shown as text whatever it holds.
 "use strict";
 
+// The page key: the half of a login session that no cookie carries. The browser sends the console's cookies to every
+// port of its host, so another server there holds them; it can't read this origin's storage (scheme, host and port).
+// The login form makes a key and sends it with the token; once the login has worked (its answer is the overview), the
+// key is kept in localStorage, and each action's form sends it back. The console never sets nor shows it.
+(function () {
+  const KEPT = "cekura-console-page-key";
+  const PENDING = "cekura-console-page-key-pending";
+
+  function storage(name) {
+    try {
+      return window[name];
+    } catch (e) {
+      return null; // storage switched off: the token is typed into each form instead
+    }
+  }
+
+  function newKey() {
+    const bytes = new Uint8Array(32);
+    window.crypto.getRandomValues(bytes);
+    const text = Array.from(bytes, (b) => String.fromCharCode(b)).join("");
+    return window.btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  const kept = storage("localStorage");
+  const session = storage("sessionStorage");
+  const pending = session ? session.getItem(PENDING) : null;
+  if (pending !== null) {
+    session.removeItem(PENDING);
+    if (kept && document.body.dataset.page === "overview" && document.body.dataset.loggedIn === "yes") {
+      kept.setItem(KEPT, pending); // the login worked: it answered with the overview, logged in
+    }
+  }
+  document.querySelectorAll("input[data-new-page-key]").forEach((input) => {
+    input.form.addEventListener("submit", () => {
+      if (kept && session) {
+        input.value = newKey();
+        session.setItem(PENDING, input.value);
+      }
+    });
+  });
+  const key = kept ? kept.getItem(KEPT) || "" : "";
+  document.querySelectorAll("input[data-page-key]").forEach((input) => {
+    input.value = key;
+  });
+  if (!key) {
+    document.querySelectorAll("[data-without-key]").forEach((row) => {
+      row.hidden = false;
+      row.querySelectorAll("input").forEach((input) => {
+        input.required = true;
+      });
+    });
+  }
+  document.querySelectorAll("form[data-logout]").forEach((form) => {
+    form.addEventListener("submit", () => kept && kept.removeItem(KEPT));
+  });
+})();
+
 (function () {
   const FEED_MAX = 50;
   const body = document.body;

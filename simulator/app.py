@@ -1,11 +1,13 @@
 """One simulator instance: the request pipeline of the operation routes, the `/_sim/` control routes, statistics.
 
 Control routes live under `/_sim/` and need no API key: `GET /_sim/stats`, `GET /_sim/polls`, `GET|POST
-/_sim/faults`, `POST /_sim/config` (duration_s, polls_to_complete, rate_limit_rps, and `durations`: per-kind
-log-normal job durations, see `simulator/config.py`), `POST /_sim/reset`, `GET /_sim/health`. Stats count operation
+/_sim/faults`, `POST /_sim/config` (duration_s, polls_to_complete, rate_limit_rps, `durations`: per-kind
+log-normal job durations, see `simulator/config.py`, and webhook_url, webhook_secret: result webhooks, see
+`simulator/webhooks.py`), `POST /_sim/reset`, `GET /_sim/health`. Stats count operation
 requests only, keyed `"<route name> <status>"` where the route name is the path's last segment (`auto-fetch`,
 `auto-fetch-progress`, ..., `unknown` for unmatched paths; see `simulator/routes.py` for the exceptions) and a
-dropped connection counts as status `dropped`. `started_by_key` counts start calls per kind and request key (the
+dropped connection counts as status `dropped`; a lost answer (`lost_start_rate`) counts under what the client got
+(`dropped`, 502, 504). `started_by_key` counts start calls per kind and request key (the
 key `/_sim/polls` reports), so a test can see a start sent twice.
 A request is checked in this order: route (404/405), API key (401), rate limit (429), injected fault, operation.
 """
@@ -17,11 +19,12 @@ import math
 import time
 from typing import Any
 
-from simulator.config import SimConfig, check_durations, check_timing
+from simulator.config import SimConfig, check_durations, check_secret, check_timing, check_url
 from simulator.faults import (
     DROP,
     ERROR,
     HANG,
+    LOST_START,
     MALFORMED,
     NONE,
     RATE_429,
@@ -33,8 +36,11 @@ from simulator.faults import (
     RequestWindow,
 )
 from simulator.jobs import JobStore
+from simulator.model import EVALUATOR_RUN
 from simulator.protocol import Connection, Response, json_response
+from simulator.replies import JsonObject
 from simulator.routes import ANSWERS, Router
+from simulator.webhooks import WebhookSender
 
 _NOT_FOUND = b'{"detail":"Not found."}'
 _UNAUTHORIZED = b'{"detail":"Invalid API key."}'
@@ -56,6 +62,21 @@ class Simulator:
         self.by_route: dict[tuple[str, int | str], int] = {}
         self.started_at = time.time()
         self.router = Router(self.store)
+        self.base_url = ""
+        self.webhooks = WebhookSender(
+            cfg.webhook_url, cfg.webhook_secret, cfg.seed, lambda: self.injector.faults, self.store.jobs
+        )
+        self.store.on_change = self.webhooks.watch
+
+    def serving_at(self, base_url: str) -> None:
+        """Tell the simulator its own URL: the results list's `next`/`previous` links are absolute, built from the
+        request's Host header as Django does, else from this URL."""
+        self.base_url = self.router.base_url = base_url
+
+    def close(self) -> None:
+        """Stop delivering webhooks and close every connection (the server is stopping)."""
+        self.webhooks.close()
+        self.close_connections()
 
     # -- request handling -------------------------------------------------------------------------------------
 
@@ -63,7 +84,9 @@ class Simulator:
         key = (name, status)
         self.by_route[key] = self.by_route.get(key, 0) + 1
 
-    def handle(self, method: bytes, target: str, api_key: bytes | None, body: bytes) -> Response:
+    def handle(
+        self, method: bytes, target: str, api_key: bytes | None, body: bytes, host: bytes | None = None
+    ) -> Response:
         path, _, query = target.partition("?")
         if path.startswith("/_sim/"):
             return self._control(method, path, body)
@@ -86,8 +109,14 @@ class Simulator:
             self._count(route.name, 429)
             return self._throttled(injector.latency_s)
         delay = injector.latency_s
-        fault = injector.decide(route.progress) if injector.active else NONE
+        fault = injector.decide(route.progress, route.method == b"POST") if injector.active else NONE
         unexpected: str | None = None
+        if route.name == "results-list":
+            scheme = "https" if self.cfg.ssl_context else "http"
+            self.router.base_url = f"{scheme}://{host.decode('latin-1')}" if host else self.base_url
+        if fault == LOST_START:
+            route.operation(agent_id, query, body, None)
+            return self._lost(route.name, delay)
         if fault != NONE:
             if fault == DROP:
                 self._count(route.name, "dropped")
@@ -110,6 +139,19 @@ class Simulator:
         self._count(route.name, status)
         return Response(status, payload, delay=delay)
 
+    def _lost(self, name: str, delay: float) -> Response:
+        """The answer of a POST that was processed but whose answer is lost (see `simulator/faults.py`)."""
+        way = self.injector.next_lost()
+        if way == DROP:
+            self._count(name, "dropped")
+            return Response(0, b"", delay=delay, drop=True)
+        if way == "502":
+            self._count(name, 502)
+            return Response(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", b"text/html", delay=delay)
+        self._count(name, 504)
+        body = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
+        return Response(504, body, b"text/html", delay=delay + self.injector.faults.hang_s)
+
     def _throttled(self, delay: float) -> Response:
         retry_after = self.injector.next_retry_after()
         seconds = math.ceil(self.injector.faults.retry_after_s)
@@ -129,7 +171,7 @@ class Simulator:
                 if name == "/_sim/stats":
                     return json_response(200, self.stats())
                 if name == "/_sim/polls":
-                    return json_response(200, self.store.polls_report())
+                    return json_response(200, self.polls_report())
                 if name == "/_sim/faults":
                     return json_response(200, self.faults_report())
                 if name == "/_sim/health":
@@ -164,6 +206,7 @@ class Simulator:
             "polls_total": store.polls_total,
             "max_rps_1s": self.window.max_rps_1s,
             "faults_injected": dict(self.injector.counts),
+            "webhooks": self.webhooks.stats(),
             "connections_total": self.connections_total,
             "connections_open": len(self.connections),
             "uptime_s": round(time.time() - self.started_at, 3),
@@ -178,7 +221,17 @@ class Simulator:
             "durations": {kind: list(pair) for kind, pair in (self.store.durations or {}).items()} or None,
             "rate_limit_rps": self.rate_limit_rps,
             "seed": self.cfg.seed,
+            "webhook_url": self.webhooks.url,
+            "webhook_secret_set": self.webhooks.secret is not None,
         }
+
+    def polls_report(self) -> dict[str, JsonObject]:
+        """`JobStore.polls_report`, each evaluator result also with `webhook_at` (see `simulator/webhooks.py`)."""
+        report = self.store.polls_report()
+        for ident, record in report.items():
+            if record["kind"] == EVALUATOR_RUN:
+                record["webhook_at"] = self.webhooks.sent_at(ident)
+        return report
 
     def faults_report(self) -> dict[str, Any]:
         return {**self.injector.faults.to_dict(), "rate_limit_rps": self.rate_limit_rps}
@@ -192,9 +245,12 @@ class Simulator:
         return faults
 
     def configure(self, **changes: Any) -> None:
-        unknown = sorted(set(changes) - {"duration_s", "polls_to_complete", "rate_limit_rps", "durations"})
+        known = {"duration_s", "polls_to_complete", "rate_limit_rps", "durations", "webhook_url", "webhook_secret"}
+        unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        url = check_url(changes["webhook_url"]) if "webhook_url" in changes else self.webhooks.url
+        secret = check_secret(changes["webhook_secret"]) if "webhook_secret" in changes else self.webhooks.secret
         duration_s = changes.get("duration_s", self.store.duration_s)
         polls = changes.get("polls_to_complete", self.store.polls_to_complete)
         rate_limit = changes.get("rate_limit_rps", self.rate_limit_rps)
@@ -204,10 +260,13 @@ class Simulator:
         self.store.polls_to_complete = polls
         self.store.durations = durations
         self.rate_limit_rps = rate_limit
+        self.webhooks.url = url
+        self.webhooks.secret = secret
 
     def reset(self) -> None:
         self.store.reset()
         self.injector.reset()
+        self.webhooks.reset()
         self.window.reset()
         self.by_route.clear()
         self.requests_total = 0

@@ -32,12 +32,23 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of connections closed unanswered")
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of 200s with invalid JSON")
     parser.add_argument("--unknown-status-rate", type=float, default=0.0, help="share of polls saying 'paused'")
+    parser.add_argument(
+        "--lost-start-rate", type=float, default=0.0, help="share of POSTs processed, then their answer lost"
+    )
     parser.add_argument("--rate-limit-rps", type=float, default=0.0, help="429 above this many requests/s (0 = off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--durations",
         default=None,
         help="per-kind log-normal durations as JSON, e.g. '{\"evaluator_run\": [60, 0.5]}' (kind: [median_s, sigma])",
+    )
+    parser.add_argument("--webhook-url", default=None, help="POST result.completed here when an evaluator run ends")
+    parser.add_argument("--webhook-secret", default=None, help="sent as the X-CEKURA-SECRET header of webhooks")
+    parser.add_argument("--webhook-loss-rate", type=float, default=0.0, help="share of webhooks never sent")
+    parser.add_argument("--webhook-duplicate-rate", type=float, default=0.0, help="share of webhooks sent twice")
+    parser.add_argument("--webhook-delay-s", type=float, default=0.0, help="seconds from a result's end to its webhook")
+    parser.add_argument(
+        "--webhook-delay-max-s", type=float, default=0.0, help="draw the delay uniformly up to this instead"
     )
     return parser
 
@@ -56,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_rate=args.drop_rate,
             malformed_rate=args.malformed_rate,
             unknown_status_rate=args.unknown_status_rate,
+            lost_start_rate=args.lost_start_rate,
+            webhook_loss_rate=args.webhook_loss_rate,
+            webhook_duplicate_rate=args.webhook_duplicate_rate,
+            webhook_delay_s=args.webhook_delay_s,
+            webhook_delay_max_s=args.webhook_delay_max_s,
         )
         cfg = SimConfig(
             host=args.host,
@@ -67,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_limit_rps=args.rate_limit_rps,
             seed=args.seed,
             durations=json.loads(args.durations) if args.durations else None,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
         )
     except ValueError as exc:
         print(f"cekura simulator: {exc}", file=sys.stderr)

@@ -38,10 +38,32 @@ class SimConfig:
     durations: Durations | None = None
     #: Serve HTTPS with this context instead of plain HTTP (in-process use, for the client's TLS tests).
     ssl_context: ssl.SSLContext | None = None
+    #: Where result webhooks are POSTed when an evaluator result ends (`simulator/webhooks.py`); None: none are.
+    webhook_url: str | None = None
+    #: Sent as the `X-CEKURA-SECRET` header of every webhook; None: no header.
+    webhook_secret: str | None = None
 
     def __post_init__(self) -> None:
         check_timing(self.duration_s, self.polls_to_complete, self.rate_limit_rps)
         self.durations = check_durations(self.durations)
+        check_url(self.webhook_url)
+        check_secret(self.webhook_secret)
+
+
+def check_url(url: Any) -> str | None:
+    """A webhook URL setting: an http(s) URL or None."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"webhook_url must be an http(s) URL or null, got {url!r}")
+    return url
+
+
+def check_secret(secret: Any) -> str | None:
+    """A webhook secret setting: a string or None."""
+    if secret is not None and not isinstance(secret, str):
+        raise ValueError(f"webhook_secret must be a string or null, got {secret!r}")
+    return secret
 
 
 def check_timing(duration_s: Any, polls_to_complete: Any, rate_limit_rps: Any) -> None:

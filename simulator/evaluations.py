@@ -25,10 +25,18 @@ The first marker in this order wins, except ``[no-runs]``, which only sets the r
 completed and the others are ``cancelled``. An unknown result id is a 404 ``{"detail": "Not found."}`` on both.
 The body is checked as SchemaPostRunScenarios (field-map 400); one of ``scenarios``, ``tags`` or ``folder_path`` is
 required (``{"non_field_errors": [...]}``) and ``folder_path`` needs ``project_id``.
+
+Around the result: ``GET results/?search=<name part>`` lists results newest first in DRF pagination
+(`simulator/results.py`), so a run whose start answer was lost can be found by a unique tag in its ``name``; the
+``lost_start_rate`` fault makes ``run_scenarios`` create its result and then lose the answer (closed connection,
+502, or a hang ending in 504: `simulator/faults.py`); with a ``webhook_url`` set, every result that ends (at its
+duration, at the deciding poll under ``polls_to_complete``, or at ``end_calls``) is POSTed as Cekura's
+``result.completed`` webhook, subject to the ``webhook_*`` faults (`simulator/webhooks.py`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import UTC, datetime
@@ -86,7 +94,8 @@ _ERRORS = {
 }
 
 
-def _iso(wall: float) -> str:
+def iso(wall: float) -> str:
+    """A wall time as Cekura writes it: ISO 8601, UTC, `Z`."""
     return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -136,7 +145,8 @@ def start_run(store: JobStore, body: bytes, as_text: bool) -> Reply:
     }
     start = Start(EVALUATOR_RUN, data.get("agent_id"), outcome, None, request, data.get("name"))
     job = store.launch(start, str(result_id))
-    request["created_at"] = _iso(job.created_wall)
+    job.filters = {"project_id": data.get("project_id"), "scenarios": frozenset(scenarios)}
+    request["created_at"] = iso(job.created_wall)
     runs = [_run(job, i, "pending", False, None) for i in range(len(scenarios))]
     started = {**_summary(job, "pending", (0, 0, 0)), "runs": runs, "created_at": request["created_at"]}
     return 201, dumps(started)
@@ -151,6 +161,7 @@ def end_calls(store: JobStore, result_id: int) -> Reply:
     if job.is_running(now):
         job.outcome = CANCELLED
         job.stop(now)
+        store.changed(job)
     return 200, b""
 
 
@@ -246,6 +257,20 @@ def _terminal(job: Job) -> JsonObject:
     result["overall_evaluation"] = {"success_rate": result["success_rate"]} if total else None
     result["created_at"] = request["created_at"]
     return result
+
+
+def current_view(job: Job, now: float) -> JsonObject:
+    """What `GET results/{id}/` would answer now, without counting a poll or fixing the answer (for the list and
+    the webhooks): the fixed answer once a GET saw it terminal, else the terminal or running one."""
+    if job.final is not None:
+        view: JsonObject = json.loads(job.final)
+        return view
+    fraction = job.fraction(now)
+    if job.outcome == NEVER:
+        fraction = min(fraction, 0.99)
+    if fraction >= 1.0:
+        return _terminal(job)
+    return {**_running(job, fraction, None), "created_at": iso(job.created_wall)}
 
 
 def _not_found(result_id: str | None) -> Reply:

@@ -2,13 +2,20 @@
 
 Faults apply only to the Cekura API routes, the cancel and answer routes included, never to the `/_sim/` control routes.
 One seeded random draw per request picks at most one fault kind, in this order of bands: drop, hang, 5xx error,
-429, malformed body, unexpected status word (progress routes only). `latency_ms` is added to every answer on those
-routes, on top of any fault.
+429, malformed body, unexpected status word (progress routes only), lost answer (POST routes only). `latency_ms` is
+added to every answer on those routes, on top of any fault.
 A hung or delayed request is still processed when it arrives and only its answer waits, so a start call that hangs
 past the client's timeout has created its job, as on a real API that commits before answering. Dropped, 5xx, 429 and
 malformed answers never reach the job (no job is started, no poll is counted); an unexpected status word does not
-count as a poll either. The rate limiter (`rate_limit_rps`) is separate: it is not random, it counts admitted
-requests in a sliding second, and its 429s carry the same alternating Retry-After as injected ones.
+count as a poll either.
+A **lost answer** (`lost_start_rate`, counted as `lost_start`) is the other case: the POST is processed first (a
+`run_scenarios` creates its result, any start creates its job, a cancel cancels), then its answer is lost, in turn:
+the connection is closed unanswered, a proxy's 502 Bad Gateway, or a hang of `hang_s` ending in a 504 Gateway
+Timeout. The started job is in `/_sim/polls` and `started_by_key`, and a run's result in `GET results/?search=`.
+
+The rate limiter (`rate_limit_rps`) is separate: it is not random, it counts admitted requests in a sliding second,
+and its 429s carry the same alternating Retry-After as injected ones. The `webhook_*` settings are not drawn per
+request either: they steer result webhooks (`simulator/webhooks.py`).
 """
 
 from __future__ import annotations
@@ -29,12 +36,24 @@ RATE_429 = "429"
 MALFORMED = "malformed"
 UNKNOWN_STATUS = "unknown_status"
 RATE_LIMIT = "rate_limit"
+LOST_START = "lost_start"
 
-FAULT_KINDS = (DROP, HANG, ERROR, RATE_429, MALFORMED, UNKNOWN_STATUS, RATE_LIMIT)
+FAULT_KINDS = (DROP, HANG, ERROR, RATE_429, MALFORMED, UNKNOWN_STATUS, RATE_LIMIT, LOST_START)
+#: How a lost answer is lost, in turn: closed unanswered, a proxy's 502, a hang ending in a 504.
+LOST_WAYS = (DROP, "502", "504")
 
 UNEXPECTED_STATUS = "paused"
 
-_RATE_FIELDS = ("error_rate", "rate_429", "hang_rate", "drop_rate", "malformed_rate", "unknown_status_rate")
+_RATE_FIELDS = (
+    "error_rate",
+    "rate_429",
+    "hang_rate",
+    "drop_rate",
+    "malformed_rate",
+    "unknown_status_rate",
+    "lost_start_rate",
+)
+_SHARE_FIELDS = (*_RATE_FIELDS, "webhook_loss_rate", "webhook_duplicate_rate")
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,15 @@ class Faults:
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
     unknown_status_rate: float = 0.0
+    #: Share of POSTs processed and then answered with nothing usable (see the module docstring).
+    lost_start_rate: float = 0.0
+    #: Share of result webhooks never sent.
+    webhook_loss_rate: float = 0.0
+    #: Share of result webhooks sent twice.
+    webhook_duplicate_rate: float = 0.0
+    #: Seconds between a result's end and its webhook; drawn uniformly up to `webhook_delay_max_s` when that is more.
+    webhook_delay_s: float = 0.0
+    webhook_delay_max_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -58,7 +86,7 @@ class Faults:
                 raise ValueError(f"{f.name} must be a number, got {value!r}")
             if value < 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value!r}")
-            if f.name in _RATE_FIELDS and value > 1:
+            if f.name in _SHARE_FIELDS and value > 1:
                 raise ValueError(f"{f.name} is a share of requests and must be <= 1, got {value!r}")
 
     def updated(self, **changes: Any) -> Faults:
@@ -87,10 +115,11 @@ class FaultInjector:
         self._error_turn = 0
         self._retry_after_turn = 0
         self._malformed_turn = 0
+        self._lost_turn = 0
         self.faults = faults
         self.latency_s = 0.0
         self.active = False
-        self._bands: tuple[float, float, float, float, float, float] = (0.0,) * 6
+        self._bands: tuple[float, ...] = (0.0,) * 7
         self.set(faults)
 
     def set(self, faults: Faults) -> None:
@@ -106,10 +135,11 @@ class FaultInjector:
             faults.rate_429,
             faults.malformed_rate,
             faults.unknown_status_rate,
+            faults.lost_start_rate,
         ):
             acc += rate
             bands.append(acc)
-        self._bands = (bands[0], bands[1], bands[2], bands[3], bands[4], bands[5])
+        self._bands = tuple(bands)
 
     def reset(self) -> None:
         """Reseed and clear the counters so a reset simulator replays the same fault sequence."""
@@ -117,13 +147,17 @@ class FaultInjector:
         self._error_turn = 0
         self._retry_after_turn = 0
         self._malformed_turn = 0
+        self._lost_turn = 0
         self.counts = dict.fromkeys(FAULT_KINDS, 0)
 
-    def decide(self, is_progress: bool) -> str:
+    def decide(self, is_progress: bool, is_post: bool = False) -> str:
         """Pick this request's fault kind (NONE for a normal answer); call only when `active`."""
         r = self._rng.random()
-        drop, hang, error, r429, malformed, unknown = self._bands
+        drop, hang, error, r429, malformed, unknown, lost = self._bands
         if r >= unknown:
+            if r < lost and is_post:
+                self.counts[LOST_START] += 1
+                return LOST_START
             return NONE
         if r < drop:
             kind = DROP
@@ -151,6 +185,12 @@ class FaultInjector:
         if turn == 1:
             return 502, b"text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"
         return 503, b"application/json", b'{"detail": "Service temporarily unavailable, try again later."}'
+
+    def next_lost(self) -> str:
+        """How the next lost answer is lost: one of `LOST_WAYS`, in turn."""
+        way = LOST_WAYS[self._lost_turn % len(LOST_WAYS)]
+        self._lost_turn += 1
+        return way
 
     def next_retry_after(self) -> str:
         """The next Retry-After value, alternating delta-seconds and HTTP-date forms (both at least the delay)."""

@@ -42,7 +42,8 @@ and its polls do not count towards ``polls_to_complete``; the answer call resume
 The six operations added later (evaluator runs, evaluator generation, evaluator from a transcript, metric
 generation, metric improvement, tools auto-fetch) keep their conventions table in their own module's docstring:
 `simulator/evaluations.py`, `simulator/generation.py`, `simulator/metrics.py`, `simulator/feedback.py`,
-`simulator/tools.py`. They share the agent-id rules above where they say so (`agent_terminal`).
+`simulator/tools.py`. They share the agent-id rules above where they say so (`agent_terminal`). The results list
+is `simulator/results.py`, the result webhooks `simulator/webhooks.py` (fed by `JobStore.on_change`).
 
 This module holds the job store (starts, cancel, progress GETs, the per-job report); the job record and its kinds
 are in `simulator/model.py`, the progress answers of the seed kinds in `simulator/renderers.py`, the request-body
@@ -55,7 +56,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from simulator.config import Durations
 from simulator.model import (
@@ -125,6 +126,8 @@ class JobStore:
         self.started_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.started_by_key: dict[str, dict[str, int]] = {}
         self.polls_total = 0
+        #: Called with a job when it was started, cancelled, or first answered terminal (result webhooks watch it).
+        self.on_change: Callable[[Job], None] | None = None
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
 
@@ -141,6 +144,10 @@ class JobStore:
         first = self._next_number
         self._next_number += count
         return first
+
+    def changed(self, job: Job) -> None:
+        if self.on_change is not None:
+            self.on_change(job)
 
     @property
     def started_jobs(self) -> int:
@@ -192,6 +199,7 @@ class JobStore:
             job.key = start.key
             by_key = self.started_by_key.setdefault(start.kind, {})
             by_key[start.key] = by_key.get(start.key, 0) + 1
+        self.changed(job)
         return job
 
     def find(self, kind: str, ident: str | None, agent_id: int | None = None) -> Job | None:
@@ -344,4 +352,5 @@ class JobStore:
         job.terminal_at = wall
         job.request = None
         job.phase_body = b""
+        self.changed(job)
         return 200, final

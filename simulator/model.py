@@ -51,6 +51,7 @@ class Job:
         "duration_s",
         "enabled",
         "error",
+        "filters",
         "final",
         "hold",
         "key",
@@ -103,6 +104,7 @@ class Job:
         self.hold: float | None = None  # the fraction at which the job waits for an answer (None: no question)
         self.paused_s = 0.0  # seconds spent waiting for answers, added to the finish
         self.answers: list[Any] = []  # answers received, in order
+        self.filters: JsonObject | None = None  # what a list endpoint filters on (kept after `request` is dropped)
         self.stopped = False  # cancelled: terminal on the next poll
         self.stopped_at: float | None = None  # wall time of the cancel
         self.stop_fraction = 0.0  # how far along the job was when cancelled

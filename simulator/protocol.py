@@ -33,6 +33,7 @@ REASONS = {
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
 
@@ -67,7 +68,9 @@ class Handler(Protocol):
     connections: set[Connection]
     connections_total: int
 
-    def handle(self, method: bytes, target: str, api_key: bytes | None, body: bytes) -> Response: ...
+    def handle(
+        self, method: bytes, target: str, api_key: bytes | None, body: bytes, host: bytes | None = None
+    ) -> Response: ...
 
 
 class Connection(asyncio.Protocol):
@@ -145,6 +148,7 @@ class Connection(asyncio.Protocol):
             keep_alive = version == b"HTTP/1.1"
             length = 0
             api_key: bytes | None = None
+            host: bytes | None = None
             expect_continue = False
             for line in lines[1:]:
                 colon = line.find(b":")
@@ -160,6 +164,8 @@ class Connection(asyncio.Protocol):
                     length = int(value)
                 elif name == b"x-cekura-api-key":
                     api_key = line[colon + 1 :].strip()
+                elif name == b"host":
+                    host = line[colon + 1 :].strip()
                 elif name == b"connection":
                     value = line[colon + 1 :].lower()
                     if b"close" in value:
@@ -183,7 +189,7 @@ class Connection(asyncio.Protocol):
             body = bytes(buf[end + 4 : total])
             del buf[:total]
             self.continued = False
-            response = sim.handle(method, raw_target.decode("latin-1"), api_key, body)
+            response = sim.handle(method, raw_target.decode("latin-1"), api_key, body, host)
             if response.delay > 0:
                 if out:
                     transport.write(b"".join(out))

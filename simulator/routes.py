@@ -2,8 +2,9 @@
 
 A route's name is its path's last segment (`auto-fetch`, `auto-fetch-progress`, `run_scenarios`, `end_calls`, ...):
 it keys the statistics. Two exceptions keep the names distinct: the v1 tools auto-fetch routes are named
-`tools/auto-fetch` and `tools/auto-fetch-progress` (the seed v2 routes own `auto-fetch`), and a result's GET
-(`/test_framework/v1/results/<id>/`) is named `results`. Some routes carry an id in the path: the v2 agent routes
+`tools/auto-fetch` and `tools/auto-fetch-progress` (the seed v2 routes own `auto-fetch`), a result's GET
+(`/test_framework/v1/results/<id>/`) is named `results` and the results list (`/test_framework/v1/results/`)
+`results-list`. Some routes carry an id in the path: the v2 agent routes
 (`/test_framework/v2/aiagents/<id>/...`), the v1 tools routes (`/test_framework/v1/aiagents/<id>/tools/...`) and
 the result routes (`/test_framework/v1/results/<id>/...`); the others are fixed paths.
 This module also gathers every kind's progress answers (`ANSWERS`) for the job store.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import NamedTuple, cast
 from urllib.parse import parse_qs
 
-from simulator import evaluations, feedback, generation, metrics, renderers, tools
+from simulator import evaluations, feedback, generation, metrics, renderers, results, tools
 from simulator.jobs import JobStore
 from simulator.model import (
     AUTO_FETCH,
@@ -78,6 +79,9 @@ class Router:
     """Maps a request path to its operation on one job store."""
 
     def __init__(self, store: JobStore) -> None:
+        #: The server's own URL (`http://host:port`), for the absolute `next`/`previous` links of the results list.
+        self.base_url = ""
+
         def progress(name: str, kind: str) -> Route:
             def op(path_id: int | None, query: str, body: bytes, unexpected: str | None) -> Reply:
                 return store.progress(kind, path_id, progress_id(query), unexpected)
@@ -86,6 +90,9 @@ class Router:
 
         def result(path_id: int | None, query: str, body: bytes, unexpected: str | None) -> Reply:
             return store.progress(EVALUATOR_RUN, None, str(path_id), unexpected)
+
+        def result_list(path_id: int | None, query: str, body: bytes, unexpected: str | None) -> Reply:
+            return results.list_results(store, self.base_url + RESULTS_PREFIX, query)
 
         scenarios = "/test_framework/v1/scenarios/"
         metric_routes = "/test_framework/v1/metrics/"
@@ -110,6 +117,7 @@ class Router:
             },
         }
         self._static_routes: dict[str, Route] = {
+            RESULTS_PREFIX: Route("results-list", b"GET", False, result_list),
             scenarios + "scenario-agent/": _post("scenario-agent", store.start_scenario_agent),
             scenarios + "scenario-agent-progress/": progress("scenario-agent-progress", SCENARIO_AGENT),
             scenarios + "cancel-agent/": _post("cancel-agent", store.cancel_scenario_agent),

@@ -7,7 +7,8 @@ a few comparisons and one `json.dumps`.
 
 This module runs a simulator, in a background thread (`start_in_thread`, `SimulatorHandle`) or in the foreground
 (`run`). The HTTP layer is `simulator/protocol.py`, the operation routes `simulator/routes.py`, the request pipeline,
-control routes (`/_sim/`) and statistics `simulator/app.py`, the command line `simulator/cli.py`.
+control routes (`/_sim/`) and statistics `simulator/app.py`, the command line `simulator/cli.py`; result webhooks
+are POSTed from a small thread pool (`simulator/webhooks.py`), never from the event loop.
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ async def _serve(sim: Simulator, on_ready: _Ready, handle_signals: bool) -> None
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
     port = int(server.sockets[0].getsockname()[1])
+    sim.serving_at(_url(sim.cfg.host, port, "https" if sim.cfg.ssl_context else "http"))
     try:
         on_ready(loop, port, stop)
         await stop.wait()
     finally:
         server.close()
-        sim.close_connections()
+        sim.close()
         await server.wait_closed()
         for _ in range(3):  # let the aborted transports run connection_lost before the loop closes
             await asyncio.sleep(0)
@@ -104,7 +106,7 @@ class SimulatorHandle:
         return self._call(self._sim.stats)
 
     def polls(self) -> dict[str, dict[str, Any]]:
-        return self._call(lambda: json.loads(json.dumps(self._sim.store.polls_report())))
+        return self._call(lambda: json.loads(json.dumps(self._sim.polls_report())))
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change some fault settings (Faults field names, plus rate_limit_rps); the others keep their value."""
@@ -115,7 +117,8 @@ class SimulatorHandle:
         return self._call(lambda: self._sim.set_faults(**Faults().to_dict(), rate_limit_rps=0))
 
     def configure(self, **changes: Any) -> None:
-        """Change duration_s, polls_to_complete, rate_limit_rps or durations for jobs started from now on."""
+        """Change duration_s, polls_to_complete, rate_limit_rps or durations for jobs started from now on, or
+        webhook_url / webhook_secret (None switches them off) for results that end from now on."""
         self._call(lambda: self._sim.configure(**changes))
 
     def reset(self) -> None:

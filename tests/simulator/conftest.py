@@ -24,7 +24,14 @@ def ops() -> Iterator[SimulatorHandle]:
 @pytest.fixture
 def api(ops: SimulatorHandle) -> Iterator[Api]:
     ops.clear_faults()
-    ops.configure(duration_s=OPS_DURATION, polls_to_complete=None, rate_limit_rps=0, durations=None)
+    ops.configure(
+        duration_s=OPS_DURATION,
+        polls_to_complete=None,
+        rate_limit_rps=0,
+        durations=None,
+        webhook_url=None,
+        webhook_secret=None,
+    )
     ops.reset()
     with httpx.Client(base_url=ops.url, headers={"X-CEKURA-API-KEY": OPS_KEY}, timeout=5, verify=SSL_CONTEXT) as c:
         yield Api(ops, c)

@@ -31,7 +31,8 @@ import structlog
 
 from actors import names
 from actors.kinds import KINDS, Outcome, Params
-from actors.step import Step, fail, finish, internal_error, make_step, mark_start, time_out, unknown_start
+from actors.lookup import index_result, look, lost_start
+from actors.step import Step, fail, finish, internal_error, make_step, mark_start, time_out
 from worker.cekura.backoff import retry_delay
 from worker.errors import CekuraError, PermanentError, RateLimited, TransientError
 from worker.ops import metrics
@@ -94,13 +95,13 @@ def _start(step: Step) -> None:
     structlog.contextvars.bind_contextvars(kind=kind.name)
     if step.job.start_sent and not kind.repeatable_start:
         # An earlier attempt claimed this start and never recorded its end (its worker stopped mid-call).
-        fail(step, unknown_start("an earlier attempt stopped during the start call"))
+        lost_start(step, "an earlier attempt stopped during the start call", _next_poll)
         return
     step, params = _with_secrets(step)
     if not kind.repeatable_start and not mark_start(step):
         return
     try:
-        started = rt.cekura.start(kind, params, time_left_s=step.time_left_s())
+        started = rt.cekura.start(kind, params, job_id=job_id, time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("start", str(exc.status_code or "error")).inc()
         _failed_call(step, exc)
@@ -123,6 +124,8 @@ def _start(step: Step) -> None:
         )
     structlog.contextvars.bind_contextvars(progress_id=started.progress_id)
     if done.verdict is AdvanceVerdict.OK:
+        if kind.webhooks:
+            index_result(step, started.progress_id)
         log.info(
             "job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000
         )
@@ -157,6 +160,9 @@ def poll(job_id: str, seq: int, reserved: bool = False) -> None:
 
 def _poll(step: Step) -> None:
     rt, kind, job = step.rt, step.kind, step.job
+    if not job.progress_id and kind.lookup_path:  # its start answer was lost: look for it by its tag
+        look(step, _next_poll)
+        return
     polls = job.polls + 1
     structlog.contextvars.bind_contextvars(kind=kind.name, progress_id=job.progress_id, poll=polls)
     step, params = _with_secrets(step)
@@ -201,12 +207,12 @@ def _poll(step: Step) -> None:
 
 
 def _next_poll(step: Step, next_state: str, delay_ms: int, fields: dict[str, Any]) -> Advanced:
-    """Record this poll step and write the job's next poll message, due in `delay_ms`, in one atomic step."""
+    """Record this step and write the job's next poll message, due in `delay_ms`, in one atomic step."""
     with step.rt.broker.outbox() as scheduled:
         poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
         return step.rt.store.advance(
             step.job_id,
-            Phase.POLL,
+            step.phase,
             step.seq,
             next_state=next_state,
             delay_ms=delay_ms,
@@ -342,14 +348,15 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
         extra: dict[str, Any] = {}
         if step.phase is Phase.START and not kind.repeatable_start:
             if exc.status_code in (200, 201, 202):
-                reason = unknown_start(f"Cekura accepted it but its answer could not be used: {reason}")
+                lost_start(step, f"Cekura accepted it but its answer could not be used: {reason}", _next_poll)
+                return
             elif exc.status_code is not None:
                 extra["start_sent"] = ""  # Cekura refused it: no operation runs there (a retry needs no --force)
         fail(step, reason, polls=done_polls, extra=extra)
         return
     unsent = isinstance(exc, TransientError) and not exc.maybe_sent
     if step.phase is Phase.START and not kind.repeatable_start and not unsent:
-        fail(step, unknown_start(reason), polls=done_polls)
+        lost_start(step, reason, _next_poll)
         return
     errors = job.errors
     if isinstance(exc, RateLimited):

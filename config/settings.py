@@ -116,6 +116,15 @@ class Settings(BaseSettings):
 
     cekura_console_token: SecretStr | None = None  # `console` actions need it; without it the console is read-only
 
+    # Result webhooks: `cekura-worker webhooks` receives Cekura's, and a webhook makes its evaluator run poll now
+    cekura_webhooks: bool = False  # on: evaluator runs are polled only as a safety net (below)
+    cekura_webhook_secret: SecretStr | None = None  # the project's `webhook_secret`, sent as X-CEKURA-SECRET
+    cekura_webhook_max_bytes: int = Field(8_388_608, ge=1024, le=268_435_456)  # a body holds runs and transcripts
+    # With webhooks on, an evaluator run whose webhook never comes is still polled this often (its added delay).
+    cekura_webhook_safety_net_s: float = Field(600.0, ge=0.01, le=86_400)
+    # A start whose answer was lost is looked for by its tag this long before the job fails "outcome unknown".
+    cekura_lookup_settle_s: float = Field(120.0, ge=0.01, le=3600)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -177,6 +186,15 @@ class Settings(BaseSettings):
         if parts.scheme in SENTINEL_SCHEMES:
             sentinel_parts(url)  # raises a ValueError that names what is wrong, never quoting the password
         return SecretStr(url)
+
+    @field_validator("cekura_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip()) < DEFAULT_MIN_WEBHOOK_SECRET_LEN:
+            raise ValueError(f"must be at least {DEFAULT_MIN_WEBHOOK_SECRET_LEN} characters (anyone may POST to it)")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("redis_sentinel_password")
     @classmethod
@@ -246,6 +264,9 @@ def redact_url(url: str) -> str:
     hosts = parts.netloc.rpartition("@")[2]  # as written: a Sentinel URL lists several host:port pairs
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hosts}"))
 
+
+#: The shortest webhook secret accepted: the receiver's one credential, guessable if short.
+DEFAULT_MIN_WEBHOOK_SECRET_LEN = 16
 
 #: URL schemes that name Sentinels rather than Redis itself (the second one: TLS to the Sentinels and Redis).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")

@@ -52,6 +52,8 @@ FAST: dict[str, Any] = {
     # schedule is learned unless a test turns learning on: poll counts stay what each test expects.
     "cekura_poll_overrides": {"evaluator.run": {"initial_s": 0.05, "factor": 1.5, "max_s": 0.2, "min_s": 0.01}},
     "cekura_learn_polling": False,
+    # A lost evaluator start is looked for by its tag for 1 s (2 looks), not 2 minutes.
+    "cekura_lookup_settle_s": 1.0,
     "log_level": "INFO",
     "log_format": "json",
 }

@@ -87,29 +87,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.cekura_api_key is None:
         raise ConfigError("CEKURA_API_KEY is not set: the workers need it to call the Cekura API")
     service_logging.configure(settings)
-    _refuse_an_evicting_redis(settings)
+    from worker.runtime.eviction import refuse_an_evicting_redis
+
+    refuse_an_evicting_redis(settings)
     return run(
         settings, processes=args.processes or settings.cekura_processes, threads=args.threads or settings.cekura_threads
     )
-
-
-def _refuse_an_evicting_redis(settings: Settings) -> None:
-    """Stop start-up on a Redis whose memory policy may delete jobs (`worker.runtime.eviction`). A Redis that can't
-    be reached now is not refused: the workers ride out an outage, and readiness reports the policy later."""
-    import redis
-
-    from worker.runtime import eviction
-    from worker.runtime.connection import connect
-
-    client = connect(settings, retry_on_error=[], socket_connect_timeout=2.0, socket_timeout=2.0)
-    try:
-        found = eviction.problem(client)
-    except redis.RedisError:
-        return
-    finally:
-        client.close()
-    if found is not None:
-        raise ConfigError(found)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -221,6 +204,12 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     from worker.console import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.webhooks import serve
 
     return serve(settings, host=args.host, port=args.port)
 
@@ -355,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8089, help="port to listen on (default 8089)")
     p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser(
+        "webhooks",
+        help="receive Cekura's result webhooks on 127.0.0.1:8090 (POST /webhooks/cekura)",
+        description="A webhook makes the evaluator run it names poll at once; the run ends only on what that poll "
+        "reads. Needs CEKURA_WEBHOOK_SECRET (Cekura sends it as X-CEKURA-SECRET). Its own process.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("demo", help="run one job of each kind against the simulator and print the results")
     p.set_defaults(func=cmd_demo)

@@ -83,12 +83,13 @@ def register(values: Iterable[str | None]) -> None:
 
 
 def register_settings(settings: Settings) -> None:
-    """Register this deployment's secrets: the Cekura API key, the Redis password (as written and decoded) and the
-    Sentinels' password."""
+    """Register this deployment's secrets: the Cekura API key, the Redis password (as written and decoded), the
+    Sentinels' password and the webhook secret."""
     password = urlsplit(settings.redis_url.get_secret_value()).password
     key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
     sentinel = settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None
-    register([key, password, unquote(password) if password else None, sentinel])
+    webhook = settings.cekura_webhook_secret.get_secret_value() if settings.cekura_webhook_secret else None
+    register([key, password, unquote(password) if password else None, sentinel, webhook])
 
 
 def _mask(text: str, groups: Iterable[_Group]) -> str:

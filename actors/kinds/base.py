@@ -150,6 +150,13 @@ class JobKind:
     poll_plan: PollPlan = field(default_factory=PollPlan)
     #: Deadline for a request that names none (seconds); None takes CEKURA_JOB_DEADLINE_S.
     default_deadline_s: float | None = None
+    #: Cekura announces the end of this kind's operation with a result webhook: with CEKURA_WEBHOOKS on, a webhook
+    #: makes the job poll at once, and polls are only a safety net.
+    webhooks: bool = False
+    #: The start body's field that carries the job's tag (`worker.cekura.lookup`), and the list that finds it
+    #: (`?search=`): a start whose answer was lost is looked for there instead of failing at once.
+    tag_field: str | None = None
+    lookup_path: str | None = None
 
     def answer_request(self, progress_id: str, text: str) -> dict[str, Any]:
         """The body of the answer call, checked: the one function behind both the check of an answer when it is

@@ -47,4 +47,7 @@ KIND = JobKind(
     repeatable_start=False,  # a second run_scenarios would place every call twice
     poll_plan=PollPlan(initial_s=30.0, factor=1.0, max_s=60.0),  # Cekura's GitHub Action polls every 30 s
     default_deadline_s=3 * 3600,
+    webhooks=True,  # Cekura POSTs result.completed to the project's webhook_url
+    tag_field="name",  # "<name> [cw:<job id>]", found again with results/?search= when the start answer is lost
+    lookup_path="/test_framework/v1/results/",
 )

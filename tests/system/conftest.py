@@ -55,6 +55,7 @@ FAST_ENV: dict[str, str] = {
     # evaluator runs poll like the rest here (they declare 30 s), and no schedule is learned: polls stay countable
     "CEKURA_POLL_OVERRIDES": '{"evaluator.run": {"initial_s": 0.1, "factor": 1.5, "max_s": 0.5, "min_s": 0.05}}',
     "CEKURA_LEARN_POLLING": "false",
+    "CEKURA_LOOKUP_SETTLE_S": "1",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
 }

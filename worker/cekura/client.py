@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import ssl
 import threading
 import time
@@ -45,13 +44,12 @@ import httpcore
 
 from actors.kinds import JobKind, Params
 from config.settings import Settings
+from worker.cekura import lookup
 from worker.cekura.backoff import parse_retry_after
+from worker.cekura.decode import DEFAULT_ERROR_EXCERPT, decode
 from worker.cekura.transport import _Deadline, _DeadlineBackend
 from worker.errors import CekuraError, ConfigError, PermanentError, RateLimited, TransientError
 from worker.redact import redact
-
-#: How much of an error body is quoted in a job's `error` field.
-DEFAULT_ERROR_EXCERPT = 300
 
 #: Retry-After assumed for a 429 that carries none.
 DEFAULT_RETRY_AFTER_S = 5.0
@@ -59,14 +57,7 @@ DEFAULT_RETRY_AFTER_S = 5.0
 #: Seconds an idle keep-alive connection is kept before a new one is opened.
 DEFAULT_KEEPALIVE_EXPIRY_S = 30.0
 
-#: Longest integer, in digits, accepted in an answer: ids and counts are far shorter, and converting a long run of
-#: digits costs time quadratic in its length.
-DEFAULT_MAX_INT_DIGITS = 64
-
 _SUCCESS = frozenset({200, 201, 202})
-
-#: A JSON escape of a UTF-16 surrogate: only an answer holding one can decode to a string UTF-8 cannot encode.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +132,12 @@ class CekuraClient:
             self._connections.discard(connection)
         connection.close()
 
-    def start(self, kind: JobKind, params: Params, *, time_left_s: float = math.inf) -> Started:
+    def start(self, kind: JobKind, params: Params, *, job_id: str = "", time_left_s: float = math.inf) -> Started:
+        """Start the operation; a kind with a `tag_field` gets `job_id`'s tag in it (`worker.cekura.lookup`)."""
         path, _ = kind.paths(params)
         body = kind.start_body(params)
+        if kind.tag_field and job_id and body is not None:
+            body = {**body, kind.tag_field: lookup.with_tag(body.get(kind.tag_field), job_id)}
         secrets = kind.secret_values(kind.secrets(params))
         if not kind.repeatable_start:
             # A kept-alive connection the server closed while idle fails only once the request is written, and
@@ -176,6 +170,12 @@ class CekuraClient:
         if status is None:
             raise PermanentError(f"invalid response from {path}: no status")
         return status, data
+
+    def find(self, kind: JobKind, job_id: str, *, time_left_s: float = math.inf) -> dict[str, Any]:
+        """The kind's results list filtered by the job's tag (one page): see `worker.cekura.lookup`."""
+        assert kind.lookup_path is not None
+        query = f"search={quote(lookup.tag(job_id), safe='')}&page_size={lookup.DEFAULT_PAGE_SIZE}".encode()
+        return self._call("GET", kind.lookup_path, query=query, secrets=(), time_left_s=time_left_s)
 
     def answer(
         self,
@@ -274,7 +274,7 @@ class CekuraClient:
         if status in _SUCCESS:
             if allow_empty and not body.strip():
                 return {}  # e.g. end_calls: "No response body"
-            return _decode(body, path, status)
+            return decode(body, path, status)
         retry_after = _header(response, b"retry-after")
         if status == 429 and retry_after is not None and not retry_after.strip().isdigit():
             retry_after = _relative_to_server_date(retry_after, _header(response, b"date"))
@@ -322,58 +322,6 @@ class CekuraClient:
         if status == 403:
             return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status)
         return PermanentError(f"{where}: {excerpt}", status_code=status)
-
-
-def _decode(body: bytes, path: str, status: int) -> dict[str, Any]:
-    """The JSON object in a successful answer; anything else, however pathological, is a `PermanentError`."""
-    try:
-        # RFC 8259: JSON between systems is UTF-8 (json.loads would guess UTF-16 or -32); a BOM is tolerated.
-        data = _DECODER.decode(body.decode("utf-8").removeprefix("\ufeff"))
-    except UnicodeDecodeError:
-        reason = "not UTF-8"
-    except RecursionError:
-        reason = "nested too deeply"
-    except json.JSONDecodeError as exc:
-        reason = f"not JSON ({exc.msg})"
-    except ValueError as exc:  # from the hooks below: a value no consumer of the result could rely on
-        reason = str(exc)[:DEFAULT_ERROR_EXCERPT]
-    else:
-        if not isinstance(data, dict):
-            reason = "not a JSON object"
-        elif b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None and not _encodable(data):
-            reason = "a string holds an unpaired UTF-16 surrogate"
-        else:
-            return data
-    raise PermanentError(f"invalid response from {path}: {reason}", status_code=status)
-
-
-def _parse_int(digits: str) -> int:
-    if len(digits) > DEFAULT_MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(digits)} digits")
-    return int(digits)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("a number too large for a float")
-    return value
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")  # json.loads accepts NaN and Infinity unless told not to
-
-
-#: One decoder for every answer (json.loads with hooks would build a new one per call).
-_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
-
-
-def _encodable(data: dict[str, Any]) -> bool:
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _relative_to_server_date(retry_after: str, date: str | None) -> str:

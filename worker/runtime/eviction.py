@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import redis
 
+from config.settings import Settings
+from worker.errors import ConfigError
+from worker.runtime.connection import connect
+
 #: The only policy under which Redis never deletes a key by itself.
 SAFE_POLICY = "noeviction"
 
@@ -35,3 +39,17 @@ def problem(client: redis.Redis) -> str | None:
         f"(`CONFIG SET maxmemory-policy {SAFE_POLICY}` and in redis.conf, or your provider's parameter group); "
         "under noeviction a full Redis refuses writes instead, and the service waits until memory frees"
     )
+
+
+def refuse_an_evicting_redis(settings: Settings) -> None:
+    """Stop start-up (`ConfigError`) on a Redis whose memory policy may delete jobs. A Redis that can't be reached
+    now is not refused: the workers ride out an outage, and readiness reports the policy later."""
+    client = connect(settings, retry_on_error=[], socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        found = problem(client)
+    except redis.RedisError:
+        return
+    finally:
+        client.close()
+    if found is not None:
+        raise ConfigError(found)

@@ -1,0 +1,89 @@
+"""A start whose answer was lost, looked for by its tag rather than failed at once (`worker.cekura.lookup`).
+
+For a kind with a `lookup_path` (evaluator runs), a start whose outcome is unknown moves the job to `polling` with
+no progress id: its polls then look for the tag in Cekura's results list, first after `DEFAULT_FIRST_LOOK_S`, then
+at doubling gaps, for CEKURA_LOOKUP_SETTLE_S. Exactly one result carrying the tag, created after the job was
+submitted, is adopted: the job polls it as if the start had answered. Two results carrying it fail the job at once;
+nothing found within the window fails it "outcome unknown", as the kinds without a lookup fail at once. Each look is
+an ordinary claimed poll step, so it keeps every guarantee a poll has (one at a time, never past the deadline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from actors.step import Step, fail, unknown_start
+from worker.cekura import lookup
+from worker.errors import CekuraError, PermanentError
+from worker.ops import metrics
+from worker.redact import redact
+from worker.store.records import Advanced, AdvanceVerdict
+from worker.store.results import ResultIndex
+
+log = structlog.get_logger(__name__)
+
+#: Seconds before the first look: Cekura lists a new result at once, but a proxy's 5xx may come before it exists.
+DEFAULT_FIRST_LOOK_S = 2.0
+
+#: Records this step and schedules the job's next poll: `actors.jobs._next_poll`.
+Schedule = Callable[[Step, str, int, dict[str, Any]], Advanced]
+
+
+def lost_start(step: Step, reason: str, schedule: Schedule) -> None:
+    """A start that must not repeat may have reached Cekura: look for it where the kind can, else fail safe."""
+    if step.kind.lookup_path is None:
+        fail(step, unknown_start(reason))
+        return
+    settle_s = step.rt.settings.cekura_lookup_settle_s
+    fields: dict[str, Any] = {"progress_id": "", "error": unknown_start(reason), "started_ms": step.claim.now_ms}
+    done = schedule(step, "polling", step.delay_ms(min(DEFAULT_FIRST_LOOK_S, settle_s)), fields)
+    if done.verdict is AdvanceVerdict.OK:
+        log.warning("start_outcome_unknown_looking", reason=reason, tag=lookup.tag(step.job_id), settle_s=settle_s)
+
+
+def look(step: Step, schedule: Schedule) -> None:
+    """One look for the job's tag: adopt the one result, look again later, or fail once the window closed."""
+    rt, job, kind = step.rt, step.job, step.kind
+    window_end_ms = job.started_ms + int(rt.settings.cekura_lookup_settle_s * 1000)
+    try:
+        answer = rt.cekura.find(kind, step.job_id, time_left_s=step.time_left_s())
+    except CekuraError as exc:
+        metrics.CEKURA_CALLS.labels("lookup", str(exc.status_code or "error")).inc()
+        reason = f"the results list could not be read: {redact(str(exc), step.secrets)}"
+        found = lookup.Found(reason=reason, final=isinstance(exc, PermanentError))
+    else:
+        metrics.CEKURA_CALLS.labels("lookup", "ok").inc()
+        found = lookup.choose(answer, step.job_id, job.submitted_ms)
+    if found.result_id:
+        _adopt(step, found.result_id, schedule)
+        return
+    looked_s = max(0.0, (step.claim.now_ms - job.started_ms) / 1000)
+    if found.final or step.claim.now_ms >= window_end_ms:
+        fail(step, unknown_start(f"its answer was lost, and a search by its tag for {looked_s:.0f} s: {found.reason}"))
+        return
+    gap_s = max(DEFAULT_FIRST_LOOK_S, looked_s)  # doubling gaps, the last one ending with the window
+    delay_ms = step.delay_ms(min(gap_s, (window_end_ms - step.claim.now_ms) / 1000))
+    schedule(step, "polling", max(1, delay_ms), {"errors": 0})
+    log.info("lost_start_not_found_yet", reason=found.reason, next_look_s=delay_ms / 1000)
+
+
+def _adopt(step: Step, result_id: str, schedule: Schedule) -> None:
+    rt, kind = step.rt, step.kind
+    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, step.elapsed_s()))
+    done = schedule(step, "polling", delay_ms, {"progress_id": result_id, "error": "", "errors": 0})
+    if done.verdict is not AdvanceVerdict.OK:
+        return
+    structlog.contextvars.bind_contextvars(progress_id=result_id)
+    log.warning("lost_start_found", progress_id=result_id, tag=lookup.tag(step.job_id), next_poll_s=delay_ms / 1000)
+    if kind.webhooks:
+        index_result(step, result_id)
+
+
+def index_result(step: Step, result_id: str) -> None:
+    """Let a result webhook find this job (kept until the job's deadline plus its record's TTL)."""
+    rt = step.rt
+    ttl_ms = step.job.deadline_ms - step.claim.now_ms + rt.settings.cekura_job_ttl_s * 1000
+    ResultIndex(rt.store).add(result_id, step.job_id, ttl_ms)

@@ -43,9 +43,14 @@ SERVICE_ENV_PREFIXES = ("CEKURA_", "REDIS_", "PROMETHEUS_", "LOG_")
 REDIS_START_TIMEOUT_S = 30.0
 
 
+#: How long `wait_for` waits unless told otherwise: only a failure takes this long, and a 2-core machine running two
+#: pytest workers, Redis and worker subprocesses can stall for seconds.
+WAIT_TIMEOUT_S = 30.0
+
+
 def wait_for(
     probe: Callable[[], T | None],
-    timeout: float = 10.0,
+    timeout: float = WAIT_TIMEOUT_S,
     what: str = "condition",
     log_path: Path | None = None,
     *,
@@ -69,6 +74,29 @@ def wait_for(
 
             pytest.fail(message)
         time.sleep(interval)
+
+
+def pending_messages(client: redis.Redis, namespace: str, queue: str, job_id: str | None = None) -> int:
+    """How many messages of the Dramatiq queue `queue` (of the broker namespace `namespace`) are queued, delayed or
+    held by a consumer (fetched and not yet acked); with `job_id`, only those whose first argument is that job.
+
+    Where each message is is read in one transaction: one moving from the delayed set to the queue to an ack set
+    while this looks is seen in exactly one of them, never missed. A message still counts until its ack reaches
+    Redis, so 0 means every message that could still make a Cekura call (for that job) has run to the end.
+    """
+    prefix = f"{namespace}:{queue}"
+    acks = [key for key in client.scan_iter(f"{namespace}:__acks__.*") if key.decode().endswith(f".{queue}")]
+    with client.pipeline(transaction=True) as pipe:
+        pipe.lrange(prefix, 0, -1)
+        pipe.zrange(f"{prefix}.ZQ", 0, -1)
+        for key in acks:
+            pipe.smembers(key)
+        queued, delayed, *held = pipe.execute()
+    ids = [*queued, *delayed, *(member for members in held for member in members)]
+    if job_id is None or not ids:
+        return len(ids)
+    bodies = client.hmget(f"{prefix}.msgs", ids)  # one acked meanwhile reads None: it has run
+    return sum(1 for body in bodies if body is not None and json.loads(body)["args"][:1] == [job_id])
 
 
 def free_port() -> int:

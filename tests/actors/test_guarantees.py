@@ -22,9 +22,10 @@ import pytest
 from actors import names
 from config.settings import Settings, load_settings
 from simulator import SimulatorHandle
-from tests.support import wait_for
+from tests.support import pending_messages, wait_for
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
+from worker.runtime.connection import server_ms
 from worker.runtime.reconciler import reconcile_once
 from worker.store.jobs import Phase
 
@@ -43,6 +44,11 @@ def _events(client: Client, job_id: str) -> list[dict[str, str]]:
 
 def _route(sim: SimulatorHandle, route: str) -> int:
     return int(sim.stats()["by_route"].get(route, 0))
+
+
+def _idle(rt: Runtime) -> bool:
+    """No message is queued, delayed or being processed: nothing is left that could call Cekura again."""
+    return pending_messages(rt.redis, rt.broker.namespace, rt.settings.cekura_queue) == 0
 
 
 # -- 1. key namespaces --------------------------------------------------------------------------------------------
@@ -162,12 +168,24 @@ def test_retry_delays_are_capped_at_the_deadline(
 
 def test_a_start_call_in_flight_at_the_deadline_does_not_hold_the_job_past_it(rt: Runtime) -> None:
     # A job whose start lease is live when its deadline passes is `expired` for the next message, not `stale`.
-    created, _ = rt.store.submit("lease-at-deadline", "agent.auto_fetch", {"agent_id": 5}, {}, 1.0, {})
+    created, _ = rt.store.submit("lease-at-deadline", "agent.auto_fetch", {"agent_id": 5}, {}, 3.0, {})
     assert created
     assert rt.store.claim("lease-at-deadline", Phase.START, 0).verdict == "ok"  # lease held (5 s)
-    assert rt.store.claim("lease-at-deadline", Phase.START, 0).verdict == "stale"
-    time.sleep(1.05)
-    assert rt.store.claim("lease-at-deadline", Phase.START, 0).verdict == "expired"
+    # Before the deadline the lease holds. Asked again until the deadline has passed (an `expired` or `stale` claim
+    # writes nothing), the answer turns `expired` while the lease still has 2 s to run: never `stale` after it.
+    verdicts = [rt.store.claim("lease-at-deadline", Phase.START, 0).verdict]
+    assert verdicts == ["stale"]
+    deadline_ms = int(rt.redis.hget(rt.store.job_key("lease-at-deadline"), "deadline_ms") or 0)
+    lease_ms = int(rt.redis.hget(rt.store.job_key("lease-at-deadline"), "lease") or 0)
+    assert lease_ms > deadline_ms
+
+    def claimed_after_the_deadline() -> bool:
+        now_ms = server_ms(rt.redis)
+        verdicts.append(rt.store.claim("lease-at-deadline", Phase.START, 0).verdict)
+        return now_ms >= deadline_ms
+
+    wait_for(claimed_after_the_deadline, interval=0.05, what="a claim after the deadline")
+    assert verdicts[-1] == "expired" and set(verdicts) <= {"stale", "expired"}, verdicts
     score = rt.redis.zscore(rt.store.schedule_key, "lease-at-deadline")
     deadline = int(rt.redis.hget(rt.store.job_key("lease-at-deadline"), "deadline_ms") or 0)
     assert score is not None and score <= deadline + 1000  # the reconciler's view is bounded by the deadline too
@@ -346,7 +364,7 @@ def test_a_pathologically_nested_answer_fails_the_job_once_with_the_reason(
         with Client(rt.settings, client=rt.redis, broker=rt.broker) as client:
             job_id = client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="nested", deadline_s=30)
             event = client.wait(job_id, timeout=15)
-            time.sleep(0.5)
+            wait_for(lambda: _idle(rt), what="every message to be handled")
             assert event["status"] == "failed"
             assert "invalid response" in event["error"], event["error"]
             assert hostile.starts == 1
@@ -371,7 +389,7 @@ def test_an_unexpected_exception_while_handling_a_step_fails_the_job_once(
     event = client.wait(job_id, timeout=15)
     assert event["status"] == "failed"
     assert event["error"] == "internal error while handling the poll step (RecursionError)"
-    time.sleep(0.5)
+    wait_for(lambda: _idle(rt), what="every message to be handled")  # nothing left that could start it again
     assert _route(sim, "auto-fetch 202") == 1
     assert len(_events(client, job_id)) == 1
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from actors import names
 from config.settings import Settings, get_settings, load_settings
 from simulator import SimulatorHandle
-from tests.support import RESULT_EVENT_FIELDS, wait_for
+from tests.support import RESULT_EVENT_FIELDS, pending_messages, wait_for
 from worker.cli import EXIT_FAILED, EXIT_OK, main
 from worker.client import Client
 from worker.intake.stream import Intake
@@ -63,11 +62,13 @@ def running(client: Client, job_id: str, min_polls: int = 1) -> Callable[[], dic
 
 
 def drained(rt: Runtime) -> bool:
-    """True when no message is queued or being processed (delayed messages may still wait in the ZQ)."""
-    ns, queue = rt.broker.namespace, rt.settings.cekura_queue
-    if rt.redis.llen(f"{ns}:{queue}"):
-        return False
-    return all(rt.redis.scard(key) == 0 for key in rt.redis.keys(f"{ns}:__acks__.*"))
+    """True when no message is queued, delayed or being processed: nothing is left that could call Cekura."""
+    return pending_messages(rt.redis, rt.broker.namespace, rt.settings.cekura_queue) == 0
+
+
+def settled(rt: Runtime, job_id: str) -> Callable[[], bool]:
+    """True once no message about `job_id` is queued, delayed or being processed: any call it was to make is made."""
+    return lambda: pending_messages(rt.redis, rt.broker.namespace, rt.settings.cekura_queue, job_id) == 0
 
 
 def iso(text: str) -> datetime:
@@ -239,12 +240,13 @@ def test_cancelling_a_running_scenario_agent_job_stops_it_here_and_at_cekura(
     assert event["progress_id"] == progress_id
     wait_for(lambda: route_count(sim, "cancel-agent 200") == 1, what="the cancel-agent call")
 
-    # polling stops for the cancelled job (one poll already in flight may land), but not for the bystander
-    time.sleep(0.3)
+    # Polling stops for the cancelled job, but not for the bystander. A poll claimed before the cancel may still
+    # land: once no message about the job is left (its own poll, now stale, included), every such poll has.
+    wait_for(settled(rt, job_id), what="the cancelled job's last messages to be handled")
     mine, theirs = len(poll_times(sim, progress_id)), len(poll_times(sim, other_view["progress_id"]))
-    time.sleep(0.6)
+    # Three more bystander polls (0.2 s apart at most): a cancelled job still polling would have polled meanwhile.
+    wait_for(lambda: len(poll_times(sim, other_view["progress_id"])) >= theirs + 3, what="three more bystander polls")
     assert len(poll_times(sim, progress_id)) == mine
-    assert len(poll_times(sim, other_view["progress_id"])) > theirs
 
     # Cekura cancelled exactly that session: its job now reads cancelled, the bystander's still runs
     mine_at_cekura = sim_get(sim, SCENARIO_PROGRESS, progress_id)
@@ -302,26 +304,31 @@ def test_cancelling_a_finished_or_unknown_job_answers_clearly_and_publishes_noth
 
 # -- deadlines ----------------------------------------------------------------------------------------------------
 
-#: A slow schedule: the first poll at 1 s, the next one 5 s later unless the deadline comes first.
-SLOW_POLLS = {"cekura_poll_initial_s": 1.0, "cekura_poll_factor": 5.0, "cekura_poll_max_s": 5.0}
+#: A slow schedule: the first poll at 0.5 s, the next one 5 s later unless the deadline comes first.
+SLOW_POLLS = {"cekura_poll_initial_s": 0.5, "cekura_poll_factor": 10.0, "cekura_poll_max_s": 5.0}
 
 
 @pytest.mark.parametrize("settings", [SLOW_POLLS], indirect=True)
 def test_a_deadline_expiring_mid_poll_times_the_job_out_once_with_no_later_cekura_call(
-    client: Client, worker: dramatiq.Worker, sim: SimulatorHandle
+    client: Client, worker: dramatiq.Worker, sim: SimulatorHandle, rt: Runtime
 ) -> None:
-    job_id = client.submit("agent.auto_fetch", {"agent_id": 777}, job_id="deadline-1", deadline_s=1.5)
+    # The first poll (0.5 s) comes well before the deadline (3 s), the next one would come 5 s after it.
+    job_id = client.submit("agent.auto_fetch", {"agent_id": 777}, job_id="deadline-1", deadline_s=3)
     event = client.wait(job_id, timeout=15)
     assert event["status"] == "timed_out"
-    assert event["error"] == "deadline of 1.5s passed before Cekura reported a terminal status"
+    assert event["error"] == "deadline of 3s passed before Cekura reported a terminal status"
     assert event["cekura_status"] in ("queued", "in_progress")
     (progress_id,) = sim.polls()
     assert event["progress_id"] == progress_id
     submitted, finished = iso(event["submitted_at"]), iso(event["finished_at"])
-    elapsed = (finished - submitted).total_seconds()
-    # not before the deadline, and at it rather than at the next scheduled poll (6 s after submission)
-    assert 1.5 <= elapsed < 4.0, elapsed
-    time.sleep(0.5)
+    # not before the deadline
+    assert (finished - submitted).total_seconds() >= 3.0
+    # and at it rather than at the next scheduled poll (5 s after the first): the poll after the first one was
+    # scheduled for the deadline (both on the Redis server's clock, so a slow machine changes neither)
+    record = rt.redis.hmget(rt.store.job_key(job_id), "next_poll_ms", "deadline_ms")
+    next_poll_ms, deadline_ms = (int(value or 0) for value in record)
+    assert 0 < next_poll_ms <= deadline_ms, (next_poll_ms, deadline_ms)
+    wait_for(settled(rt, job_id), what="every message about the job to be handled")
     times = poll_times(sim, progress_id)
     assert event["polls"] == str(len(times)) == "1"
     assert all(t <= finished.timestamp() for t in times)
@@ -336,11 +343,11 @@ PROGRESS_ON = {"cekura_progress_events": True, "cekura_poll_initial_s": 0.05, "c
 
 @pytest.fixture
 def slow_sim(sim: SimulatorHandle) -> Iterator[SimulatorHandle]:
-    """Simulated jobs that take 1.2 s, so an auto-fetch walks visibly through its stages."""
-    before = sim.stats()["duration_s"]
-    sim.configure(duration_s=1.2)
+    """Simulated jobs that finish on their 12th poll, so an auto-fetch walks visibly through its stages however fast
+    or slow the worker polls (a stage per poll or so, not per tenth of a second)."""
+    sim.configure(polls_to_complete=12)
     yield sim
-    sim.configure(duration_s=before)
+    sim.configure(polls_to_complete=None)
 
 
 def _progress(rt: Runtime, job_id: str) -> list[dict[str, str]]:
@@ -373,8 +380,11 @@ def test_progress_events_follow_an_auto_fetch_through_its_stages(
     assert int(event["polls"]) > len(entries)  # unchanged polls publish nothing
 
 
-def test_progress_events_are_off_by_default(client: Client, worker: dramatiq.Worker, rt: Runtime) -> None:
+def test_progress_events_are_off_by_default(
+    client: Client, worker: dramatiq.Worker, rt: Runtime, sim: SimulatorHandle
+) -> None:
     assert rt.settings.cekura_progress_events is False
+    sim.configure(polls_to_complete=2)  # the first poll is not terminal, however late it comes
     job_id = client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="stages-off")
     assert client.wait(job_id, timeout=15)["status"] == "completed"
     # a non-terminal poll ran (with events on it would have published its first status), yet nothing was published

@@ -56,7 +56,7 @@ def check(condition: object, assumption: str) -> None:
         broken(assumption)
 
 
-def wait_until(probe: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+def wait_until(probe: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
@@ -1107,9 +1107,20 @@ def run() -> Run:
         result.threads = {"workers": list(worker.workers), "consumers": dict(worker.consumers)}
         result.threads["alive"] = [t.is_alive() for t in [*worker.workers, *worker.consumers.values()]]
     finally:
-        threading.Timer(0.3, release.set).start()
+        # The blocked actors return only once Worker.stop has told every worker thread to stop (it does that
+        # first), so none of them can take one of the two messages still in the work queue, however slowly
+        # Worker.stop gets there.
+        threading.Thread(target=_release_once_stopping, args=(worker, release), daemon=True).start()
         worker.stop(timeout=10_000)
     return result
+
+
+def _release_once_stopping(worker: dramatiq.Worker, release: threading.Event) -> None:
+    """Set `release` once every worker thread of `worker` has been told to stop (or after 30 s, whatever happens)."""
+    give_up = time.monotonic() + 30
+    while any(getattr(t, "running", False) for t in worker.workers) and time.monotonic() < give_up:
+        time.sleep(0.005)
+    release.set()
 
 
 def test_worker_consume_arguments(run: Run) -> None:

@@ -76,6 +76,9 @@ def test_an_error_reply_keeps_the_redis_connection(settings: Settings) -> None:
 
 
 def test_each_thread_keeps_one_cekura_connection_alive(settings: Settings, sim: SimulatorHandle) -> None:
+    # The simulator serves the whole session: a connection an earlier test left open would close at any moment.
+    sim.close_connections()
+    wait_for(lambda: sim.stats()["connections_open"] == 0, what="the simulator to close every connection")
     cekura = CekuraClient(settings)
     params = KIND.validate(BODY)
     before = sim.stats()
@@ -93,7 +96,7 @@ def test_each_thread_keeps_one_cekura_connection_alive(settings: Settings, sim: 
     assert after["connections_total"] - before["connections_total"] == 2
     assert after["connections_open"] - before["connections_open"] == 2
     cekura.close()
-    wait_for(lambda: sim.stats()["connections_open"] == before["connections_open"], timeout=5)
+    wait_for(lambda: sim.stats()["connections_open"] == before["connections_open"], what="the connections to close")
 
 
 def test_a_cekura_connection_closed_by_the_server_is_replaced(settings: Settings, sim: SimulatorHandle) -> None:
@@ -103,7 +106,7 @@ def test_a_cekura_connection_closed_by_the_server_is_replaced(settings: Settings
     opened = sim.stats()["connections_total"]
 
     sim.close_connections()
-    wait_for(lambda: sim.stats()["connections_open"] == 0, timeout=5)
+    wait_for(lambda: sim.stats()["connections_open"] == 0, what="the simulator to close every connection")
 
     assert cekura.progress(KIND, params, progress_id)[0]  # no error: a fresh connection
     assert sim.stats()["connections_total"] - opened == 1

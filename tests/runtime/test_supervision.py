@@ -42,7 +42,7 @@ def test_the_intake_loop_logs_an_unexpected_error_and_goes_on(
     try:
         request = {"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "job_id": "after-the-error"}
         rt.redis.xadd(rt.settings.cekura_requests_stream, {"request": json.dumps(request)})
-        wait_for(lambda: rt.store.get("after-the-error"), 10, "the intake to read on after the error")
+        wait_for(lambda: rt.store.get("after-the-error"), 30, "the intake to read on after the error")
         assert intake.is_alive()
     finally:
         intake.stop()
@@ -67,7 +67,7 @@ def test_the_reconciler_loop_logs_an_unexpected_error_and_goes_on(
     reconciler = Reconciler(rt)
     reconciler.start()
     try:
-        wait_for(lambda: len(passes) >= 2, 10, "a reconciler pass after the failed one")
+        wait_for(lambda: len(passes) >= 2, 30, "a reconciler pass after the failed one")
         assert reconciler.is_alive()
     finally:
         reconciler.stop()

@@ -121,15 +121,15 @@ def test_jobs_run_end_to_end_over_tls_redis(
     log_path = tmp_path / "worker.log"
     with running_workers(env, log_path) as supervisor, Client(settings) as client:
         wait_for(lambda: live_workers(client.redis, settings), 30, "the worker's heartbeat over TLS", log_path)
-        wait_for(lambda: check(settings)[0], 10, "the healthcheck over TLS to pass", log_path)
+        wait_for(lambda: check(settings)[0], 30, "the healthcheck over TLS to pass", log_path)
 
         # One job through the broker (Client.submit enqueues the start message), one through the request stream.
         direct = client.submit("agent.auto_fetch", {"agent_id": 3}, metadata={"via": "client"})
         request = {"kind": "scenario.agent", "params": {"user_message": "more detail"}, "job_id": "tls-via-stream"}
         client.redis.xadd(settings.cekura_requests_stream, {"request": json.dumps(request)})
-        wait_for(lambda: client.status("tls-via-stream"), 20, "the stream request to be recorded", log_path)
+        wait_for(lambda: client.status("tls-via-stream"), 60, "the stream request to be recorded", log_path)
         for job_id in (direct, "tls-via-stream"):
-            event = client.wait(job_id, timeout=20)
+            event = client.wait(job_id, timeout=60)
             assert event["status"] == "completed", (event["error"], log_path.read_text()[-3000:])
         events = {event["job_id"]: event for event in client.results()}
         assert set(events) == {direct, "tls-via-stream"}

@@ -33,7 +33,7 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def poll(self, path: str, progress_id: str | None, done: Callable[[Any], bool], limit_s: float = 3.0) -> list[Any]:
+    def poll(self, path: str, progress_id: str | None, done: Callable[[Any], bool], limit_s: float = 30.0) -> list[Any]:
         """GET until `done(answer)`; returns every answer in order."""
         answers: list[Any] = []
         deadline = time.monotonic() + limit_s

@@ -380,7 +380,12 @@ def test_idle_workers_pick_up_a_new_job_before_its_deadline(system: System, fake
     cekura = fake(lambda r: started(r) if r.method == "POST" else Reply(body={"status": "completed"}))
     server = system.redis()
     system.worker(env_for(system, server, cekura, CEKURA_IDLE_WAKE_MS="60000"), processes=2, threads=2)
-    time.sleep(2)  # let both consumers go idle
+    # Both consumers have looked for messages once (each fetch stamps its process's heartbeat), found none and gone
+    # idle: only then is the job submitted, so that neither picks it up on its first look.
+    with server.client() as raw:
+        system.wait_for(
+            lambda: raw.zcard("cekura:dramatiq:__heartbeats__") >= 2, timeout=30, what="both consumers to go idle"
+        )
     client = system.client(server)
     job_id = client.submit("agent.auto_fetch", {"agent_id": 60}, job_id="idle-0", deadline_s=5)
     with server.client() as raw:

@@ -206,7 +206,7 @@ def test_api_key_echoed_html_escaped_in_error_body(
     fake.script = script
     run = start_run(_settings(_test_redis_url(), fake.url, api_key))
     job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="html-echo")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "failed"
     logs = capsys.readouterr().out
     writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
@@ -231,7 +231,7 @@ def test_api_key_cut_by_error_excerpt_leaks_its_prefix(
     fake.script = script
     run = start_run(_settings(_test_redis_url(), fake.url, api_key))
     job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="cut-key")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "failed"
     logs = capsys.readouterr().out
     prefix = api_key[:16]
@@ -259,7 +259,7 @@ def test_secret_that_contains_another_secret_is_only_partly_masked(
     fake.script = script
     run = start_run(_settings(server.url, fake.url, api_key))
     job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="nested")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     logs = capsys.readouterr().out
     assert event["status"] == "failed"
     writings = {"event": json.dumps(event), "logs": logs}
@@ -291,7 +291,7 @@ def test_api_key_in_progress_stage_reaches_job_record_and_progress_event(
     fake.script = _auto_fetch_script(lambda h: f"validating key {h['x-cekura-api-key']}", {"status": "completed"})
     run = start_run(_settings(_test_redis_url(), fake.url, api_key, cekura_progress_events=True))
     job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="stage-echo")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "completed"
     capsys.readouterr()
     progress = [_text(f) for _, f in run.raw.xrange("cekura:progress")]
@@ -310,7 +310,7 @@ def test_api_key_in_structured_progress_stage_reaches_logs(
     )
     run = start_run(_settings(_test_redis_url(), fake.url, api_key))
     job_id = run.client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="nested-stage")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "completed"
     logs = capsys.readouterr().out
     leaked = [line for line in logs.splitlines() if api_key in line]
@@ -337,7 +337,7 @@ def test_provider_key_echoed_in_progress_payload_reaches_result_event(
     run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
     params = {"agent_id": 6, "enabled": True, "api_key": provider_key}
     job_id = run.client.submit(TOGGLE, params, job_id="provider-echo")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "failed"
     logs = capsys.readouterr().out
     writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
@@ -359,7 +359,7 @@ def test_provider_key_with_whitespace_is_not_masked_when_echoed_trimmed(
     run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
     params = {"agent_id": 6, "enabled": True, "api_key": f"  {core}\n"}
     job_id = run.client.submit(TOGGLE, params, job_id="provider-ws")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "failed"
     logs = capsys.readouterr().out
     writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}
@@ -431,7 +431,7 @@ def test_provider_key_quoted_by_a_progress_error_across_the_excerpt_cut_is_maske
     run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
     params = {"agent_id": 6, "provider": "vapi", "api_key": provider_key}
     job_id = run.client.submit(TOOLS, params, job_id="progress-cut")
-    event = run.client.wait(job_id, timeout=20)
+    event = run.client.wait(job_id, timeout=60)
     assert event["status"] == "failed" and "HTTP 400" in event["error"]
     logs = capsys.readouterr().out
     writings = {"event": json.dumps(event), "logs": logs, "redis": run.dump()}

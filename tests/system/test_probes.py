@@ -23,11 +23,11 @@ def test_liveness_passes_through_a_redis_outage_and_readiness_recovers(system: S
         result = system.cli(env, "healthcheck", f"--{mode}", timeout=20)
         return result.returncode, result.stdout.strip()
 
-    system.wait_for(lambda: probe("readiness")[0] == 0, timeout=20, what="readiness before the outage")
+    system.wait_for(lambda: probe("readiness")[0] == 0, timeout=60, what="readiness before the outage")
     assert probe("liveness")[0] == 0
     pids = worker.worker_pids()
     before = client.submit("agent.auto_fetch", {"agent_id": 5}, job_id="before-outage", deadline_s=120)
-    assert client.wait(before, timeout=20)["status"] == "completed"
+    assert client.wait(before, timeout=60)["status"] == "completed"
 
     server.kill()
     outage_ends = time.monotonic() + OUTAGE_S
@@ -53,7 +53,7 @@ def test_liveness_fails_when_the_worker_processes_are_gone(system: System) -> No
     sim = system.simulator()
     env = system.worker_env(server, sim, CEKURA_HEALTH_DIR=str(system.tmp_path / "health"))
     worker = system.worker(env, processes=1, threads=2)
-    system.wait_for(lambda: system.cli(env, "healthcheck", "--liveness").returncode == 0, timeout=20, what="liveness")
+    system.wait_for(lambda: system.cli(env, "healthcheck", "--liveness").returncode == 0, timeout=60, what="liveness")
     worker.stop()
     result = system.cli(env, "healthcheck", "--liveness")
     assert result.returncode == 1

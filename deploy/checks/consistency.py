@@ -18,6 +18,15 @@ DEFAULT_SHUTDOWN_SLACK_S = 3
 #: A `namespace="..."` matcher in a PromQL query.
 _NAMESPACE_MATCHER = re.compile(r'\bnamespace\s*=\s*"([^"]*)"')
 
+#: KEDA's triggers on a Redis stream: a single Redis, and Redis behind Sentinel (deploy/overlays/sentinel).
+STREAM_TRIGGERS = ("redis-streams", "redis-sentinel-streams")
+
+#: Where KEDA's redis-sentinel-streams scaler (v2.20.2 `pkg/scalers/redis_scaler.go`, `redisConnectionInfo`) takes
+#: the Sentinels' addresses and the primary's name from: the trigger's metadata, its authentication parameters, or
+#: (`...FromEnv`) a variable of the scale target. Without either it can't find the primary.
+_SENTINEL_ADDRESS_KEYS = frozenset({"address", "addresses", "addressesFromEnv", "hosts", "hostsFromEnv"})
+_SENTINEL_MASTER_KEYS = frozenset({"sentinelMaster", "sentinelMasterFromEnv"})
+
 
 def _index(objects: Iterable[Object]) -> dict[tuple[str, str, str], Object]:
     return {
@@ -141,7 +150,9 @@ def _deployment_problems(
             continue
         for trigger in scaled["spec"]["triggers"]:
             meta = trigger.get("metadata", {})
-            if trigger["type"] == "redis-streams":
+            if trigger["type"] == "redis-sentinel-streams":
+                problems += _sentinel_trigger_problems(index, scaled, trigger)
+            if trigger["type"] in STREAM_TRIGGERS:
                 if meta.get("stream") != setting["cekura_requests_stream"]:
                     problems.append(f"{name_of(scaled)}: stream {meta.get('stream')!r} is not CEKURA_REQUESTS_STREAM")
                 if meta.get("consumerGroup") != setting["cekura_intake_group"]:
@@ -154,4 +165,25 @@ def _deployment_problems(
                         problems.append(
                             f"{name_of(scaled)}: query selects namespace {found!r}, the workers run in {namespace!r}"
                         )
+    return problems
+
+
+def _sentinel_trigger_problems(
+    index: dict[tuple[str, str, str], Object], scaled: Object, trigger: dict[str, Any]
+) -> list[str]:
+    """A redis-sentinel-streams trigger that names no Sentinels or no primary (in its metadata or its
+    TriggerAuthentication's parameters): KEDA accepts the object and the scaler fails only once it runs."""
+    given = set(trigger.get("metadata", {}))
+    ref = trigger.get("authenticationRef")
+    if ref is not None:
+        namespace = scaled["metadata"].get("namespace", "")
+        auth = index.get((ref.get("kind", "TriggerAuthentication"), namespace, ref["name"])) or {}
+        spec = auth.get("spec") or {}
+        given |= {item["parameter"] for key in ("secretTargetRef", "env") for item in spec.get(key, [])}
+    where = f"{name_of(scaled)} trigger {trigger.get('name')}"
+    problems = []
+    if not given & _SENTINEL_ADDRESS_KEYS:
+        problems.append(f"{where}: redis-sentinel-streams names no Sentinels (`addresses`, host:port, comma-separated)")
+    if not given & _SENTINEL_MASTER_KEYS:
+        problems.append(f"{where}: redis-sentinel-streams names no `sentinelMaster` (the service name in REDIS_URL)")
     return problems

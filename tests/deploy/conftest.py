@@ -1,5 +1,5 @@
 """Fixtures for the deploy/ checks: the repository's deploy folder, a scratch copy of it to break, the rendered
-example overlay, and skips with the reason when kubectl (or kustomize) or promtool is not installed.
+example and sentinel overlays, and skips with the reason when kubectl (or kustomize) or promtool is not installed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy.checks import manifests
-from tests.deploy.support import DEPLOY, EXAMPLE, HAS_KUSTOMIZE
+from tests.deploy.support import DEPLOY, EXAMPLE, HAS_KUSTOMIZE, SENTINEL
 
 
 @pytest.fixture
@@ -27,3 +27,11 @@ def rendered() -> list[manifests.Object]:
     if not HAS_KUSTOMIZE:
         pytest.skip("kubectl (or kustomize) is not installed: it renders the kustomize overlays")
     return manifests.render(EXAMPLE)
+
+
+@pytest.fixture(scope="session")
+def rendered_sentinel() -> list[manifests.Object]:
+    """The sentinel overlay (Redis behind Sentinel) as kustomize renders it; tests change copies, never these."""
+    if not HAS_KUSTOMIZE:
+        pytest.skip("kubectl (or kustomize) is not installed: it renders the kustomize overlays")
+    return manifests.render(SENTINEL)

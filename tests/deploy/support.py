@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 EXAMPLE = DEPLOY / "overlays" / "example"
+SENTINEL = DEPLOY / "overlays" / "sentinel"
 
 HAS_KUSTOMIZE = shutil.which("kubectl") is not None or shutil.which("kustomize") is not None
 

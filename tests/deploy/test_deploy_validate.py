@@ -36,6 +36,8 @@ def test_deploy_as_committed_passes_every_check() -> None:
     assert done.stdout.rstrip().endswith("all checks passed")
     for check in ("render:", "Kubernetes schemas", "KEDA schemas", "promtool check rules", "metric names"):
         assert check in done.stdout
+    for overlay in ("deploy/overlays/example:", "deploy/overlays/sentinel:"):
+        assert overlay in done.stdout
 
 
 def test_a_mistyped_deployment_field_fails(deploy_copy: Path) -> None:
@@ -43,8 +45,11 @@ def test_a_mistyped_deployment_field_fails(deploy_copy: Path) -> None:
 
     done = _validate(deploy_copy)
     assert done.returncode == 1, done.stdout + done.stderr
+    # The base is in every overlay: each one fails that check, and only that one.
+    overlays = [path for path in (deploy_copy / "overlays").iterdir() if path.is_dir()]
     failed = [line for line in done.stdout.splitlines() if "FAIL" in line]
-    assert len(failed) == 1 and "Kubernetes schemas" in failed[0], done.stdout
+    assert len(overlays) >= 2 and len(failed) == len(overlays), done.stdout
+    assert all("Kubernetes schemas" in line for line in failed), done.stdout
     assert "Deployment cekura/cekura-worker" in done.stdout
     assert "'readOnlyRootFileSystem' was unexpected" in done.stdout
 

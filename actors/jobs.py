@@ -108,7 +108,7 @@ def _start(step: Step) -> None:
         return
     metrics.CEKURA_CALLS.labels("start", "ok").inc()
     metrics.JOBS_STARTED.labels(kind.name).inc()
-    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, 0.0))
+    delay_ms = step.delay_ms(step.next_poll_s(1, 0.0))
     fields: dict[str, Any] = {
         "progress_id": started.progress_id,
         "errors": 0,
@@ -190,7 +190,7 @@ def _poll(step: Step) -> None:
         return
     stage = data.get(kind.stage_field) if kind.stage_field else None
     stage = redact(stage, step.secrets) if isinstance(stage, str) else None
-    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, polls + 1, step.elapsed_s()))
+    delay_ms = step.delay_ms(step.next_poll_s(polls + 1, step.elapsed_s()))
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
     if stage is not None:
         fields["current_stage"] = stage
@@ -278,8 +278,7 @@ def _deliver_answer(step: Step) -> None:
 
 def _answered(step: Step) -> None:
     """Cekura has the answer: forget it and poll on, counting the operation's time afresh."""
-    rt, kind = step.rt, step.kind
-    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, 0.0))
+    delay_ms = step.delay_ms(step.next_poll_s(1, 0.0))
     # The operation runs again from here: the schedule (and what it learns) counts from the answer.
     fields = {
         "answer": "",

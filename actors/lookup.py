@@ -71,8 +71,8 @@ def look(step: Step, schedule: Schedule) -> None:
 
 
 def _adopt(step: Step, result_id: str, schedule: Schedule) -> None:
-    rt, kind = step.rt, step.kind
-    delay_ms = step.delay_ms(rt.polling.next_delay_s(kind.name, kind.poll_plan, 1, step.elapsed_s()))
+    kind = step.kind
+    delay_ms = step.delay_ms(step.next_poll_s(1, step.elapsed_s()))
     done = schedule(step, "polling", delay_ms, {"progress_id": result_id, "error": "", "errors": 0})
     if done.verdict is not AdvanceVerdict.OK:
         return

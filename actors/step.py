@@ -48,6 +48,16 @@ class Step:
         """A delay in ms, never past the job's deadline (so it times out on time)."""
         return max(1, min(int(delay_s * 1000), self.job.deadline_ms - self.claim.now_ms))
 
+    def next_poll_s(self, poll: int, elapsed_s: float) -> float:
+        """Seconds until poll number `poll`: the kind's schedule (declared or learned). With CEKURA_WEBHOOKS on, a
+        kind Cekura announces by webhook is polled only as a safety net, at most every CEKURA_WEBHOOK_SAFETY_NET_S:
+        its webhook makes it poll at once (`worker.webhooks`)."""
+        delay_s = self.rt.polling.next_delay_s(self.kind.name, self.kind.poll_plan, poll, elapsed_s)
+        settings = self.rt.settings
+        if settings.cekura_webhooks and self.kind.webhooks:
+            return max(delay_s, settings.cekura_webhook_safety_net_s)
+        return delay_s
+
     def elapsed_s(self) -> float:
         """Seconds since the start call answered (or since an answer was sent), on the Redis clock."""
         return max(0.0, (self.claim.now_ms - self.job.started_ms) / 1000) if self.job.started_ms else 0.0

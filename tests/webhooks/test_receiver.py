@@ -212,3 +212,27 @@ def test_with_redis_down_it_answers_503_so_cekura_delivers_again(
     finally:
         process.stop()
         server.stop()
+
+
+def test_with_webhooks_on_a_run_whose_webhook_never_comes_ends_on_its_safety_net_poll(
+    sim: SimulatorHandle, redis_client: Any
+) -> None:
+    """Evaluator runs would poll every 0.05 s here; with webhooks on they poll at most every safety-net interval,
+    so a run of 0.3 s whose webhook is lost ends on the first safety-net poll, after one call."""
+    sim.reset()
+    sim.clear_faults()
+    sim.configure(duration_s=0.3, polls_to_complete=None, rate_limit_rps=0)
+    settings = make_settings(sim.url, cekura_webhooks=True, cekura_webhook_safety_net_s=1.5)
+    rt = setup(settings)
+    bind_actors()
+    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        with Client(settings, client=rt.redis, broker=rt.broker) as client:
+            job_id = client.submit("evaluator.run", {"scenarios": [1], "name": "no webhook"})
+            event = client.wait(job_id, timeout=30)
+    finally:
+        worker.stop(timeout=10_000)
+    assert event["status"] == "completed"
+    assert event["polls"] == "1"
+    assert _polls(sim) == 1

@@ -31,6 +31,7 @@ import redis
 from config.settings import Settings, load_settings, redact_url
 from simulator import SimConfig, start_in_thread
 from worker.client import Client
+from worker.errors import ConfigError
 from worker.runtime.supervisor import run_in_subprocess
 
 #: How long the demo waits for all result events before giving up.
@@ -78,12 +79,14 @@ def _free_port() -> int:
 
 
 def _reachable(url: str) -> bool:
+    from worker.runtime.connection import connect
+
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = connect(load_settings(redis_url=url), socket_connect_timeout=1, socket_timeout=1, retry_on_error=[])
         client.ping()
         client.close()
         return True
-    except (redis.RedisError, OSError, ValueError):
+    except (redis.RedisError, OSError, ValueError, ConfigError):
         return False
 
 
@@ -120,6 +123,42 @@ def _private_redis() -> Iterator[str]:
         process.terminate()
         process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: With webhooks on, how often a demo evaluator run polls on its own (a run of 3 s ends long before).
+DEMO_SAFETY_NET_S = 30
+
+
+@contextmanager
+def _webhook_receiver(settings: Settings) -> Iterator[str]:
+    """`cekura-worker webhooks` in a thread of the demo, on a free port; yields its URL."""
+    from worker.webhooks import build
+
+    server, sock = build(settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="cekura-webhooks", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/webhooks/cekura"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+def _say_webhooks(polls: dict[str, Any], webhooks: dict[str, Any]) -> None:
+    """Say how the evaluator runs ended: on the one poll their webhook caused, long before a safety-net poll."""
+    for result_id, report in polls.items():
+        if report.get("kind") != "evaluator_run" or not report.get("webhook_at"):
+            continue
+        times, ended = report.get("times") or [], report.get("finishes_at") or 0
+        if len(times) == 1 and times[0] - ended < DEMO_SAFETY_NET_S / 2:
+            _say(
+                f"evaluator result {result_id} ended at Cekura; its webhook came, and the run was polled once, "
+                f"{times[0] - ended:.2f} s later, instead of at its next safety-net poll ({DEMO_SAFETY_NET_S} s)"
+            )
+    _say(f"webhooks sent by the simulator: {webhooks.get('sent', 0)}")
 
 
 def _say(text: str) -> None:
@@ -171,6 +210,7 @@ def run_demo(base: Settings) -> int:
             return 1
 
         console_token = secrets.token_urlsafe(16)  # the console's actions (cancel, retry, answer) need it
+        webhook_secret = secrets.token_urlsafe(24)  # what Cekura sends as X-CEKURA-SECRET
         sim = start_in_thread(SimConfig(api_key=DEMO_API_KEY, duration_s=3.0))
         stack.callback(sim.stop)
         _say(f"Cekura simulator listening on {sim.url}")
@@ -188,6 +228,8 @@ def run_demo(base: Settings) -> int:
             cekura_poll_initial_s=0.5,
             cekura_poll_max_s=2.0,
             cekura_console_token=console_token,
+            cekura_webhooks=True,
+            cekura_webhook_secret=webhook_secret,
         )
         client = Client(settings)
         stack.callback(client.close)
@@ -210,6 +252,10 @@ def run_demo(base: Settings) -> int:
             "CEKURA_POLL_MAX_S": "2",
             # evaluator runs poll every 30 s by default (Cekura's runs take minutes): the demo's take seconds
             "CEKURA_POLL_OVERRIDES": json.dumps({"evaluator.run": {"initial_s": 0.5, "factor": 1.5, "max_s": 2}}),
+            # Result webhooks on: an evaluator run polls only as a safety net (every 30 s here) and ends when its
+            # webhook makes it poll (`cekura-worker webhooks`, started below; the simulator sends them).
+            "CEKURA_WEBHOOKS": "true",
+            "CEKURA_WEBHOOK_SAFETY_NET_S": str(DEMO_SAFETY_NET_S),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
@@ -217,6 +263,9 @@ def run_demo(base: Settings) -> int:
 
         console = serve_in_thread(settings)
         stack.callback(console.stop)
+        receiver_url = stack.enter_context(_webhook_receiver(settings))
+        sim.configure(webhook_url=receiver_url, webhook_secret=webhook_secret)
+        _say(f"webhook receiver at {receiver_url}; the simulator sends result webhooks there")
         _say(f"console: open {console.url} in a browser (actions ask for the token {console_token})")
         _say("starting `cekura-worker run --processes 1 --threads 4` (its log lines follow)")
         stack.enter_context(run_in_subprocess(env, processes=1, threads=4))
@@ -252,6 +301,7 @@ def run_demo(base: Settings) -> int:
             )
             return 1
         _say("every job ended in exactly one result event")
+        _say_webhooks(sim.polls(), sim.stats().get("webhooks", {}))
         if sys.stdin.isatty():
             _say(f"the console stays up at {console.url}: press Enter to stop the demo")
             with contextlib.suppress(EOFError):

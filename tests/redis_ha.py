@@ -23,6 +23,9 @@ SERVICE = "cekura"
 #: How long the Sentinels wait before they call the primary down (ms).
 DOWN_AFTER_MS = 1000
 
+#: A primary starts a replica's full sync at once, not after the default 5 s wait for more replicas to join it.
+NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]
+
 
 @dataclass
 class _Process:
@@ -62,7 +65,7 @@ class RedisHA:
 
     def _server(self, name: str, replica_of: int | None = None) -> _Process:
         port = free_port()
-        argv = redis_server_argv(port, dir=self.dir / name)
+        argv = redis_server_argv(port, dir=self.dir / name) + NO_SYNC_DELAY
         (self.dir / name).mkdir(parents=True, exist_ok=True)
         if replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(replica_of)]
@@ -124,15 +127,30 @@ class RedisHA:
         old.popen.wait(timeout=10)
         return old
 
-    def restart(self, old: _Process) -> None:
-        """Bring a killed server back on its port; the Sentinels turn it into a replica of the new primary."""
-        argv = redis_server_argv(old.port, dir=self.dir / old.name)
+    def restart(self, old: _Process, *, replica_of: int | None = None) -> _Process:
+        """Bring a killed server back on its port and return it. By itself it comes back as an empty primary, and
+        the Sentinels turn it into a replica of the new one only after about ten seconds (they wait four of their
+        publish periods, 2 s each, before they "convert" an instance that still says it is a primary, and then it
+        syncs); with `replica_of` (the new primary's port) it starts as that server's replica, as an operator whose
+        config names the new primary would bring it back, and is one as soon as it has synced."""
+        argv = redis_server_argv(old.port, dir=self.dir / old.name) + NO_SYNC_DELAY
+        if replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         fresh = self._spawn(old.name, old.port, argv)
         self.servers[self.servers.index(old)] = fresh
         wait_for(lambda: _answers(fresh), 15, f"{old.name} to answer PING again")
+        return fresh
+
+    def wait_linked(self, replica: _Process, timeout: float = 20) -> None:
+        """Wait until `replica` has synced with its primary (so `WAIT 1` on the primary can be answered)."""
+        wait_for(lambda: _linked(replica), timeout, f"{replica.name} to sync with its primary")
 
     def failover(self) -> None:
-        """Demote the primary on demand (`SENTINEL FAILOVER`), as a maintenance window does."""
+        """Demote the primary on demand (`SENTINEL FAILOVER`), as a maintenance window does.
+
+        The Sentinels promote the replica within about a second, but tell the old primary to become a replica only
+        some ten seconds later (as for a restarted one, see `restart`); until then it still takes writes from every
+        client connected to it, and loses them when it turns into the new primary's replica."""
         with self.sentinels[0].client() as c:
             c.execute_command("SENTINEL", "FAILOVER", SERVICE)
 

@@ -18,7 +18,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from config.settings import SENTINEL_SCHEMES, Settings, sentinel_parts
 
@@ -117,6 +117,10 @@ class ThreadConnections:
 
 def _round_trip(connection: redis.connection.AbstractConnection, args: tuple[Any, ...]) -> Any:
     try:
+        # Connect through `connect()` (a no-op once connected), never lazily inside `send_command`: that path dials
+        # the connection's stored address, which a Sentinel-managed connection learns only in `connect()` (it would
+        # otherwise dial redis-py's default, localhost:6379).
+        connection.connect()
         connection.send_command(*args)
         return connection.read_response()
     except redis.ResponseError:
@@ -138,6 +142,23 @@ def thread_connections(client: redis.Redis) -> ThreadConnections:
         if found is None:
             found = _per_pool[pool] = ThreadConnections(pool)
         return found
+
+
+def follow_primary(client: redis.Redis) -> bool:
+    """For a client of a primary found through Sentinel: ask the Sentinels where the primary is now and, if it moved,
+    drop this client's connections (pooled and per-thread) so the next command goes to the new one. True if it
+    moved. redis-py asks only when a connection opens; after a `SENTINEL FAILOVER` the old primary takes writes
+    for several seconds more before it steps down, and writes made there in that time are lost."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    before = pool.master_address
+    now = pool.get_master_address()  # closes the pool's idle connections itself when the address changed
+    if before is None or now == before:
+        return False
+    thread_connections(client).close()
+    pool.disconnect(inuse_connections=True)
+    return True
 
 
 def time_ms(reply: Any) -> int:

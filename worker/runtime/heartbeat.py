@@ -24,7 +24,7 @@ import redis
 import structlog
 
 from config.settings import Settings
-from worker.runtime.connection import server_ms
+from worker.runtime.connection import follow_primary, server_ms
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,8 @@ class Heartbeat(threading.Thread):
         self._stopping.set()
 
     def beat(self) -> None:
+        if follow_primary(self.client):
+            log.warning("redis_primary_moved", hint="the Sentinels name a new primary: this process reconnects to it")
         if self.alive():
             now = server_ms(self.client)
             pipe = self.client.pipeline(transaction=False)

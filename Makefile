@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-chaos lint validate-deploy bench bench-long bench-learn lock clean
+.PHONY: install demo test test-chaos lint validate-deploy bench bench-long bench-learn bench-replicas lock clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ bench-long: $(STAMP)
 # Learned polling schedules against the declared ones, side by side, on log-normal per-kind durations (~4 min).
 bench-learn: $(STAMP)
 	$(PY) -m bench --mode learn
+
+# CEKURA_REDIS_MIN_REPLICAS 1 against 0, both on a Redis with one replica, beside plain cekura-worker: 3 rounds
+# in turn, medians (~10 min).
+bench-replicas: $(STAMP)
+	$(PY) -m bench --mode replicas --repeat 3 --out bench/out/replicas
 
 # Re-pin requirements.lock after changing pyproject.toml (needs uv: pip install uv).
 lock:

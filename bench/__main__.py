@@ -1,4 +1,4 @@
-"""Command line of the benchmark: ``python -m bench --mode short|long|learn [options]``."""
+"""Command line of the benchmark: ``python -m bench --mode short|long|learn|replicas [options]``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.harness import SATURATION_INTERVAL_S, Options, run_benchmark
 from bench.learned import DEFAULT_COMPRESSION, DEFAULT_JOBS_PER_KIND, LearnOptions, run_learned
-from bench.pollers import POLLERS
+from bench.pollers import DEFAULT_POLLERS, POLLERS, REPLICA_POLLERS
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -19,9 +19,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--mode",
-        choices=("short", "long", "learn"),
+        choices=("short", "long", "learn", "replicas"),
         default="short",
-        help="long adds the many-jobs phase; learn compares learned polling schedules with fixed ones instead",
+        help="long adds the many-jobs phase; learn compares learned polling schedules with fixed ones instead; "
+        "replicas runs the short phases for cekura-worker with CEKURA_REDIS_MIN_REPLICAS 0 and 1 (a replica "
+        "attached to both) and without a replica",
     )
     parser.add_argument("--jobs", type=int, default=400, help="jobs in the saturation phase (default 400)")
     parser.add_argument("--polls", type=int, default=10, help="polls until terminal per job, saturation phase")
@@ -39,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         type=float,
         default=20.0,
         help="seconds each phase may wait for other processes on the machine to go quiet (default 20; 0: don't)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the saturation and lateness phases, the pollers alternating; the table shows medians",
     )
     parser.add_argument("--only", choices=sorted(POLLERS), action="append", help="run only this poller (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="output directory (default bench/out)")
@@ -61,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--learn-no-curve", action="store_true", help="learn mode: only the fixed/learned pair, no trade-off curve"
     )
     args = parser.parse_args(argv)
-    for name in ("jobs", "polls", "processes", "threads", "long_jobs", "long_processes"):
+    for name in ("jobs", "polls", "processes", "threads", "long_jobs", "long_processes", "repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.interval <= 0:
@@ -72,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error("--learn-jobs must be at least 1 and --learn-compression positive")
     return Options(
         mode=args.mode,
-        pollers=args.only or [name for name in POLLERS if name != "cekura-console"],
+        pollers=args.only or list(REPLICA_POLLERS if args.mode == "replicas" else DEFAULT_POLLERS),
         jobs=args.jobs,
         polls=args.polls,
         interval_s=args.interval,
@@ -83,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         long_processes=args.long_processes,
         long_interval_s=args.long_interval,
         saturation_interval_s=args.saturation_interval,
+        repeat=args.repeat,
         quiet_wait_s=args.quiet_wait,
         simulator_module=args.simulator_module,
         learn=LearnOptions(

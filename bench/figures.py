@@ -41,6 +41,25 @@ def cpu_ms_per_poll(record: PhaseRecord) -> float | None:
     return 1000 * record.cpu_s / polls if polls else None
 
 
+def redis_cpu_ms_per_poll(record: PhaseRecord, replicas: bool = False) -> float | None:
+    """CPU of the private Redis primary (or of its replicas together) per progress GET, in ms."""
+    polls = total_polls(record)
+    cpu_s = record.replica_cpu_s if replicas else record.redis_cpu_s
+    return 1000 * cpu_s / polls if polls and cpu_s else None
+
+
+def waits_per_job(record: PhaseRecord) -> float:
+    """`WAIT` commands the Redis primary served per job (submission and end: 2 with MIN_REPLICAS=1, else 0)."""
+    return record.redis_waits / record.spec.jobs
+
+
+def submit_ms_per_job(record: PhaseRecord) -> float | None:
+    """The harness's time to submit the phase's jobs through the poller's producer (once it is connected), per job,
+    in ms: with CEKURA_REDIS_MIN_REPLICAS=1 each submission waits for the replica."""
+    elapsed = record.submit_finished - record.submitter_ready
+    return 1000 * elapsed / record.spec.jobs if record.submit_finished and record.submitter_ready else None
+
+
 def lateness_s(record: PhaseRecord) -> np.ndarray:
     """Per poll after a job's first: time since the job's previous poll minus the interval, in seconds."""
     gaps = [np.diff(np.sort(np.asarray(job.times, dtype=float))) for job in record.polls if len(job.times) > 1]

@@ -3,16 +3,21 @@
 Per poller, in one run: a saturation phase (poll interval ~0, more jobs than threads, so workers are never idle)
 gives polls/s and CPU per poll; a lateness phase at a fixed interval, with as many jobs as make the offered poll
 rate about half of that poller's own saturation, gives lateness p50/p99. Long mode adds a phase with tens of
-thousands of jobs in flight at once in 2 worker processes, reported over time.
+thousands of jobs in flight at once in 2 worker processes, reported over time. Replicas mode runs the short
+phases for cekura-worker with `CEKURA_REDIS_MIN_REPLICAS` 0 and 1, both on a primary with one replica attached
+(and plain cekura-worker, no replica), each lateness phase at the same offered rate.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import figures as fig
 from bench import report
@@ -52,6 +57,8 @@ class Options:
     long_processes: int = 2
     long_interval_s: float | None = None
     saturation_interval_s: float = SATURATION_INTERVAL_S
+    #: Rounds of the short phases, every poller once per round in turn; the table shows each figure's median.
+    repeat: int = 1
     quiet_wait_s: float = 20.0
     simulator_module: str | None = None
     #: `--mode learn`: learned polling schedules against fixed ones (bench/learned.py) instead of the phases.
@@ -71,28 +78,40 @@ class PollerRun:
 
 def run_benchmark(options: Options) -> int:
     """Run every selected poller's phases, print the table, write results.json and the plots; 0 if all completed."""
-    names = [n for n in options.pollers if n != "cekura" or cekura_available()]
+    names = [n for n in options.pollers if not n.startswith("cekura") or cekura_available()]
     for skipped in sorted(set(options.pollers) - set(names)):
         print(f"skipping {skipped}: worker/cli.py or worker/client.py is not there yet")
-    runs: dict[str, PollerRun] = {}
+    rounds: dict[str, list[PollerRun]] = {name: [] for name in names}
     began = time.monotonic()
     with cleanup_on_exit():
-        for name in names:
-            runs[name] = run_poller(name, options)
+        shared_rate: float | None = None  # replicas mode: every lateness phase sized from the first saturation
+        for index in range(options.repeat):
+            if options.repeat > 1:
+                print(f"== round {index + 1} of {options.repeat}", flush=True)
+            for name in names:
+                run = run_poller(name, options, shared_rate, round_index=index)
+                rounds[name].append(run)
+                if options.mode == "replicas" and shared_rate is None and run.saturation is not None:
+                    shared_rate = fig.polls_per_s(run.saturation)
+        runs = {name: runs_of[0] for name, runs_of in rounds.items()}
         if options.mode == "long":
             interval = options.long_interval_s
             for name in names:
                 interval = run_long(name, options, runs[name], interval)
-    summary = {name: summarise(run) for name, run in runs.items()}
-    _print_and_save(options, names, runs, summary, time.monotonic() - began)
+    summary = {name: summarise_rounds(runs_of) for name, runs_of in rounds.items()}
+    _print_and_save(options, names, rounds, summary, time.monotonic() - began)
     failed = [
-        r.error for run in runs.values() for r in (run.saturation, run.lateness, run.long) if r and not r.completed
+        r.error
+        for runs_of in rounds.values()
+        for run in runs_of
+        for r in (run.saturation, run.lateness, run.long)
+        if r and not r.completed
     ]
     return 1 if failed else 0
 
 
-def run_poller(name: str, options: Options) -> PollerRun:
-    """The saturation phase, then the lateness phase sized from it."""
+def run_poller(name: str, options: Options, lateness_rate: float | None = None, round_index: int = 0) -> PollerRun:
+    """The saturation phase, then the lateness phase sized from it (or from `lateness_rate`, if given)."""
     poller, run = POLLERS[name], PollerRun()
     sat_spec = PhaseSpec(
         name="saturation",
@@ -106,19 +125,19 @@ def run_poller(name: str, options: Options) -> PollerRun:
         f"== {name}: saturation, {sat_spec.jobs} jobs x {sat_spec.polls} polls every {sat_spec.interval_s:g} s",
         flush=True,
     )
-    run.saturation = _run_phase(poller, sat_spec, options)
+    run.saturation = _run_phase(poller, sat_spec, options, round_index)
     rate = fig.polls_per_s(run.saturation)
     if not rate:
         run.notes.append("no saturation rate measured: lateness phase skipped")
         return run
-    lat_spec = lateness_spec(rate, options)
+    lat_spec = lateness_spec(lateness_rate or rate, options)
     offered = lat_spec.jobs / lat_spec.interval_s
     print(
         f"== {name}: lateness, {lat_spec.jobs} jobs x {lat_spec.polls} polls every {lat_spec.interval_s} s "
         f"(offered ~{offered:.0f} polls/s = {offered / rate:.0%} of saturation)",
         flush=True,
     )
-    run.lateness = _run_phase(poller, lat_spec, options)
+    run.lateness = _run_phase(poller, lat_spec, options, round_index)
     return run
 
 
@@ -187,11 +206,17 @@ def summarise(run: PollerRun) -> dict[str, Any]:
         out["redis_bytes_per_job"] = fig.redis_bytes_per_job(run.saturation)
         out["http_calls_per_job"] = fig.http_calls_per_job(run.saturation)
         out["idle_cpu_pct"] = 100 * run.saturation.idle_cores
+        out["submit_ms_per_job"] = fig.submit_ms_per_job(run.saturation)
+        out["waits_per_job"] = fig.waits_per_job(run.saturation)
+        out["redis_cpu_ms_per_poll"] = fig.redis_cpu_ms_per_poll(run.saturation)
+        out["replica_cpu_ms_per_poll"] = fig.redis_cpu_ms_per_poll(run.saturation, replicas=True)
     if run.lateness:
         lateness = fig.lateness_s(run.lateness)
         out["lat_p50_ms"] = fig.percentile_ms(lateness, 50)
+        out["lat_p95_ms"] = fig.percentile_ms(lateness, 95)
         out["lat_p99_ms"] = fig.percentile_ms(lateness, 99)
         out["lat_cpu_ms_per_poll"] = fig.cpu_ms_per_poll(run.lateness)
+        out["lat_redis_cpu_ms_per_poll"] = fig.redis_cpu_ms_per_poll(run.lateness)
         if run.lateness.results:
             lags = fig.result_latency_s(run.lateness)
             out["result_p50_ms"] = fig.percentile_ms(lags, 50)
@@ -203,6 +228,23 @@ def summarise(run: PollerRun) -> dict[str, Any]:
         if run.long_saturation:
             out["long"]["saturation_polls_per_s"] = fig.polls_per_s(run.long_saturation)
             out["long"]["saturation_cpu_ms_per_poll"] = fig.cpu_ms_per_poll(run.long_saturation)
+    return out
+
+
+def summarise_rounds(runs: list[PollerRun]) -> dict[str, Any]:
+    """`summarise` of one round; of several, each figure's median over the rounds (and every round's, under
+    "rounds"): the rounds alternate the pollers, so a burst of noise on the shared machine hits one round's figures
+    rather than one poller's."""
+    each = [summarise(run) for run in runs]
+    if len(each) == 1:
+        return each[0]
+    out = dict(each[0])
+    for key, value in out.items():
+        if key == "long" or not (value is None or isinstance(value, int | float)):
+            continue
+        values = [f[key] for f in each if isinstance(f.get(key), int | float)]
+        out[key] = statistics.median(values) if values else None
+    out["rounds"] = [{k: v for k, v in f.items() if k != "long"} for f in each]
     return out
 
 
@@ -231,16 +273,16 @@ def long_summary(record: PhaseRecord) -> dict[str, Any]:
     }
 
 
-def _run_phase(poller: Poller, spec: PhaseSpec, options: Options) -> PhaseRecord:
+def _run_phase(poller: Poller, spec: PhaseSpec, options: Options, round_index: int = 0) -> PhaseRecord:
     """Run one phase with the run's options, then save and print it (`_finish_phase`)."""
     record = run_phase(poller, spec, options.out, options.simulator_module, options.quiet_wait_s)
-    _finish_phase(record, options.out)
+    _finish_phase(record, options.out, f"-round{round_index + 1}" if round_index else "")
     return record
 
 
-def _finish_phase(record: PhaseRecord, out: Path) -> None:
+def _finish_phase(record: PhaseRecord, out: Path, suffix: str = "") -> None:
     """Save the phase's raw poll times and print one line, so progress is visible while the benchmark runs."""
-    report.write_raw(out / "raw" / f"{record.poller}-{record.spec.name}.json.gz", record)
+    report.write_raw(out / "raw" / f"{record.poller}-{record.spec.name}{suffix}.json.gz", record)
     status = "ok" if record.completed else f"FAILED: {record.error}"
     noise = record.other_cores + record.stolen_cores
     if noise > NOISY_CORES:
@@ -261,13 +303,20 @@ def _finish_phase(record: PhaseRecord, out: Path) -> None:
 
 
 def _print_and_save(
-    options: Options, names: list[str], runs: dict[str, PollerRun], summary: dict[str, Any], elapsed_s: float
+    options: Options, names: list[str], rounds: dict[str, list[PollerRun]], summary: dict[str, Any], elapsed_s: float
 ) -> None:
     """Print the table (and the long-mode table), write results.json, results.md and the plots."""
+    runs = {name: runs_of[0] for name, runs_of in rounds.items()}
     title = f"{options.processes} process(es) x {options.threads} threads, {options.mode} mode, {elapsed_s:.0f} s"
-    lines = report.table_lines(summary, names, markdown=False)
+    if options.repeat > 1:
+        title += f", median of {options.repeat} alternating rounds"
+    table: dict[str, Any] = {}
+    if options.mode == "replicas":
+        against = report.REPLICA_RATIO.against if report.REPLICA_RATIO.against[0] in names else ("cekura",)
+        table = {"rows": report.REPLICA_ROWS, "ratio": replace(report.REPLICA_RATIO, against=against)}
+    lines = report.table_lines(summary, names, markdown=False, **table)
     print(f"\nBenchmark ({title})\n" + "\n".join(lines))
-    markdown = report.table_lines(summary, names, markdown=True)
+    markdown = report.table_lines(summary, names, markdown=True, **table)
     long_lines = _long_lines(summary)
     if long_lines:
         print("\nLong run\n" + "\n".join(long_lines))
@@ -292,9 +341,21 @@ def _print_and_save(
                 for name, run in runs.items()
             },
             "notes": {name: run.notes for name, run in runs.items() if run.notes},
+            "later_rounds": {
+                name: [
+                    {phase: _phase_json(r) for phase, r in (("saturation", sat), ("lateness", late)) if r}
+                    for sat, late in ((run.saturation, run.lateness) for run in runs_of[1:])
+                ]
+                for name, runs_of in rounds.items()
+                if len(runs_of) > 1
+            },
         },
     )
-    lateness = {name: fig.lateness_s(run.lateness) for name, run in runs.items() if run.lateness}
+    lateness = {  # every round's polls together
+        name: np.concatenate([fig.lateness_s(run.lateness) for run in runs_of if run.lateness])
+        for name, runs_of in rounds.items()
+        if any(run.lateness for run in runs_of)
+    }
     report.plot_lateness(options.out / "lateness.png", lateness, title)
     long_series = {name: s["long"]["windows"] for name, s in summary.items() if "long" in s}
     if long_series:
@@ -359,4 +420,8 @@ def _phase_json(record: PhaseRecord) -> dict[str, Any]:
         "stolen_cores": record.stolen_cores,
         "harness_cores": record.harness_cores,
         "idle_cores": record.idle_cores,
+        "redis_cpu_s": record.redis_cpu_s,
+        "redis_waits": record.redis_waits,
+        "replica_cpu_s": record.replica_cpu_s,
+        "submit_s": record.submit_finished - record.submit_started,
     }

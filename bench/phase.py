@@ -6,12 +6,15 @@ turns it into numbers. Everything it starts is stopped in `finally`, and every w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 from bench import background
 from bench.pollers import RESULTS_STREAM, Poller, python_env, read_results, worker_env
@@ -64,6 +67,8 @@ class PhaseRecord:
     redis_baseline: int = 0
     results: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     submit_started: float = 0.0
+    #: When the submitter was ready (connected, imports done) and the first job went out.
+    submitter_ready: float = 0.0
     submit_finished: float = 0.0
     finished: float = 0.0
     completed: bool = False
@@ -76,6 +81,11 @@ class PhaseRecord:
     idle_cores: float = 0.0
     #: Cores the harness process itself used meanwhile (it shares the machine with the workers).
     harness_cores: float = 0.0
+    #: CPU seconds of the private Redis primary over the same span as `cpu_s` (and of its replicas, if any).
+    redis_cpu_s: float = 0.0
+    replica_cpu_s: float = 0.0
+    #: `WAIT` commands the primary served over the whole phase (INFO commandstats; 0 with MIN_REPLICAS=0).
+    redis_waits: int = 0
 
 
 class PhaseFailed(RuntimeError):
@@ -100,18 +110,20 @@ def run_phase(
     sampler: Sampler | None = None
     cpu_before = 0.0
     try:
-        redis_server = start_redis(log_dir, "redis")
+        redis_server = start_redis(log_dir, "redis", replicas=poller.replicas)
         sim_kwargs = {"module": simulator_module} if simulator_module else {}
         simulator = start_simulator(log_dir, "simulator", spec.polls, env=python_env(), **sim_kwargs)
         env = worker_env(redis_server.url, simulator.url, API_KEY, spec.interval_s)
         workers = poller.start_workers(spec.processes, spec.threads, env, log_dir, tag)
         cpu_before, record.idle_cores = _settle(workers)
+        redis_before = _redis_cpu_s(redis_server)
         record.redis_baseline = redis_server.used_memory()
         sampler = Sampler(workers, redis_server.used_memory, simulator.requests_total)
         sampler.start()
         record.submit_started = time.time()
         machine_before = background.mark()
         submitter = poller.submitter(redis_server.url, env)
+        record.submitter_ready = time.time()
         try:
             _submit(submitter.submit, spec, workers)
         finally:
@@ -120,6 +132,9 @@ def run_phase(
         _wait_until_done(poller, spec, simulator, redis_server, workers, record)
         # CPU is read just before stopping: the workers' whole tree, minus what start-up had used.
         record.cpu_s = usage_of(workers).cpu_s - cpu_before
+        record.redis_cpu_s, record.replica_cpu_s = (
+            after - before for after, before in zip(_redis_cpu_s(redis_server), redis_before, strict=True)
+        )
         machine_after = background.mark()
         record.other_cores = background.other_cores(machine_before, machine_after)
         record.stolen_cores = background.stolen_cores(machine_before, machine_after)
@@ -153,8 +168,16 @@ def run_phase(
         if redis_server is not None:
             if poller.publishes_results:
                 record.results = read_results(redis_server.client)
+            with contextlib.suppress(redis.RedisError):
+                stats = redis_server.client.info("commandstats").get("cmdstat_wait", {})
+                record.redis_waits = int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
             redis_server.stop()
     return record
+
+
+def _redis_cpu_s(server: RedisServer) -> tuple[float, float]:
+    """CPU seconds so far of the Redis primary and of all its replicas together."""
+    return usage_of([server.child]).cpu_s, usage_of([r.child for r in server.replicas]).cpu_s
 
 
 def _settle(workers: list[Child]) -> tuple[float, float]:

@@ -69,6 +69,8 @@ class Poller(Protocol):
     name: str
     #: Whether it publishes result entries on RESULTS_STREAM (cekura-worker only).
     publishes_results: bool
+    #: Replicas attached to its private Redis (`--replicaof` the primary, synced before the workers start).
+    replicas: int
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         """Start the worker processes; return their process-group leaders."""
@@ -103,6 +105,7 @@ class BareDramatiq:
 
     name: str = "dramatiq"
     publishes_results: bool = False
+    replicas: int = 0
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         argv = [sys.executable, "-m", "dramatiq", "bench.bare_dramatiq", "--processes", str(processes)]
@@ -137,6 +140,7 @@ class CeleryPoller:
 
     name: str = "celery"
     publishes_results: bool = False
+    replicas: int = 0
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         children = []
@@ -153,7 +157,7 @@ class CeleryPoller:
 class _CekuraSubmitter:
     """Submits jobs through cekura-worker's own client, as a user of the service would."""
 
-    def __init__(self, redis_url: str, env: dict[str, str]) -> None:
+    def __init__(self, redis_url: str, env: dict[str, str], min_replicas: int = 0) -> None:
         from config.settings import load_settings
         from worker.client import Client
         from worker.runtime import logging as service_logging
@@ -163,6 +167,7 @@ class _CekuraSubmitter:
             cekura_api_url=env["CEKURA_API_URL"],
             cekura_api_key=env["CEKURA_API_KEY"],
             log_level="WARNING",  # the client logs every submission at INFO: not wanted in the harness's output
+            cekura_redis_min_replicas=min_replicas,  # a submission WAITs as the workers' writes do
         )
         service_logging.configure(settings)
         self.client = Client(settings)
@@ -176,19 +181,22 @@ class _CekuraSubmitter:
 
 @dataclass
 class CekuraWorker:
-    """cekura-worker's `run` command."""
+    """cekura-worker's `run` command, with `CEKURA_REDIS_MIN_REPLICAS=min_replicas` (for its submitter too)."""
 
     name: str = "cekura"
     publishes_results: bool = True
+    replicas: int = 0
+    min_replicas: int = 0
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         script = Path(sys.executable).parent / "cekura-worker"
         base = [str(script)] if script.exists() else [sys.executable, "-c", "from worker.cli import main; main()"]
         argv = [*base, "run", "--processes", str(processes), "--threads", str(threads)]
+        env = {**env, "CEKURA_REDIS_MIN_REPLICAS": str(self.min_replicas)}
         return [spawn(f"{tag}-workers", argv, env=env, log_dir=log_dir, cwd=REPO_ROOT)]
 
     def submitter(self, redis_url: str, env: dict[str, str]) -> Submitter:
-        return _CekuraSubmitter(redis_url, env)
+        return _CekuraSubmitter(redis_url, env, self.min_replicas)
 
 
 @dataclass
@@ -201,6 +209,7 @@ class CekuraWithConsole(CekuraWorker):
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         children = super().start_workers(processes, threads, env, log_dir, tag)
+        env = {**env, "CEKURA_REDIS_MIN_REPLICAS": str(self.min_replicas)}
         port = free_port()
         script = Path(sys.executable).parent / "cekura-worker"
         base = [str(script)] if script.exists() else [sys.executable, "-c", "from worker.cli import main; main()"]
@@ -211,8 +220,21 @@ class CekuraWithConsole(CekuraWorker):
         return children
 
 
-#: Every poller, in table-column order (cekura-worker first, then the alternatives; `cekura-console` only on ask).
-POLLERS: dict[str, Poller] = {p.name: p for p in (CekuraWorker(), BareDramatiq(), CeleryPoller(), CekuraWithConsole())}
+#: cekura-worker on a Redis with one replica attached, as `CEKURA_REDIS_MIN_REPLICAS` 0 and 1 (issue 20). Both have
+#: the replica, so that the primary's cost of feeding it is the same in both and the pair differs only by `WAIT`:
+#: the submission, each answer and each job's end wait for the replica's acknowledgement before being relied on.
+#: `--mode replicas` runs them beside plain `cekura` (no replica), which shows what the replica alone costs.
+WITH_REPLICA = CekuraWorker(name="cekura-with-replica", replicas=1, min_replicas=0)
+REPLICATED = CekuraWorker(name="cekura-replicated", replicas=1, min_replicas=1)
+
+#: Every poller, in table-column order (cekura-worker first, then the alternatives; the rest only on ask).
+POLLERS: dict[str, Poller] = {
+    p.name: p for p in (CekuraWorker(), BareDramatiq(), CeleryPoller(), CekuraWithConsole(), WITH_REPLICA, REPLICATED)
+}
+#: What `--mode short` and `--mode long` run without `--only`.
+DEFAULT_POLLERS: tuple[str, ...] = ("cekura", "dramatiq", "celery")
+#: What `--mode replicas` runs without `--only`: no replica, a replica and MIN_REPLICAS=0, the same and =1.
+REPLICA_POLLERS: tuple[str, ...] = ("cekura", WITH_REPLICA.name, REPLICATED.name)
 
 
 def cekura_available() -> bool:

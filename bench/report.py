@@ -42,14 +42,47 @@ ROWS: tuple[Row, ...] = (
     Row("result_p99_ms", "Terminal poll -> result entry p99 (ms)", higher_is_better=False),
 )
 
+#: `--mode replicas`' table: the figures `WAIT` can move, with p95 lateness, the client's submission time (each
+#: submission WAITs) and the CPU of the Redis primary and its replica (not in the worker's figures).
+REPLICA_ROWS: tuple[Row, ...] = (
+    *ROWS[:3],
+    Row("lat_p95_ms", "Poll lateness p95 at ~50% load (ms)", higher_is_better=False),
+    *ROWS[3:5],
+    Row("waits_per_job", "Redis WAIT commands per job (MIN_REPLICAS=1: submission + end)", False, digits=2),
+    Row("submit_ms_per_job", "Submission, client, per job at saturation (ms)", higher_is_better=False, digits=2),
+    Row("redis_cpu_ms_per_poll", "Redis primary CPU per poll at saturation (ms)", higher_is_better=False, digits=3),
+    Row("lat_redis_cpu_ms_per_poll", "Redis primary CPU per poll at ~50% load (ms)", higher_is_better=False, digits=3),
+    Row("replica_cpu_ms_per_poll", "Redis replica CPU per poll at saturation (ms)", higher_is_better=False, digits=3),
+    *ROWS[5:],
+)
+
 #: The poller the ratio column is about.
 SUBJECT = "cekura"
 
 
-def ratio_text(row: Row, figures: Mapping[str, Mapping[str, Any]]) -> str:
-    """cekura-worker's figure divided by the best alternative's, with the direction that is better."""
-    mine = figures.get(SUBJECT, {}).get(row.key)
-    others: list[float] = [f[row.key] for name, f in figures.items() if name != SUBJECT and f.get(row.key) is not None]
+@dataclass(frozen=True)
+class Ratio:
+    """The table's last column: `subject`'s figure divided by the best of `against` (every other poller if empty)."""
+
+    subject: str = SUBJECT
+    against: tuple[str, ...] = ()
+    header: str = "cekura-worker / best alternative"
+
+
+#: The usual last column: cekura-worker against the best of the alternatives.
+BEST_ALTERNATIVE = Ratio()
+#: `--mode replicas`: MIN_REPLICAS=1 against 0 on the same primary-with-replica (else against plain cekura).
+REPLICA_RATIO = Ratio("cekura-replicated", ("cekura-with-replica",), "MIN_REPLICAS 1 / 0, both with a replica")
+
+
+def ratio_text(row: Row, figures: Mapping[str, Mapping[str, Any]], ratio: Ratio = BEST_ALTERNATIVE) -> str:
+    """The subject's figure divided by the best alternative's, with the direction that is better."""
+    mine = figures.get(ratio.subject, {}).get(row.key)
+    others: list[float] = [
+        f[row.key]
+        for name, f in figures.items()
+        if name != ratio.subject and (not ratio.against or name in ratio.against) and f.get(row.key) is not None
+    ]
     if mine is None or not others:
         return "-"
     best = max(others) if row.higher_is_better else min(others)
@@ -62,12 +95,22 @@ def _cell(value: Value, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def table_lines(figures: Mapping[str, Mapping[str, Any]], pollers: Sequence[str], markdown: bool) -> list[str]:
+def table_lines(
+    figures: Mapping[str, Mapping[str, Any]],
+    pollers: Sequence[str],
+    markdown: bool,
+    rows: Sequence[Row] = ROWS,
+    ratio: Ratio = BEST_ALTERNATIVE,
+) -> list[str]:
     """The table as text lines: one row per figure, one column per poller, then the ratio column."""
-    header = ["Figure", *[_column_name(p) for p in pollers], "cekura-worker / best alternative"]
+    header = ["Figure", *[_column_name(p) for p in pollers], ratio.header]
     body = [
-        [row.label, *[_cell(figures.get(p, {}).get(row.key), row.digits) for p in pollers], ratio_text(row, figures)]
-        for row in ROWS
+        [
+            row.label,
+            *[_cell(figures.get(p, {}).get(row.key), row.digits) for p in pollers],
+            ratio_text(row, figures, ratio),
+        ]
+        for row in rows
     ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|"]
@@ -83,7 +126,13 @@ def table_lines(figures: Mapping[str, Mapping[str, Any]], pollers: Sequence[str]
 
 
 def _column_name(poller: str) -> str:
-    return {"cekura": "cekura-worker", "dramatiq": "bare Dramatiq", "celery": "Celery"}.get(poller, poller)
+    return {
+        "cekura": "cekura-worker",
+        "dramatiq": "bare Dramatiq",
+        "celery": "Celery",
+        "cekura-with-replica": "cekura, replica, MIN_REPLICAS=0",
+        "cekura-replicated": "cekura, replica, MIN_REPLICAS=1",
+    }.get(poller, poller)
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 For each overlay (every folder under deploy/overlays/, or the ones named): render it with kustomize, validate the
 built-in objects against Kubernetes' schemas in strict mode and the KEDA objects against KEDA's vendored CRDs,
-and check the references between them and the settings they must agree on. Then the Prometheus rules
+and check the references between them, the settings they must agree on, and the webhook receiver and the Ingress in
+front of it. Then the Prometheus rules
 (`promtool check rules`, `promtool test rules`), the Grafana dashboard, and every metric name and label in all of
 their PromQL against what the worker exports. Needs kubectl (or kustomize) and promtool; `--deploy` points at
 another copy of deploy/ (the tests break a copy on purpose).
@@ -63,6 +64,7 @@ def validate(deploy: Path, overlays: Sequence[Path]) -> bool:
         )
         ok &= _report("references", consistency.reference_problems(objects))
         ok &= _report("worker settings", consistency.settings_problems(objects))
+        ok &= _report("webhook receiver and its Ingress", consistency.webhook_problems(objects))
 
     print("monitoring:", flush=True)
     rules = deploy / "prometheus" / "cekura-worker.rules.yml"
@@ -76,7 +78,7 @@ def validate(deploy: Path, overlays: Sequence[Path]) -> bool:
     exported = promql.exported_metrics(REPO)
     named = list(monitoring.queries(deploy, rendered))
     ok &= _report(
-        f"metric names and labels in {len(named)} queries, against the {len(exported)} the worker exports",
+        f"metric names and labels in {len(named)} queries, against the {len(exported)} the service exports",
         [problem for where, expr in named for problem in promql.usage_problems(where, expr, exported)],
     )
     return ok

@@ -5,11 +5,12 @@ aggregation, one of PromQL's keywords is skipped, and any other identifier outsi
 `{...}` matchers name its labels; the label lists of `by`/`without`/`on`/`ignoring`/`group_*` are collected too.
 That covers what dashboards and alert rules write (promtool checks the syntax itself).
 
-`exported_metrics` reads the worker's metric declarations from source, with `ast`: the prometheus_client
+`exported_metrics` reads the metric declarations from source, with `ast`: the prometheus_client
 `Counter`/`Histogram`/`Gauge` calls in `worker/ops/metrics.py` and the `GaugeMetricFamily` calls in
-`worker/ops/exposition.py`, with their label lists, expanded to the sample names a scrape shows (`_total`;
-`_bucket`, `_count`, `_sum`). tests/deploy checks this catalogue against a live scrape of the exposition, so it
-can't drift from what the worker really serves.
+`worker/ops/exposition.py` (the workers' /metrics), and the `Counter` in `worker/webhooks/app.py` (the webhook
+receiver's), with their label lists, expanded to the sample names a scrape shows (`_total`; `_bucket`, `_count`,
+`_sum`). tests/deploy checks each catalogue against a live scrape of its exposition, so it can't drift from what
+the worker and the receiver really serve.
 """
 
 from __future__ import annotations
@@ -147,10 +148,19 @@ def _declarations(path: Path) -> Iterator[tuple[str, str, list[str]]]:
         yield func, str(node.args[0].value), list(labels)
 
 
-def exported_metrics(repo: Path) -> dict[str, frozenset[str]]:
-    """{sample name: its labels} of every metric the worker serves at /metrics, read from its source."""
+#: Where the metrics served at /metrics are declared: by the workers (`cekura-worker run`), by the webhook receiver
+#: (`cekura-worker webhooks`).
+WORKER_SOURCES = ("worker/ops/metrics.py", "worker/ops/exposition.py")
+WEBHOOK_SOURCES = ("worker/webhooks/app.py",)
+
+
+def exported_metrics(
+    repo: Path, sources: tuple[str, ...] = WORKER_SOURCES + WEBHOOK_SOURCES
+) -> dict[str, frozenset[str]]:
+    """{sample name: its labels} of every metric declared in `sources` (default: all the service serves at
+    /metrics, workers and webhook receiver), read from the source."""
     out: dict[str, frozenset[str]] = {}
-    for source in ("worker/ops/metrics.py", "worker/ops/exposition.py"):
+    for source in sources:
         for func, name, labels in _declarations(repo / source):
             base = name.removesuffix("_total") if func in ("Counter", "CounterMetricFamily") else name
             if func in ("Counter", "CounterMetricFamily"):

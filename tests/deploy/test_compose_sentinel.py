@@ -44,7 +44,7 @@ def _script(service: dict[str, Any]) -> str:
 
 def test_a_plain_up_is_unchanged(services: dict[str, dict[str, Any]]) -> None:
     plain = {name for name, service in services.items() if "profiles" not in service}
-    assert plain == {"redis", "simulator", "worker", "submitter"}
+    assert plain == {"redis", "simulator", "worker", "webhooks", "submitter"}
     profiled = {name: tuple(service["profiles"]) for name, service in services.items() if name not in plain}
     assert profiled == dict.fromkeys([*REDIS_NODES, *SENTINELS, "worker-sentinel", "submitter-sentinel"], (PROFILE,))
     for name, service in services.items():

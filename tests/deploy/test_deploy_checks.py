@@ -17,8 +17,8 @@ from tests.deploy.support import DEPLOY, REPO, needs_promtool
 KEDA_CRDS = DEPLOY / "schemas" / "keda"
 
 
-def _one(objects: list[manifests.Object], kind: str) -> manifests.Object:
-    (found,) = [obj for obj in objects if obj["kind"] == kind]
+def _one(objects: list[manifests.Object], kind: str, name: str | None = None) -> manifests.Object:
+    (found,) = [obj for obj in objects if obj["kind"] == kind and name in (None, obj["metadata"]["name"])]
     return found
 
 
@@ -30,7 +30,8 @@ def objects(rendered: list[manifests.Object]) -> list[manifests.Object]:
 def test_the_example_renders_every_object_a_deployment_needs(objects: list[manifests.Object]) -> None:
     base = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "PodDisruptionBudget"]
     keda = ["Secret", "ScaledObject", "TriggerAuthentication"]
-    assert sorted(obj["kind"] for obj in objects) == sorted([*base, *keda])
+    webhooks = ["Deployment", "Service", "Ingress", "PodDisruptionBudget"]
+    assert sorted(obj["kind"] for obj in objects) == sorted([*base, *keda, *webhooks])
     assert all(obj["metadata"].get("namespace") == "cekura" for obj in objects if obj["kind"] != "Namespace")
 
 
@@ -39,10 +40,11 @@ def test_the_example_passes_every_manifest_check(objects: list[manifests.Object]
     assert manifests.crd_problems(objects, KEDA_CRDS) == []
     assert consistency.reference_problems(objects) == []
     assert consistency.settings_problems(objects) == []
+    assert consistency.webhook_problems(objects) == []
 
 
 def test_the_deployment_runs_under_the_restricted_pod_security_standard(objects: list[manifests.Object]) -> None:
-    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(objects, "Deployment", "cekura-worker")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["securityContext"] | {"fsGroup": 10001} == {
         "runAsNonRoot": True,
@@ -133,6 +135,33 @@ def test_settings_the_worker_would_ignore_fail(objects: list[manifests.Object]) 
 
     (problem,) = consistency.settings_problems(objects)
     assert "CEKURA_POLL_MAXS is not a setting of the worker" in problem
+
+
+def test_secrets_the_worker_would_ignore_fail(objects: list[manifests.Object]) -> None:
+    secret = next(
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("cekura-worker-secrets")
+    )
+    secret["data"]["CEKURA_WEBHOOKS_SECRET"] = secret["data"].pop("CEKURA_WEBHOOK_SECRET")
+
+    (problem,) = consistency.settings_problems(objects)
+    assert problem.startswith("Secret cekura/cekura-worker-secrets-")
+    assert "CEKURA_WEBHOOKS_SECRET is not a setting of the worker (it would be ignored)" in problem
+    # and the receiver's reference to the key it needs is broken
+    (problem,) = consistency.reference_problems(objects)
+    assert problem.startswith(
+        "Deployment cekura/cekura-worker-webhooks: refers to key 'CEKURA_WEBHOOK_SECRET' of Secret"
+    )
+
+
+def test_a_service_or_budget_that_selects_no_pods_fails(objects: list[manifests.Object]) -> None:
+    _one(objects, "Service", "cekura-worker-webhooks")["spec"]["selector"]["app.kubernetes.io/component"] = "webhook"
+    budget = _one(objects, "PodDisruptionBudget", "cekura-worker")
+    budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = "workers"
+
+    assert consistency.reference_problems(objects) == [
+        "Service cekura/cekura-worker-webhooks: its selector matches the pods of no rendered Deployment",
+        "PodDisruptionBudget cekura/cekura-worker: its selector matches the pods of no rendered Deployment",
+    ]
 
 
 def test_the_grace_period_must_outlast_the_shutdown_bound(objects: list[manifests.Object]) -> None:

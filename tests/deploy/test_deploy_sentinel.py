@@ -27,9 +27,18 @@ def _one(objects: list[manifests.Object], kind: str, name_prefix: str = "") -> m
     return found
 
 
+def _named(objects: list[manifests.Object], kind: str, name: str) -> manifests.Object:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
 def _secret(objects: list[manifests.Object], name_prefix: str) -> dict[str, str]:
     data = _one(objects, "Secret", name_prefix)["data"]
     return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def _secret_name(objects: list[manifests.Object]) -> str:
+    return str(_one(objects, "Secret", "cekura-worker-secrets")["metadata"]["name"])
 
 
 def _trigger(objects: list[manifests.Object], name: str) -> dict[str, Any]:
@@ -42,9 +51,10 @@ def _unhashed(deployment: manifests.Object) -> manifests.Object:
     """The Deployment with the content hash kustomize appends to generated ConfigMap and Secret names cut off."""
     deployment = copy.deepcopy(deployment)
     for container in deployment["spec"]["template"]["spec"]["containers"]:
-        for source in container.get("envFrom", []):
-            for ref in source.values():
-                ref["name"] = ref["name"].rsplit("-", 1)[0]
+        refs = [ref for source in container.get("envFrom", []) for ref in source.values()]
+        refs += [ref for item in container.get("env", []) for ref in (item.get("valueFrom") or {}).values()]
+        for ref in refs:
+            ref["name"] = ref["name"].rsplit("-", 1)[0]
     return deployment
 
 
@@ -58,8 +68,9 @@ def test_the_overlay_renders_what_the_example_does(
 ) -> None:
     assert sorted(o["kind"] for o in objects) == sorted(o["kind"] for o in rendered)
     assert all(o["metadata"].get("namespace") == "cekura" for o in objects if o["kind"] != "Namespace")
-    # The same workers: only the Secret they read (its content, hence its generated name) differs.
-    assert _unhashed(_one(objects, "Deployment")) == _unhashed(_one(rendered, "Deployment"))
+    # The same workers and webhook receiver: only the Secret they read (its content, hence its name) differs.
+    for name in ("cekura-worker", "cekura-worker-webhooks"):
+        assert _unhashed(_named(objects, "Deployment", name)) == _unhashed(_named(rendered, "Deployment", name))
 
 
 def test_the_overlay_passes_every_manifest_check(objects: list[manifests.Object]) -> None:
@@ -67,6 +78,7 @@ def test_the_overlay_passes_every_manifest_check(objects: list[manifests.Object]
     assert manifests.crd_problems(objects, KEDA_CRDS) == []
     assert consistency.reference_problems(objects) == []
     assert consistency.settings_problems(objects) == []
+    assert consistency.webhook_problems(objects) == []
 
 
 def test_request_lag_reads_the_stream_through_the_sentinels(objects: list[manifests.Object]) -> None:
@@ -96,9 +108,14 @@ def test_the_prometheus_triggers_are_the_examples(
 def test_the_sentinels_password_reaches_the_workers_and_keda(objects: list[manifests.Object]) -> None:
     worker = _secret(objects, "cekura-worker-secrets")
     keda = _secret(objects, "cekura-worker-keda-redis")
-    assert set(worker) == {"CEKURA_API_KEY", "REDIS_URL", "REDIS_SENTINEL_PASSWORD"}
+    assert set(worker) == {"CEKURA_API_KEY", "REDIS_URL", "REDIS_SENTINEL_PASSWORD", "CEKURA_WEBHOOK_SECRET"}
     assert set(keda) == {"username", "password", "sentinelPassword", "tls"}
     assert keda["sentinelPassword"] == worker["REDIS_SENTINEL_PASSWORD"]
+    # The webhook receiver finds the primary as the workers do: same URL, and the Sentinels' password.
+    (container,) = _named(objects, "Deployment", "cekura-worker-webhooks")["spec"]["template"]["spec"]["containers"]
+    refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]}
+    assert refs["REDIS_SENTINEL_PASSWORD"]["key"] == "REDIS_SENTINEL_PASSWORD"
+    assert refs["REDIS_SENTINEL_PASSWORD"]["name"] == refs["REDIS_URL"]["name"] == _secret_name(objects)
     # TLS for both or neither: rediss+sentinel:// for the workers, `tls: enable` for KEDA.
     assert sentinel_parts(worker["REDIS_URL"]).tls is (keda["tls"] == "enable") is True
 

@@ -1,5 +1,6 @@
 """`deploy/validate.py` end to end, as `make validate-deploy` runs it: it passes on deploy/ as committed and fails,
-naming the cause, on a copy with a mistyped Deployment field or a broken PromQL rule.
+naming the cause, on a copy with a mistyped Deployment field, a broken PromQL rule, or a webhook Ingress that makes
+more than `/webhooks/cekura` public.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def test_deploy_as_committed_passes_every_check() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
     assert done.stdout.rstrip().endswith("all checks passed")
-    for check in ("render:", "Kubernetes schemas", "KEDA schemas", "promtool check rules", "metric names"):
+    checks = ("render:", "Kubernetes schemas", "KEDA schemas", "webhook receiver and its Ingress", "metric names")
+    for check in (*checks, "promtool check rules"):
         assert check in done.stdout
     for overlay in ("deploy/overlays/example:", "deploy/overlays/sentinel:"):
         assert overlay in done.stdout
@@ -63,6 +65,23 @@ def test_a_broken_promql_rule_fails(deploy_copy: Path) -> None:
     assert "FAIL  promtool check rules" in done.stdout
     assert "cekura-worker.rules.yml" in done.stdout
     assert "unclosed left parenthesis" in done.stdout
+
+
+def test_a_webhook_ingress_that_exposes_more_than_the_webhook_path_fails(deploy_copy: Path) -> None:
+    _edit(
+        deploy_copy / "components" / "webhooks" / "ingress.yaml",
+        "          - path: /webhooks/cekura\n            pathType: Exact\n",
+        "          - path: /\n            pathType: Prefix\n",
+    )
+
+    done = _validate(deploy_copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if "FAIL" in line]
+    assert failed and all("webhook receiver and its Ingress" in line for line in failed), done.stdout
+    assert (
+        "Ingress cekura/cekura-worker-webhooks: routes '/' (Prefix): only /webhooks/cekura (pathType Exact)"
+        in done.stdout
+    )
 
 
 def test_a_missing_tool_is_reported_as_such(tmp_path: Path) -> None:

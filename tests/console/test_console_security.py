@@ -112,7 +112,7 @@ def test_an_action_without_this_browsers_csrf_token_is_refused(
         assert refused.status_code == 403
     finally:
         other.close()
-    # A browser with no id cookie at all (a cross-site form posts without it: SameSite=Strict) is refused too.
+    # A browser with no id cookie at all (a cross-site form posts without it: SameSite=Lax) is refused too.
     fresh = httpx.Client(base_url=console.handle.url, trust_env=False)
     try:
         assert (
@@ -163,7 +163,7 @@ def test_logging_in_lets_this_browser_act_until_it_logs_out(console: Served, sto
     logged_in = console.login()
     assert logged_in.status_code == 303
     cookie = logged_in.headers["set-cookie"]
-    assert f"{console.session_cookie}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert f"{console.session_cookie}=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert TOKEN not in cookie and console.key not in str(logged_in.headers)
     confirm = console.get("/actions/cancel?job=first").text
     assert re.search(r'<label id="token-row" data-without-key hidden>', confirm) and "logged in" in confirm

@@ -172,8 +172,9 @@ async def act(request: Request) -> Response:
         # Post/redirect/get: a reload of the new job's page posts nothing (a repeat of the post makes nothing new).
         return RedirectResponse(f"/jobs/{quote(done.new_job_id, safe='')}", status_code=303)
     if done.unknown_start:
-        context = {"page": "confirm", "action": ACTIONS[name], "job_id": job_id, "question": "", "refused": done}
-        context |= _retry_form(c.guard, job_id, new_job_id, True)
+        shown = redact(job_id)  # the form's id, drawn masked by `confirm`; whatever a request sends is masked here
+        context = {"page": "confirm", "action": ACTIONS[name], "job_id": shown, "question": "", "refused": done}
+        context |= _retry_form(c.guard, shown, new_job_id, True)
         return render(request, "confirm.html", context, 409)
     context = {"page": "done", "action": ACTIONS[name], "done": done}
     return render(request, "done.html", context, 200 if done.ok else 409)

@@ -8,9 +8,10 @@ Cookies are scoped to a host, not to a port: the browser sends the console's coo
 and any of them can read the console's pages with them and replay them with whatever headers it likes. So a cookie
 can never be enough to act. A session is two halves:
 
-- a cookie the console sets (`HttpOnly`, `SameSite=Strict`, `Secure` over HTTPS; named after the console's port, so
+- a cookie the console sets (`HttpOnly`, `SameSite=Lax`, `Secure` over HTTPS; named after the console's port, so
   two consoles on one host keep apart): a random session id and its issue time, signed (HMAC) with the browser id
-  under a key derived from the process key and the token;
+  under a key derived from the process key and the token. Lax, so that a link from another site opens the console
+  still logged in; no other site's POST carries it, and it acts on nothing without the page key anyway;
 - a page key: 32 random bytes the login page's script makes and keeps in the console origin's `localStorage`
   (scheme, host *and port*: no other port can read it), sent with the login and with each action's form, never
   set or shown by the console. The console keeps only its SHA-256, beside the session.
@@ -19,11 +20,12 @@ The console keeps the live sessions in memory: a session ends at logout (a copy 
 before is no good after), `DEFAULT_SESSION_S` after the login whatever the cookie says, when the console restarts,
 or when the token changes.
 
-The other cookie, the browser id, is set on the first page: the CSRF token every form carries is an HMAC of it under
-this process's key, so a page on another site can neither read nor compute it (signed double submit). It is
-replaced at login, so an id planted beforehand (another port on 127.0.0.1 can set one) is not the logged-in
-browser's. A server on another port can read a CSRF token (it holds the cookie); what it can't get is the token or
-a page key.
+The other cookie, the browser id, is set on the first page (never in answer to a request from another site, which
+may come without the cookie the browser holds: see `worker.console.state`): the CSRF token every form carries is an
+HMAC of it under this process's key, so a page on another site can neither read nor compute it (signed double
+submit). It is replaced at login, so an id planted beforehand (another port on 127.0.0.1 can set one) is not the
+logged-in browser's. A server on another port can read a CSRF token (it holds the cookie); what it can't get is the
+token or a page key.
 
 The token is never logged, echoed in a page, nor kept anywhere but in this process's memory; it is registered with
 `worker.redact` so that it is masked should any text ever quote it.

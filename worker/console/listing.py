@@ -25,6 +25,7 @@ from config.settings import Settings
 from worker.console import reads
 from worker.console.detail import ACTIVE_STATES, MAX_JOB_ID_CHARS
 from worker.console.reads import CELL_BYTES, SHORT_BYTES, clip, ms_of
+from worker.redact import redact
 from worker.store.jobs import iso_from_ms
 
 #: Rows per table on one page.
@@ -44,6 +45,9 @@ DEFAULT_PAGE_BUDGET = 4 * 1_048_576
 
 #: The longest error text a table cell shows (the job's page has it whole).
 DEFAULT_CELL_CHARS = 200
+
+#: The longest kind filter kept (no kind is longer).
+DEFAULT_KIND_CHARS = 64
 
 #: Statuses a job ends with; `rejected` is a request's.
 FINAL_STATUSES = ("completed", "needs_input", "failed", "timed_out", "cancelled", "rejected")
@@ -95,10 +99,12 @@ class Filters:
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Filters:
-        """From a query string, dropping what can't be valid (an unknown status, an overlong text, a bad cursor)."""
-        kind = query.get("kind", "").strip()[:64]
+        """From a query string, dropping what can't be valid (an unknown status, a bad cursor) and cutting an overlong
+        text. The kind and the prefix are shown back (in the form and in every paging link): each is masked
+        (`worker.redact`) before it is cut, since a cut secret is no longer one `redact` can find."""
+        kind = redact(query.get("kind", "")).strip()[:DEFAULT_KIND_CHARS]
         status = query.get("status", "").strip()
-        prefix = query.get("prefix", "").strip()[:MAX_JOB_ID_CHARS]
+        prefix = redact(query.get("prefix", "")).strip()[:MAX_JOB_ID_CHARS]
         before = query.get("before", "").strip()
         page = query.get("page", "1").strip()
         return cls(

@@ -2,6 +2,14 @@
 and `render`, which fills in what every page shows (read-only or logged in, the CSRF token) and sets the browser id
 cookie on a browser's first page.
 
+The console's cookies are `SameSite=Lax`: a link from another site (a chat, a wiki, an alert) opens the console with
+them, still logged in (a top-level GET, which changes nothing); no other site's POST, frame or script request
+carries them, and acting never rests on them alone (see `worker.console.guard`). A request from another site
+(`Sec-Fetch-Site: cross-site`) that brought no id cookie may be one the browser sent without the cookies it holds (a
+form another site posted, a browser stricter than Lax): it gets its page but no new id cookie, which would replace
+the browser's own and so end its login (the session is bound to the id). A browser without an id gets one from its
+next request that isn't cross-site.
+
 Templates are Jinja with autoescaping on for every template, so each value a page shows is HTML-escaped: a job id,
 a metadata string or a Cekura answer holding markup is shown as text. Links carry values through `q`, which
 percent-encodes every reserved character (Jinja's own `urlencode` keeps `/`).
@@ -75,6 +83,12 @@ def browser_id(request: Request) -> tuple[str, bool]:
     return Guard.new_browser_id(), True
 
 
+def may_set_id(request: Request) -> bool:
+    """Whether a request without an id cookie may be given one: not if it came from another site, which may mean the
+    browser held its cookies back (a new id would replace the browser's own, and its session is bound to that id)."""
+    return request.headers.get("sec-fetch-site", "").strip().lower() != "cross-site"
+
+
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
     response.set_cookie(
         name,
@@ -82,7 +96,7 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
         max_age=max_age,
         path="/",
         httponly=True,
-        samesite="strict",
+        samesite="lax",  # sent on a top-level GET from another site (a link), never on its POSTs (see above)
         secure=request.url.scheme == "https",
     )
 
@@ -101,7 +115,7 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
         **context,
     }
     response = c.templates.TemplateResponse(request, name, ctx, status_code=status_code)
-    if new:
+    if new and may_set_id(request):
         set_cookie(request, response, cookie(request, ID_COOKIE), bid)
     return response
 
@@ -121,4 +135,4 @@ def logout(request: Request, response: Response) -> None:
     """End this browser's session, here (a copy of its cookie or key is no good from now on) and in the browser."""
     bid, _ = browser_id(request)
     console(request).guard.end_session(bid, session_cookie(request))
-    response.delete_cookie(cookie(request, SESSION_COOKIE), path="/", httponly=True, samesite="strict")
+    response.delete_cookie(cookie(request, SESSION_COOKIE), path="/", httponly=True, samesite="lax")

@@ -31,8 +31,9 @@ import structlog
 
 from actors import names
 from actors.kinds import KINDS, Outcome, Params
-from actors.lookup import index_result, look, lost_start
+from actors.lookup import find_to_cancel, index_result, look, lost_start, orphaned, start_tag
 from actors.step import Step, fail, finish, internal_error, make_step, mark_start, time_out
+from worker import tracing
 from worker.cekura.backoff import retry_delay
 from worker.errors import CekuraError, PermanentError, RateLimited, TransientError
 from worker.ops import metrics
@@ -101,7 +102,7 @@ def _start(step: Step) -> None:
     if not kind.repeatable_start and not mark_start(step):
         return
     try:
-        started = rt.cekura.start(kind, params, job_id=job_id, time_left_s=step.time_left_s())
+        started = rt.cekura.start(kind, params, tag=start_tag(step), time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("start", str(exc.status_code or "error")).inc()
         _failed_call(step, exc)
@@ -130,12 +131,7 @@ def _start(step: Step) -> None:
             "job_started", progress_id=started.progress_id, session_id=started.session_id, next_poll_s=delay_ms / 1000
         )
     elif kind.cancel_path and done.verdict in (AdvanceVerdict.FINISHED, AdvanceVerdict.STALE):
-        # FINISHED: cancelled while the start call was in flight. STALE: another attempt started the job while
-        # this one was stalled past its lease (a paused process), so this operation is an orphan at Cekura.
-        # Either way, stop the operation Cekura just began, where Cekura can.
-        event = "job_cancelled_during_start" if done.verdict is AdvanceVerdict.FINISHED else "duplicate_start_cancelled"
-        log.warning(event, session_id=started.session_id)
-        cancel_remote.send(job_id, kind.name, started.session_id, started.progress_id)
+        orphaned(step, started.session_id, started.progress_id, done.verdict, cancel_remote.send)
 
 
 @dramatiq.actor(actor_name=names.POLL, queue_name=_QUEUE, max_retries=3, time_limit=DEFAULT_TIME_LIMIT_MS)
@@ -190,7 +186,9 @@ def _poll(step: Step) -> None:
         return
     stage = data.get(kind.stage_field) if kind.stage_field else None
     stage = redact(stage, step.secrets) if isinstance(stage, str) else None
-    delay_ms = step.delay_ms(step.next_poll_s(polls + 1, step.elapsed_s()))
+    elapsed_s, progress = step.elapsed_s(), kind.progress(data)  # issue 21: polls put off while far from the end
+    delay_s = rt.polling.stretch(kind.name, kind.poll_plan, step.next_poll_s(polls + 1, elapsed_s), elapsed_s, progress)
+    delay_ms = step.delay_ms(delay_s)
     fields: dict[str, Any] = {"polls": polls, "cekura_status": status, "errors": 0}
     if stage is not None:
         fields["current_stage"] = stage
@@ -208,6 +206,8 @@ def _poll(step: Step) -> None:
 
 def _next_poll(step: Step, next_state: str, delay_ms: int, fields: dict[str, Any]) -> Advanced:
     """Record this step and write the job's next poll message, due in `delay_ms`, in one atomic step."""
+    if tracing.enabled:
+        tracing.note_advance(step, fields)
     with step.rt.broker.outbox() as scheduled:
         poll.send_with_options(args=(step.job_id, step.seq + 1), delay=delay_ms)
         return step.rt.store.advance(
@@ -234,8 +234,8 @@ def _question(step: Step, data: dict[str, Any]) -> str:
     "still running": a job must never wait for an answer to nothing)."""
     try:
         text = step.kind.question_of(data)
-    except Exception:  # a free-form answer no rule foresaw
-        log.warning("question_unreadable", exc_info=True)
+    except Exception as exc:  # a free-form answer no rule foresaw (its text may quote the answer: masked)
+        log.warning("question_unreadable", error=redact(f"{type(exc).__name__}: {exc}", step.secrets))
         text = json.dumps(data, ensure_ascii=False)
     # Masked before it is cut: a secret straddling the cut would leave a prefix no form of it matches.
     return redact(text, step.secrets)[:DEFAULT_MAX_QUESTION_CHARS]
@@ -299,6 +299,12 @@ def cancel_remote(job_id: str, kind_name: str, session_id: int | None = None, pr
     rt = runtime()
     kind = KINDS[kind_name]
     structlog.contextvars.bind_contextvars(kind=kind_name)
+    if session_id is None and not progress_id and kind.lookup_path:  # cancelled while its lost start was looked for
+        progress_id = find_to_cancel(rt, job_id, kind)
+        if not progress_id:
+            return
+    if tracing.enabled:
+        tracing.enter_job(rt.store, job_id, kind_name)
     try:
         answer = rt.cekura.cancel(kind, session_id, progress_id)
     except PermanentError as exc:
@@ -346,11 +352,12 @@ def _failed_call(step: Step, exc: CekuraError, *, polls: int | None = None) -> N
     if isinstance(exc, PermanentError):
         extra: dict[str, Any] = {}
         if step.phase is Phase.START and not kind.repeatable_start:
-            if exc.status_code in (200, 201, 202):
-                lost_start(step, f"Cekura accepted it but its answer could not be used: {reason}", _next_poll)
-                return
-            elif exc.status_code is not None:
+            if exc.refused:
                 extra["start_sent"] = ""  # Cekura refused it: no operation runs there (a retry needs no --force)
+            elif exc.status_code is not None:  # an answer that can't be used (too large, a 204): Cekura may have acted
+                said = "accepted it" if exc.status_code in (200, 201, 202) else f"answered HTTP {exc.status_code}"
+                lost_start(step, f"Cekura {said} but its answer could not be used: {reason}", _next_poll)
+                return
         fail(step, reason, polls=done_polls, extra=extra)
         return
     unsent = isinstance(exc, TransientError) and not exc.maybe_sent

@@ -13,14 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis
 import structlog
 
+from actors.kinds import JobKind
 from actors.step import Step, fail, unknown_start
 from worker.cekura import lookup
 from worker.errors import CekuraError, PermanentError
 from worker.ops import metrics
 from worker.redact import redact
-from worker.store.records import Advanced, AdvanceVerdict
+from worker.runtime.app import Runtime
+from worker.store.records import Advanced, AdvanceVerdict, JobRecord
 from worker.store.results import ResultIndex
 
 log = structlog.get_logger(__name__)
@@ -32,6 +35,14 @@ DEFAULT_FIRST_LOOK_S = 2.0
 Schedule = Callable[[Step, str, int, dict[str, Any]], Advanced]
 
 
+def start_tag(step: Step) -> str:
+    """The tag this job's start carries (`worker.cekura.lookup.tag`); "" for a kind without one."""
+    if step.kind.tag_field is None:
+        return ""
+    key = step.rt.settings.cekura_api_key
+    return lookup.tag(step.job_id, step.job.submitted_ms, key.get_secret_value() if key else "")
+
+
 def lost_start(step: Step, reason: str, schedule: Schedule) -> None:
     """A start that must not repeat may have reached Cekura: look for it where the kind can, else fail safe."""
     if step.kind.lookup_path is None:
@@ -41,7 +52,7 @@ def lost_start(step: Step, reason: str, schedule: Schedule) -> None:
     fields: dict[str, Any] = {"progress_id": "", "error": unknown_start(reason), "started_ms": step.claim.now_ms}
     done = schedule(step, "polling", step.delay_ms(min(DEFAULT_FIRST_LOOK_S, settle_s)), fields)
     if done.verdict is AdvanceVerdict.OK:
-        log.warning("start_outcome_unknown_looking", reason=reason, tag=lookup.tag(step.job_id), settle_s=settle_s)
+        log.warning("start_outcome_unknown_looking", reason=reason, tag=start_tag(step), settle_s=settle_s)
 
 
 def look(step: Step, schedule: Schedule) -> None:
@@ -49,14 +60,14 @@ def look(step: Step, schedule: Schedule) -> None:
     rt, job, kind = step.rt, step.job, step.kind
     window_end_ms = job.started_ms + int(rt.settings.cekura_lookup_settle_s * 1000)
     try:
-        answer = rt.cekura.find(kind, step.job_id, time_left_s=step.time_left_s())
+        answer = rt.cekura.find(kind, start_tag(step), time_left_s=step.time_left_s())
     except CekuraError as exc:
         metrics.CEKURA_CALLS.labels("lookup", str(exc.status_code or "error")).inc()
-        reason = f"the results list could not be read: {redact(str(exc), step.secrets)}"
-        found = lookup.Found(reason=reason, final=isinstance(exc, PermanentError))
+        # Never final: one unreadable answer (a proxy's page, a 5xx) must not end the window early.
+        found = lookup.Found(reason=f"the results list could not be read: {redact(str(exc), step.secrets)}")
     else:
         metrics.CEKURA_CALLS.labels("lookup", "ok").inc()
-        found = lookup.choose(answer, step.job_id, job.submitted_ms)
+        found = lookup.choose(answer, start_tag(step), job.submitted_ms)
     if found.result_id:
         _adopt(step, found.result_id, schedule)
         return
@@ -77,7 +88,7 @@ def _adopt(step: Step, result_id: str, schedule: Schedule) -> None:
     if done.verdict is not AdvanceVerdict.OK:
         return
     structlog.contextvars.bind_contextvars(progress_id=result_id)
-    log.warning("lost_start_found", progress_id=result_id, tag=lookup.tag(step.job_id), next_poll_s=delay_ms / 1000)
+    log.warning("lost_start_found", progress_id=result_id, tag=start_tag(step), next_poll_s=delay_ms / 1000)
     if kind.webhooks:
         index_result(step, result_id)
 
@@ -87,3 +98,43 @@ def index_result(step: Step, result_id: str) -> None:
     rt = step.rt
     ttl_ms = step.job.deadline_ms - step.claim.now_ms + rt.settings.cekura_job_ttl_s * 1000
     ResultIndex(rt.store).add(result_id, step.job_id, ttl_ms)
+
+
+def orphaned(
+    step: Step, session_id: int | None, progress_id: str, verdict: AdvanceVerdict, cancel: Callable[..., Any]
+) -> None:
+    """A start call succeeded, but its step could not be recorded: the job was cancelled while the call was in flight
+    (FINISHED), or this attempt was paused past its lease and another took the step over (STALE). Stop the operation
+    it began at Cekura, unless the job itself has adopted that very operation (a lookup found it by its tag)."""
+    record = step.rt.store.get(step.job_id) or {}
+    if progress_id and record.get("progress_id") == progress_id:
+        log.info("late_start_answer_ignored", progress_id=progress_id, hint="the job found this operation already")
+        return
+    if step.kind.lookup_path and record.get("state") == "polling" and not record.get("progress_id"):
+        # The job is looking for its lost start by its tag: this operation is the one it will find, not an orphan.
+        log.info("late_start_answer_ignored", progress_id=progress_id, hint="the job is looking for this operation")
+        return
+    event = "job_cancelled_during_start" if verdict is AdvanceVerdict.FINISHED else "duplicate_start_cancelled"
+    log.warning(event, session_id=session_id)
+    cancel(step.job_id, step.kind.name, session_id, progress_id)
+
+
+def find_to_cancel(rt: Runtime, job_id: str, kind: JobKind) -> str:
+    """The result id of a job that ended (cancelled, timed out) while it looked for its lost start, found by its tag
+    as the job would have: "" when none is (then nothing runs at Cekura that the job could know of)."""
+    try:
+        record = JobRecord.from_fields(rt.store.get(job_id) or {})
+    except redis.ResponseError:
+        return ""
+    key = rt.settings.cekura_api_key
+    mark = lookup.tag(job_id, record.submitted_ms, key.get_secret_value() if key else "")
+    try:
+        found = lookup.choose(rt.cekura.find(kind, mark), mark, record.submitted_ms)
+    except CekuraError as exc:
+        if isinstance(exc, PermanentError):
+            log.warning("cekura_cancel_lookup_failed", error=redact(str(exc)))
+            return ""
+        raise  # transient: Dramatiq retries the cancel
+    if not found.result_id:
+        log.info("cekura_cancel_nothing_found", reason=found.reason)
+    return found.result_id

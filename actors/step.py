@@ -7,16 +7,22 @@ through the job store, never sends a message.
 from __future__ import annotations
 
 import json
+import time
+import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import dramatiq
 import structlog
 
 from actors.kinds import KINDS, JobKind, Outcome
+from actors.names import CANCEL_REMOTE as CANCEL
+from worker import tracing
 from worker.ops import metrics
 from worker.redact import redact
 from worker.runtime.app import Runtime
-from worker.store.records import Claim, FinishVerdict, JobRecord, Phase
+from worker.store.records import Claim, FinishVerdict, JobRecord, Phase, RemoteCancel
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +71,10 @@ class Step:
 
 def make_step(rt: Runtime, job_id: str, phase: Phase, claim: Claim, age_s: float = 0.0) -> Step:
     assert claim.job is not None
-    return Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)
+    step = Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)
+    if tracing.enabled:
+        tracing.enter(step)
+    return step
 
 
 def finish(
@@ -77,8 +86,10 @@ def finish(
     error: str = "",
     polls: int = 0,
     extra: dict[str, Any] | None = None,
+    stop_remote: bool = False,
 ) -> None:
-    """End the claimed job with `outcome` and publish its one result event; `extra`: more record fields."""
+    """End the claimed job with `outcome` and publish its one result event; `extra`: more record fields;
+    `stop_remote`: the operation may still run at Cekura, stop it there (see `publish`)."""
     publish(
         step.rt,
         step.job_id,
@@ -92,6 +103,7 @@ def finish(
         polls=polls,
         secrets=step.secrets,
         extra=extra,
+        stop_remote=stop_remote,
     )
 
 
@@ -104,6 +116,7 @@ def fail(step: Step, error: str, *, polls: int | None = None, extra: dict[str, A
         error=error,
         polls=step.job.polls if polls is None else polls,
         extra=extra,
+        stop_remote=True,
     )
 
 
@@ -113,7 +126,9 @@ def internal_error(step: Step, exc: Exception) -> None:
     Retrying would not help: the same answer would raise again, and a retried message no longer owns the lease,
     so the job would only wait for the reconciler, start again at Cekura and finally time out.
     """
-    log.exception("job_step_failed", phase=step.phase.value)
+    # The traceback's text may quote the job's secrets (an exception's message): masked with them, as a field.
+    trace = redact("".join(traceback.format_exception(exc)), step.secrets)
+    log.error("job_step_failed", phase=step.phase.value, exception=trace)
     fail(step, f"internal error while handling the {step.phase.value} step ({type(exc).__name__})")
 
 
@@ -139,6 +154,7 @@ def time_out(rt: Runtime, job_id: str, phase: Phase, seq: int) -> None:
         cekura_status=job.cekura_status,
         error=error,
         polls=job.polls,
+        stop_remote=True,
     )
 
 
@@ -156,7 +172,11 @@ def publish(
     result: dict[str, Any] | None = None,
     secrets: tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
+    stop_remote: bool = False,
 ) -> None:
+    """Write the job's end and its one result event. With `stop_remote` (a job failed or timed out while its
+    operation may still run at Cekura), a kind that can stop it there also gets its `cancel_remote` message, written
+    by the same script, as a cancel request's is; only a job polling or waiting with a session or progress id."""
     fields: dict[str, Any] = {
         "status": outcome.value,
         "cekura_status": redact(cekura_status, secrets),
@@ -165,10 +185,27 @@ def publish(
         "polls": polls,
         **(extra or {}),
     }
-    done = rt.store.finish(job_id, expect, seq, fields)
+    kind = KINDS.get(kind_name)
+    remote = None
+    if stop_remote and kind is not None and kind.cancel_path:
+        remote = RemoteCancel(frozenset({kind_name}), rt.settings.cekura_queue, rt.settings.key("dramatiq"), CANCEL)
+    began_ns = time.time_ns() if tracing.enabled else 0
+    done = rt.store.finish(job_id, expect, seq, fields, remote_cancel=remote, message_id=str(uuid.uuid4()))
+    if done.remote_cancel:
+        log.info("cekura_cancel_sent", reason="the job ended while its operation may still run at Cekura")
+    elif remote is not None and kind is not None and kind.lookup_path and done.prior_state == "polling":
+        # It ended while looking for its lost start (no id yet): `cancel_remote` looks for it by its tag.
+        args = (job_id, kind_name, None, "")
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=rt.settings.cekura_queue, actor_name=CANCEL, args=args, kwargs={}, options={}
+        )
+        rt.broker.enqueue(message)
     if done.verdict is not FinishVerdict.OK:
         log.debug("finish_skipped", verdict=done.verdict.value)
         return
+    if tracing.enabled:
+        details = {"error": fields["error"], "polls": polls, "published_ns": began_ns, "entry_id": done.entry_id}
+        tracing.ended(done.trace, job_id, kind_name, outcome.value, **details)
     duration = max(0.0, done.duration_ms / 1000)
     metrics.JOBS_FINISHED.labels(kind_name, outcome.value).inc()
     metrics.JOB_DURATION.labels(kind_name, outcome.value).observe(duration)

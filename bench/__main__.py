@@ -19,11 +19,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--mode",
-        choices=("short", "long", "learn", "replicas"),
+        choices=("short", "long", "learn", "replicas", "tracing"),
         default="short",
         help="long adds the many-jobs phase; learn compares learned polling schedules with fixed ones instead; "
         "replicas runs the short phases for cekura-worker with CEKURA_REDIS_MIN_REPLICAS 0 and 1 (a replica "
-        "attached to both) and without a replica",
+        "attached to both) and without a replica; tracing runs cekura-worker without the tracing code, with "
+        "tracing off and on (python -m bench.tracing --baseline REV for another baseline)",
     )
     parser.add_argument("--jobs", type=int, default=400, help="jobs in the saturation phase (default 400)")
     parser.add_argument("--polls", type=int, default=10, help="polls until terminal per job, saturation phase")
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if options.mode == "learn" and options.learn is not None:
             return run_learned(options.learn)
+        if options.mode == "tracing":  # bench/tracing.py: without, off and on, side by side (--baseline there)
+            from bench.tracing import run_tracing
+
+            return run_tracing(options)
         return run_benchmark(options)
     except KeyboardInterrupt:
         print("\ninterrupted: all benchmark processes stopped", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`python -m bench --mode learn`: learned polling schedules against the declared (fixed) ones, side by side.
+"""`python -m bench --mode learn`: learned and progress-aware polling against the declared (fixed) schedules.
 
 Simulated Cekura jobs run log-normal durations per kind (auto-fetch a few seconds to a minute, clean description tens of
 seconds, evaluator runs minutes to an hour), compressed `--learn-compression` times so the run takes a few minutes. One
@@ -7,14 +7,18 @@ simulator, all given the same jobs at the same moments. The simulators are seede
 runs equally long: the groups are compared on the same durations, job by job (the share of jobs that matched is
 reported), which takes the sampling noise of the durations out of the comparison. Every group's declared schedules are
 scaled by the same compression (CEKURA_POLL_OVERRIDES, the only setting the benchmark changes); the learned policy's own
-knobs stay at their defaults. The pair compared is `fixed` (CEKURA_LEARN_POLLING=false) against `learned` (the
-defaults); the other groups trace the trade-off curve: the fixed schedules with every interval scaled by 0.5 and 2, the
-learned one with CEKURA_LEARN_DELAY_TARGET 0.5 and 2.
+knobs stay at their defaults. The policies compared are `fixed` (CEKURA_LEARN_POLLING=false), `learned` (the defaults,
+with every kind's progress rule taken out: the worker as it was before issue 21, `bench/without_progress.py`) and
+`progress` (the worker as shipped: learned schedules, and polls put off from the counts an answer reports); the other
+groups trace the trade-off curve: the fixed schedules with every interval scaled by 0.5 and 2, the learned one (no
+progress rules) with CEKURA_LEARN_DELAY_TARGET 0.5 and 2. Evaluator runs cycle through CI suites of `SUITES`
+evaluators (one run each), since how much their run counts say grows with the runs they count. Two more groups,
+`webhooks` and `webhooks-lost`, run the `progress` worker with result webhooks on, each with its own receiver
+(`bench/learned_webhooks.py`): the same jobs, their evaluator runs compared with `progress` in a table of their own.
 
-Measured per job, from the simulator's own record and the result stream: progress calls (GETs the simulator served for
-its progress id) and detection delay (the result entry's id time minus the moment the simulator's job became terminal).
-The warm-up (jobs of a kind submitted before the learned group's history of that kind reached CEKURA_LEARN_WARMUP_JOBS,
-plus one CEKURA_LEARN_REFRESH_S) is left out of every group's figures and reported.
+Measured per job (`bench/learned_report.py`): progress calls and detection delay. The warm-up (jobs of a kind submitted
+before the learned groups' history of that kind reached CEKURA_LEARN_WARMUP_JOBS, plus one CEKURA_LEARN_REFRESH_S) is
+left out of every group's figures and reported.
 """
 
 from __future__ import annotations
@@ -26,16 +30,16 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench import background, report
+from bench import learned_webhooks as hooks
+from bench.learned_report import learned_lines, plot_tradeoff, summarise
 from bench.phase import QUIET_CORES
-from bench.pollers import CekuraWorker, python_env, read_results
+from bench.pollers import REPO_ROOT, CekuraWorker, python_env, read_results
 from bench.processes import Child, cleanup_on_exit, spawn
 from bench.redis_server import RedisServer, start_redis
 from bench.simulator_process import API_KEY
@@ -55,18 +59,22 @@ WORKLOAD: dict[str, tuple[str, dict[str, Any], float, float]] = {
         30.0,
         0.5,
     ),
-    "evaluator.run": ("evaluator_run", {"agent_id": 5, "scenarios": [1, 2]}, 600.0, 0.8),
+    "evaluator.run": ("evaluator_run", {"agent_id": 5}, 600.0, 0.8),
 }
-#: The groups run at once: name -> (learning on, knob). The knob scales every declared interval of a fixed group,
-#: and is CEKURA_LEARN_DELAY_TARGET for a learned one. `fixed` and `learned` are the side-by-side pair.
-GROUPS: dict[str, tuple[bool, float]] = {
-    "fixed": (False, 1.0),
-    "learned": (True, 1.0),
-    "fixed-x0.5": (False, 0.5),
-    "fixed-x2": (False, 2.0),
-    "learned-x0.5": (True, 0.5),
-    "learned-x2": (True, 2.0),
+#: Evaluator runs cycle through CI suites of this many evaluators (`scenarios` 1..N, one run each).
+SUITES = (2, 5, 10, 20)
+#: The groups run at once: name -> (learning on, knob, progress rules kept). The knob scales every declared interval
+#: of a fixed group, and is CEKURA_LEARN_DELAY_TARGET for a learned one. The first three are the side-by-side ones.
+GROUPS: dict[str, tuple[bool, float, bool]] = {
+    "fixed": (False, 1.0, True),  # (CEKURA_LEARN_POLLING off: no progress either)
+    "learned": (True, 1.0, False),
+    "progress": (True, 1.0, True),
+    "fixed-x0.5": (False, 0.5, True),
+    "fixed-x2": (False, 2.0, True),
+    "learned-x0.5": (True, 0.5, False),
+    "learned-x2": (True, 2.0, False),
 }
+SIDE_BY_SIDE = ("fixed", "learned", "progress")
 #: Least time between two submissions, so that no group starts two jobs in another order than the others.
 DEFAULT_MIN_GAP_S = 0.05
 #: Seconds to wait for the last result after the last submission (the longest evaluator runs, compressed).
@@ -90,6 +98,8 @@ class LearnOptions:
     seed: int = 1
     #: Seconds to wait for other processes on the machine to go quiet first (bench/background.py); 0: don't.
     quiet_wait_s: float = 20.0
+    #: Run the webhook groups too (`bench/learned_webhooks.py`).
+    webhooks: bool = True
 
 
 @dataclass
@@ -99,9 +109,13 @@ class Group:
     name: str
     learning: bool
     knob: float
+    progress: bool
     env: dict[str, str]
     #: Its own simulator, seeded like every group's: the k-th job started in each runs equally long.
     sim_url: str = ""
+    #: A webhook group's simulator faults (loss, duplicate rates) and its receiver's URL; None: polling alone.
+    webhook_faults: tuple[float, float] | None = None
+    receiver_url: str = ""
     children: list[Child] = field(default_factory=list)
     client: Any = None
 
@@ -132,7 +146,8 @@ def declared_overrides(compression: float, scale: float = 1.0) -> dict[str, dict
 
 def run_learned(options: LearnOptions) -> int:
     """Run the groups, print the side-by-side table and the trade-off, write learned.json and the plot."""
-    names = list(GROUPS) if options.curve else ["fixed", "learned"]
+    names = list(GROUPS) if options.curve else list(SIDE_BY_SIDE)
+    names += list(hooks.WEBHOOK_GROUPS) if options.webhooks else []
     log_dir = options.out / "logs" / "learn"
     if options.quiet_wait_s > 0:
         background.wait_for_quiet(options.quiet_wait_s, QUIET_CORES)
@@ -142,35 +157,66 @@ def run_learned(options: LearnOptions) -> int:
         groups = [_start_group(name, server, log_dir, options) for name in names]
         _wait_live(server, groups)
         plan = _workload(options)
-        warm = _Warmup(server, [g for g in groups if g.learning and g.knob == 1.0])
+        warm = _Warmup(server, [g for g in groups if g.learning and g.knob == 1.0 and g.webhook_faults is None])
         warm.start()
         print(
             f"== learn: {len(plan)} jobs per group over {options.submit_s:.0f} s, {len(groups)} groups, "
             f"time compressed {options.compression:g}x",
             flush=True,
         )
+        cpu_start = background.mark()
         _submit(plan, groups)
         _drain(server, groups, len(plan), options.submit_s)
+        cpu_end = background.mark()
         warm.stop()
         polls = {g.name: _sim_polls(g.sim_url) for g in groups}
         results = {g.name: read_results(server.client, f"{g.prefix}:results") for g in groups}
+        counters = {
+            g.name: {
+                "simulator": hooks.sim_webhook_stats(g.sim_url),
+                "receiver": hooks.receiver_outcomes(g.receiver_url),
+            }
+            for g in groups
+            if g.webhook_faults is not None
+        }
         for group in groups:
             group.client.close()
-    figures = summarise(plan, results, polls, warm.switch_at)
+    polling = {name: entries for name, entries in results.items() if name not in hooks.WEBHOOK_GROUPS}
+    figures = summarise(plan, polling, polls, warm.switch_at, job_times, list(WORKLOAD), suite_of)
+    figures["other_cores"] = background.other_cores(cpu_start, cpu_end) + background.stolen_cores(cpu_start, cpu_end)
+    if options.webhooks:
+        figures["webhooks"] = _summarise_webhooks(plan, figures["warmup_jobs"], results, polls, counters, options)
     _write_raw(options.out / "raw" / "learned.json.gz", results, polls)
-    print("\n".join(report.learned_lines(figures, list(WORKLOAD), options.compression, time.time() - began)))
+    print("\n".join(learned_lines(figures, list(WORKLOAD), options.compression, time.time() - began)))
+    if options.webhooks:
+        print("\n".join(hooks.webhook_lines(figures["webhooks"], options.compression)))
+    print(f"other processes on this machine used {figures['other_cores']:.2f} cores on average meanwhile")
     options.out.mkdir(parents=True, exist_ok=True)
     report.write_json(options.out / "learned.json", {"options": vars(options), "figures": figures})
-    report.plot_tradeoff(options.out / "learned_tradeoff.png", figures["groups"], options.compression)
+    plot_tradeoff(options.out / "learned_tradeoff.png", figures["groups"], options.compression)
     print(f"\nwrote {options.out / 'learned.json'} and {options.out / 'learned_tradeoff.png'}")
     return 0
 
 
-def _start_simulator(log_dir: Path, name: str, options: LearnOptions) -> str:
+def _summarise_webhooks(
+    plan: list[Job],
+    warmup: Mapping[str, int],
+    results: Mapping[str, list[tuple[int, dict[str, str]]]],
+    polls: Mapping[str, Mapping[str, dict[str, Any]]],
+    counters: Mapping[str, Mapping[str, Any]],
+    options: LearnOptions,
+) -> dict[str, Any]:
+    """The webhook groups' evaluator runs against the `progress` group's, the same warm-up left out."""
+    measured = {job.job_id for job in plan if int(job.job_id.rsplit("-", 1)[1]) >= warmup[job.kind]}
+    planned = sum(1 for job in plan if job.kind == hooks.KIND)
+    return hooks.summarise_webhooks(results, polls, measured, planned, options.compression, counters)
+
+
+def _start_simulator(log_dir: Path, name: str, options: LearnOptions, extra: Sequence[str] = ()) -> str:
     durations = {sim: [median / options.compression, sigma] for sim, _, median, sigma in WORKLOAD.values()}
     argv = [sys.executable, "-c", "from simulator import main; main()", "--host", "127.0.0.1"]
     argv += ["--port", str(free_port()), "--latency-ms", "0", "--seed", str(options.seed)]
-    argv += ["--durations", json.dumps(durations)]
+    argv += ["--durations", json.dumps(durations), *extra]
     child = spawn(name, argv, env=python_env(), log_dir=log_dir)
     match = wait_for_line(child.popen, child.log_path, _LISTENING, 20.0)
     if match is None:
@@ -182,14 +228,12 @@ def _start_group(name: str, server: RedisServer, log_dir: Path, options: LearnOp
     from config.settings import load_settings
     from worker.client import Client
 
-    learning, knob = GROUPS[name]
-    group = Group(name, learning, knob, {})
-    group.sim_url = sim_url = _start_simulator(log_dir, f"{group.prefix}-simulator", options)
+    learning, knob, progress = GROUPS.get(name, GROUPS["progress"])  # a webhook group: the worker as shipped
+    group = Group(name, learning, knob, progress, {}, webhook_faults=hooks.WEBHOOK_GROUPS.get(name))
     overrides = declared_overrides(options.compression, 1.0 if learning else knob)
     env = python_env()
     env.update(
         REDIS_URL=server.url,
-        CEKURA_API_URL=sim_url,
         CEKURA_API_KEY=API_KEY,
         CEKURA_KEY_PREFIX=group.prefix,
         CEKURA_QUEUE=group.prefix,
@@ -201,8 +245,21 @@ def _start_group(name: str, server: RedisServer, log_dir: Path, options: LearnOp
         CEKURA_HEALTH_DIR=str(log_dir / f"health-{group.prefix}"),
         LOG_LEVEL="WARNING",
     )
+    simulator_args: list[str] = []
+    if group.webhook_faults is not None:  # its own receiver, under its prefix; its simulator POSTs there
+        env = hooks.worker_env(env, options.compression)
+        receiver, group.receiver_url = hooks.start_receiver(env, log_dir, group.prefix)
+        group.children.append(receiver)
+        simulator_args = hooks.simulator_args(group.receiver_url, group.webhook_faults)
+    group.sim_url = sim_url = _start_simulator(log_dir, f"{group.prefix}-simulator", options, simulator_args)
+    env["CEKURA_API_URL"] = sim_url
     group.env = env
-    group.children = CekuraWorker().start_workers(1, 8, env, log_dir, group.prefix)
+    if learning and not progress:  # the same worker, its kinds' progress rules taken out
+        argv = [sys.executable, "-m", "bench.without_progress", "run", "--processes", "1", "--threads", "8"]
+        env["CEKURA_REDIS_MIN_REPLICAS"] = "0"  # as CekuraWorker starts its workers
+        group.children = [spawn(f"{group.prefix}-workers", argv, env=env, log_dir=log_dir, cwd=REPO_ROOT)]
+    else:
+        group.children = CekuraWorker().start_workers(1, 8, env, log_dir, group.prefix) + group.children
     settings = load_settings(
         redis_url=server.url,
         cekura_key_prefix=group.prefix,
@@ -251,13 +308,31 @@ def _workload(options: LearnOptions) -> list[Job]:
     return jobs
 
 
+def params_for(job: Job) -> dict[str, Any]:
+    """A job's params: its kind's, and for an evaluator run the suite its turn in `SUITES` gives."""
+    params = WORKLOAD[job.kind][1]
+    size = _suite(job.job_id)
+    return params if size is None else {**params, "scenarios": list(range(1, size + 1))}
+
+
+def _suite(job_id: str) -> int | None:
+    kind, _, n = job_id.rpartition("-")
+    return SUITES[int(n) % len(SUITES)] if kind == "evaluator.run" else None
+
+
+def suite_of(job_id: str) -> str | None:
+    """The per-suite line an evaluator run is also counted in (`evaluator.run [10 runs]`)."""
+    size = _suite(job_id)
+    return None if size is None else f"evaluator.run [{size} runs]"
+
+
 def _submit(plan: list[Job], groups: list[Group]) -> None:
     began = time.monotonic()
     for job in plan:
         wait = job.at_s - (time.monotonic() - began)
         if wait > 0:
             time.sleep(wait)
-        params = WORKLOAD[job.kind][1]
+        params = params_for(job)
         for group in groups:
             group.client.submit(job.kind, params, job_id=job.job_id, deadline_s=3 * 3600)
         job_times[job.job_id] = time.time()
@@ -316,46 +391,6 @@ def _sim_polls(url: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-def summarise(
-    plan: list[Job],
-    results: Mapping[str, list[tuple[int, dict[str, str]]]],
-    polls: Mapping[str, Mapping[str, dict[str, Any]]],
-    switch_at: Mapping[str, float],
-) -> dict[str, Any]:
-    """Per group and kind (and over all kinds): calls per job and detection delays, warm-up left out."""
-    warmup = {
-        kind: sum(1 for job in plan if job.kind == kind and job_times.get(job.job_id, 0) < switch_at.get(kind, 1e18))
-        for kind in WORKLOAD
-    }
-    measured = {job.job_id for job in plan if int(job.job_id.rsplit("-", 1)[1]) >= warmup[job.kind]}
-    out: dict[str, Any] = {"warmup_jobs": warmup, "groups": {}}
-    durations: dict[str, dict[str, float]] = {}
-    for name, entries in results.items():
-        per_kind: dict[str, dict[str, list[float]]] = {kind: {"calls": [], "delay": []} for kind in [*WORKLOAD, "all"]}
-        spread: dict[str, list[float]] = {kind: [] for kind in WORKLOAD}
-        ran = durations.setdefault(name, {})
-        for entry_ms, fields in entries:
-            record = polls[name].get(fields.get("progress_id", ""))
-            if record is None or fields["job_id"] not in measured or record.get("finishes_at") is None:
-                continue
-            calls = float(len(record["times"]))
-            delay = entry_ms / 1000 - float(record["finishes_at"])
-            for key in (fields["kind"], "all"):
-                per_kind[key]["calls"].append(calls)
-                per_kind[key]["delay"].append(delay)
-            spread[fields["kind"]].append(float(record["finishes_at"]) - float(record["started_at"]))
-            ran[fields["job_id"]] = spread[fields["kind"]][-1]
-        out["groups"][name] = {kind: _figures(values["calls"], values["delay"]) for kind, values in per_kind.items()}
-        out["groups"][name]["durations_s"] = {
-            kind: [round(float(np.percentile(v, q)), 3) for q in (5, 50, 95)] if v else None
-            for kind, v in spread.items()
-        }
-    base = durations.get("fixed", {})
-    pairs = [(d, base[job]) for ran in durations.values() for job, d in ran.items() if job in base]
-    out["paired_share"] = sum(abs(a - b) <= 0.01 * b + 0.005 for a, b in pairs) / len(pairs) if pairs else None
-    return out
-
-
 def _write_raw(
     path: Path,
     results: Mapping[str, list[tuple[int, dict[str, str]]]],
@@ -376,18 +411,3 @@ def _write_raw(
     }
     with gzip.open(path, "wt") as handle:
         json.dump(payload, handle)
-
-
-def _figures(calls: list[float], delays: list[float]) -> dict[str, Any]:
-    if not calls:
-        return {"jobs": 0}
-    c, d = np.array(calls), np.array(delays)
-    return {
-        "jobs": len(calls),
-        "calls_mean": float(c.mean()),
-        "calls_p95": float(np.percentile(c, 95)),
-        "delay_p50_s": float(np.percentile(d, 50)),
-        "delay_p95_s": float(np.percentile(d, 95)),
-        "delay_p99_s": float(np.percentile(d, 99)),
-        "delay_mean_s": float(d.mean()),
-    }

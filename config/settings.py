@@ -2,8 +2,10 @@
 
 Each field's name is its environment variable, lower-cased, so `CEKURA_POLL_MAX_S` is `cekura_poll_max_s`.
 Nothing else in the project reads `os.environ`: code takes a `Settings` (tests build one directly) or calls
-`get_settings()`. (The one exception is `PROMETHEUS_MULTIPROC_DIR`, the hand-off prometheus_client itself
-defines between the supervisor and its worker processes.)
+`get_settings()`. (The exceptions: `PROMETHEUS_MULTIPROC_DIR`, the hand-off prometheus_client itself defines
+between the supervisor and its worker processes, and the `OTEL_*` variables the OpenTelemetry SDK reads itself
+once tracing is on: sampling, resource attributes, batching, the exporter's timeout, compression and certificates.
+The ones that decide whether tracing is on, where spans go and how, are read here.)
 
 Secrets are checked as well as typed: a Kubernetes secret made from a file ends in a newline, which httpcore would
 refuse in a header and then quote, escaped, in its error, out of reach of redaction. So `CEKURA_API_KEY` and
@@ -125,6 +127,21 @@ class Settings(BaseSettings):
     # A start whose answer was lost is looked for by its tag this long before the job fails "outcome unknown".
     cekura_lookup_settle_s: float = Field(120.0, ge=0.01, le=3600)
 
+    # Traces (worker/tracing/), by OpenTelemetry's own variable names: off unless an OTLP endpoint is set or
+    # OTEL_TRACES_EXPORTER=otlp (the default endpoint, http://localhost:4318/v1/traces); OTLP over HTTP/protobuf.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: str = ""  # "otlp", or "none" (off whatever else is set)
+    otel_exporter_otlp_endpoint: str | None = None  # a base URL: /v1/traces is appended
+    otel_exporter_otlp_traces_endpoint: str | None = None  # the full URL, used as it is
+    otel_exporter_otlp_protocol: str | None = None  # only http/protobuf is shipped
+    otel_exporter_otlp_traces_protocol: str | None = None
+    otel_exporter_otlp_headers: SecretStr | None = None  # `key=value,...`, e.g. a vendor's API key
+    otel_exporter_otlp_traces_headers: SecretStr | None = None
+    otel_service_name: str = Field("cekura-worker", min_length=1, max_length=256)
+    # The console links a job's trace id here: any http(s) URL with `{trace_id}`, e.g. Jaeger's
+    # http://jaeger:16686/trace/{trace_id}
+    cekura_trace_url_template: str | None = None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -220,6 +237,41 @@ class Settings(BaseSettings):
                 raise ValueError(f"{kind}: max_s must be at least initial_s and min_s")
         return value
 
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as http://otel-collector:4318")
+        return value.strip()
+
+    @field_validator("otel_exporter_otlp_protocol", "otel_exporter_otlp_traces_protocol")
+    @classmethod
+    def _check_otlp_protocol(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.strip() != "http/protobuf":
+            raise ValueError("only http/protobuf is supported (the OTLP/HTTP exporter is what ships)")
+        return value.strip()
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _check_traces_exporter(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "otlp", "none"):
+            raise ValueError("must be otlp or none (the OTLP/HTTP exporter is the one that ships)")
+        return value.strip().lower()
+
+    @field_validator("cekura_trace_url_template")
+    @classmethod
+    def _check_trace_url_template(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "{trace_id}" not in value or urlsplit(value.strip()).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL holding {trace_id}, e.g. http://jaeger:16686/trace/{trace_id}")
+        return value.strip()
+
     @model_validator(mode="after")
     def _check_learning(self) -> Settings:
         if self.cekura_learn_window_jobs < 2 * self.cekura_learn_warmup_jobs:
@@ -245,6 +297,15 @@ class Settings(BaseSettings):
         CEKURA_LEASE_S is at least twice CEKURA_HTTP_TIMEOUT_S, so this is never shorter than one socket operation.
         """
         return self.cekura_lease_s * DEFAULT_CALL_LIMIT_SHARE
+
+    @property
+    def tracing_on(self) -> bool:
+        """Whether this configuration turns traces on: an OTLP endpoint is set or OTEL_TRACES_EXPORTER=otlp, and
+        neither OTEL_SDK_DISABLED=true nor OTEL_TRACES_EXPORTER=none."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter == "none":
+            return False
+        endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        return endpoint is not None or self.otel_traces_exporter == "otlp"
 
     @property
     def redis_url_redacted(self) -> str:

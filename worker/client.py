@@ -9,7 +9,8 @@
     client.retry(job_id, force=True)       # even one whose start's outcome is unknown (it may run twice)
 
 It validates exactly as the request stream does and raises `InvalidRequest` with the same messages, for any input
-it can't accept, before sending anything.
+it can't accept, before sending anything. Submissions and retries carry the caller's current OpenTelemetry trace
+context (the API's global propagator, W3C trace context by default), so the job continues the caller's trace.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from worker.errors import InvalidRequest
 from worker.intake import requests, submission
 from worker.redact import redact
 from worker.runtime.connection import connect
-from worker.store.jobs import RESULT_FIELDS, JobStore, iso_from_ms
+from worker.store.jobs import RESULT_FIELDS, TRACE_FIELDS, JobStore, iso_from_ms
+from worker.tracing.context import current as current_trace
 
 _JSON_FIELDS = ("params", "metadata", "result")
 _MS_FIELDS = {
@@ -37,7 +39,7 @@ _MS_FIELDS = {
     "next_poll_ms": "next_poll_at",
     "started_ms": "started_at",
 }
-_INTERNAL = {"lease", "updated_ms", "seq"}
+_INTERNAL = {"lease", "updated_ms", "seq", "trace_polls_ms"}
 
 
 class Client:
@@ -85,14 +87,23 @@ class Client:
         deadline_s: float | None = None,
     ) -> str:
         """Submit a job and return its id; the same `job_id` again returns the existing job."""
+        traceparent, tracestate = current_trace()
         request = requests.build(
-            kind, params, job_id=job_id, metadata=metadata, deadline_s=deadline_s, settings=self.settings
+            kind,
+            params,
+            job_id=job_id,
+            metadata=metadata,
+            deadline_s=deadline_s,
+            settings=self.settings,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         return submission.submit(self.store, self.broker, request).job_id
 
     def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """Submit several jobs (each a dict of `submit`'s arguments); all are validated before any is sent."""
         built = []
+        traceparent, tracestate = current_trace()
         for item in items:
             if not isinstance(item, Mapping):
                 raise InvalidRequest(f"each item must be a mapping of submit's arguments, got {type(item).__name__}")
@@ -104,6 +115,8 @@ class Client:
                     metadata=item.get("metadata"),
                     deadline_s=item.get("deadline_s"),
                     settings=self.settings,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
                 )
             )
         return [submission.submit(self.store, self.broker, request).job_id for request in built]
@@ -136,7 +149,10 @@ class Client:
         and, unless `force`, for a job whose start must not repeat and may have reached Cekura (its outcome is
         unknown: Cekura may still be running the first operation, and a retry may start a second one).
         """
-        outcome = submission.retry(self.store, self.broker, job_id, new_job_id, force=force)
+        traceparent, tracestate = current_trace()
+        outcome = submission.retry(
+            self.store, self.broker, job_id, new_job_id, force=force, traceparent=traceparent, tracestate=tracestate
+        )
         if outcome.result != "submitted":
             raise InvalidRequest(outcome.message)
         return outcome.job_id
@@ -194,5 +210,6 @@ def job_view(raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def result_view(job_id: str, raw: Mapping[str, str]) -> dict[str, str]:
-    """The result-event fields of a finished job, read from its record."""
-    return {name: job_id if name == "job_id" else raw.get(name, "") for name in RESULT_FIELDS}
+    """The result-event fields of a finished job, read from its record (with its trace context, as the event)."""
+    event = {name: job_id if name == "job_id" else raw.get(name, "") for name in RESULT_FIELDS}
+    return event | {name: raw[name] for name in TRACE_FIELDS if raw.get(name)}

@@ -34,7 +34,15 @@ class CekuraError(CekuraWorkerError):
 
 
 class PermanentError(CekuraError):
-    """Raised when Cekura refuses a request or answers nonsense; retrying would not help."""
+    """Raised when Cekura refuses a request or answers nonsense; retrying would not help.
+
+    `refused` is True only when Cekura itself answered with a 4xx refusal: the request certainly did nothing there.
+    An answer that can't be used (too large, not JSON, an unexpected status such as 204) may come after Cekura
+    acted on the request."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, refused: bool = False) -> None:
+        super().__init__(message, status_code=status_code)
+        self.refused = refused
 
 
 class TransientError(CekuraError):

@@ -6,21 +6,26 @@ secrets (a provider `api_key`) are not registered, which would grow the list wit
 holds one passes it as `extra` to the texts it produces.
 
 A secret rarely leaks as itself: an exception quotes it with `repr()` (h11 refuses a header value and shows
-`b'sk-...\\n'`), a JSON document escapes it, a URL percent-encodes it. So each secret is masked in every form in
-`variants()`. They are worked out once, when the secret is registered, because `redact()` runs on every string
-of every log line, and they are tested only in a text that holds a part they all share: a text without a secret
-costs one substring test per secret, as it did before the forms were added.
+`b'sk-...\\n'`), a JSON document escapes it (`\\/`, `\\u002f`), a URL percent-encodes it (`%2F` or `%2f`), an HTML
+page writes `&#47;`, an error page shouts it in upper case, a proxy quotes it base64-encoded. So each secret is
+matched by one pattern (`_pattern`) in which each of its characters may take any of those spellings, in any mix
+and any case, and by its base64 forms. The pattern is worked out once per secret, because `redact()` runs on every
+string of every log line, and it runs only on a text that holds one of the secret's anchors (`_anchors`): a text
+without a secret costs one `lower()` and a few substring tests per secret.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import functools
+import html.entities
 import json
 import re
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote, quote_plus, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -28,57 +33,115 @@ if TYPE_CHECKING:
 #: Secrets shorter than this are not masked (they would mask ordinary words), so settings and params refuse them.
 DEFAULT_MIN_SECRET_LEN = 4
 
+#: A base64 form shorter than this is not masked: too short to belong to the secret alone.
+DEFAULT_MIN_BASE64_CHARS = 8
+
+#: Per-job secrets whose matchers are kept, so a job's steps don't work them out on every call.
+DEFAULT_EXTRA_CACHE = 256
+
 MASK = "***"
 
-#: Characters every escaped form keeps as they are, so a run of them in a secret appears verbatim in each form.
-_PLAIN_RUN = re.compile(r"[A-Za-z0-9_.~-]+")
+#: Letters and digits: every form but one that escapes letters too keeps them (in some case), so a run of them in a
+#: secret is in the lower-cased text wherever a form of the secret is.
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9]+")
+_URLSAFE = str.maketrans("+/", "-_")
 
-#: A secret's forms, longest first, under an anchor they all contain (tested first, so a text without it costs
-#: one substring test per secret).
-_Group = tuple[str, tuple[str, ...]]
+#: HTML5's named character references, by the character they stand for (`&sol;` for '/', `&amp;` for '&').
+_NAMED: dict[str, list[str]] = {}
+for _name, _char in html.entities.html5.items():
+    _NAMED.setdefault(_char, []).append(_name)
+
+
+@dataclass(frozen=True, eq=False)
+class _Matcher:
+    """One secret's pattern, run only on a text whose lower-cased form holds one of its `anchors`, or, when it
+    holds `\\u00`-escapes, its `escaped` anchor."""
+
+    anchors: tuple[str, ...]
+    escaped: str
+    pattern: re.Pattern[str]
+    size: int
+
 
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
-_groups: tuple[_Group, ...] = ()
+_matchers: tuple[_Matcher, ...] = ()
 
 
-def variants(secret: str) -> tuple[str, ...]:
-    """`secret` and each distinct escaped form it can take in an error message, a JSON text or a URL, longest first.
+def _spellings(char: str) -> str:
+    """A regex for every way one character of a secret is written in the forms masked: as itself; escaped by
+    `repr()` (of the string or of its UTF-8 bytes), by JSON (`\\uXXXX`, surrogate pairs, `\\/`) or with a backslash
+    (`\\'`); percent-encoded (`+` for a space); as an HTML named or numeric reference (decimal or hex)."""
+    code = ord(char)
+    utf8 = char.encode("utf-8", "surrogatepass")
+    forms = {char, repr(char)[1:-1], json.dumps(char)[1:-1], "".join(f"\\x{b:02x}" for b in utf8)}
+    forms.add("".join(f"%{b:02x}" for b in utf8))
+    if code < 0x10000:
+        forms.add(f"\\u{code:04x}")
+    else:
+        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+        forms |= {f"\\u{high:04x}\\u{low:04x}", f"\\U{code:08x}"}
+    if code < 0x100:
+        forms.add(f"\\x{code:02x}")
+    if char.isascii() and not char.isalnum() and char.isprintable():
+        forms.add("\\" + char)
+    if char == " ":
+        forms.add("+")
+    forms |= {f"&{name}" for name in _NAMED.get(char, ())}
+    # Grouped by their first character, so the pattern (compiled once per secret) stays short.
+    escapes = sorted((re.escape(form[1:]) for form in forms if form.startswith("\\") and form != "\\"), key=len)
+    plain = sorted((re.escape(form) for form in forms if not form.startswith("\\") or form == "\\"), key=len)
+    alternatives = [*reversed(plain), r"\\+(?:" + "|".join(reversed(escapes)) + ")", rf"&\#(?:0*{code}|x0*{code:x});"]
+    return "(?:" + "|".join(alternatives) + ")"
 
-    The forms: Python's `repr()` of the string and of its UTF-8 bytes (without the quotes), JSON-escaped with and
-    without `ensure_ascii`, percent-encoded as a path (`quote`), a query component and a form value, HTML-escaped
-    (with and without quotes), and the secret without surrounding whitespace.
-    """
-    forms = {
-        secret,
-        secret.strip(),
-        html.escape(secret),
-        html.escape(secret, quote=False),
-        repr(secret)[1:-1],
-        repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        quote(secret),
-        quote(secret, safe=""),
-        quote_plus(secret),
-    }
-    return tuple(sorted(forms, key=len, reverse=True))
+
+def _pattern(secret: str) -> str:
+    """Case-insensitive: each character of the secret in any spelling (surrounding whitespace optional, since some
+    forms drop it)."""
+    core = secret.strip()
+    start = len(secret) - len(secret.lstrip())
+    lead, trail = secret[:start], secret[start + len(core) :]
+    optional = ["".join(_spellings(c) + "?" for c in part) for part in (lead, trail)]
+    return "(?i:" + optional[0] + "".join(_spellings(c) for c in core) + optional[1] + ")"
 
 
-def _group(secret: str) -> _Group:
-    # The longest run of plain characters is in every form; a secret with none falls back to testing each form.
-    anchor = max(_PLAIN_RUN.findall(secret), key=len, default="")
-    return anchor, variants(secret)
+def _base64_forms(secret: str) -> list[tuple[str, str]]:
+    """The part of base64(prefix + secret) that the secret alone decides, for the 3 alignments a prefix of 0, 1 or 2
+    bytes gives it (a `user:password` pair, say), standard and URL-safe; only those long enough to be specific."""
+    data = secret.encode("utf-8", "surrogatepass")
+    forms = []
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + data).decode()
+        middle = encoded[(8 * pad + 5) // 6 : 8 * (pad + len(data)) // 6]
+        if len(middle) >= DEFAULT_MIN_BASE64_CHARS:
+            forms.append((middle, middle.translate(_URLSAFE)))
+    return forms
+
+
+@functools.lru_cache(maxsize=DEFAULT_EXTRA_CACHE)
+def _matcher(secret: str) -> _Matcher:
+    # The longest run of plain characters is in every form but those escaping letters too, and one that escapes
+    # every character holds its first one's `\u00XX`; each base64 form (standard and URL-safe alike) holds its
+    # longest alphanumeric run. A secret with no plain character is always tried.
+    run = max(_PLAIN_RUN.findall(secret), key=len, default="")
+    anchors = {run.lower()}
+    encoded = _base64_forms(secret)
+    for standard, urlsafe in encoded:
+        part = max(_PLAIN_RUN.findall(standard), key=len, default="")
+        anchors |= {part.lower()} if len(part) >= DEFAULT_MIN_SECRET_LEN else {standard.lower(), urlsafe.lower()}
+    forms = sorted({form for pair in encoded for form in pair}, key=len, reverse=True)
+    pattern = re.compile("|".join([_pattern(secret), *map(re.escape, forms)]))
+    return _Matcher(tuple(sorted(anchors)), f"u{ord(run[0]):04x}" if run else "", pattern, len(secret))
 
 
 def register(values: Iterable[str | None]) -> None:
-    """Remember secrets, with every escaped form of each, to mask from now on in this process."""
-    global _secrets, _groups
-    fresh = {v for v in values if v and len(v) >= DEFAULT_MIN_SECRET_LEN}
+    """Remember secrets, with the pattern for every form of each, to mask from now on in this process."""
+    global _secrets, _matchers
+    fresh = {v for v in values if v and len(v.strip()) >= DEFAULT_MIN_SECRET_LEN}
     if fresh - _secrets:
         with _lock:
             added = sorted(fresh - _secrets)
-            _groups = _groups + tuple(_group(secret) for secret in added)
+            _matchers = _matchers + tuple(_matcher(secret) for secret in added)
             _secrets = _secrets | fresh
 
 
@@ -92,18 +155,23 @@ def register_settings(settings: Settings) -> None:
     register([key, password, unquote(password) if password else None, sentinel, webhook])
 
 
-def _mask(text: str, groups: Iterable[_Group]) -> str:
-    # Every form of every secret that occurs, longest first: a secret that contains another (a password that is a
-    # prefix of the API key, say) is masked whole before the shorter one could cut it apart.
-    found = {form for anchor, forms in groups if anchor in text for form in forms if form and form in text}
-    for form in sorted(found, key=len, reverse=True):
-        text = text.replace(form, MASK)
+def _mask(text: str, matchers: tuple[_Matcher, ...]) -> str:
+    # Longest secret first: a secret that contains another (a password that is a prefix of the API key, say) is
+    # masked whole before the shorter one could cut it apart.
+    if not matchers:
+        return text
+    lowered = text.lower()
+    found = [m for m in matchers for anchor in m.anchors if anchor in lowered]
+    if "u00" in lowered:
+        found += [m for m in matchers if m.escaped in lowered]
+    for matcher in sorted(set(found), key=lambda m: m.size, reverse=True):
+        text = matcher.pattern.sub(MASK, text)
     return text
 
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:
     """`text` with every registered secret, and each of `extra`, replaced by `***` in any of its escaped forms."""
     if extra:
-        extra_groups = tuple(_group(secret) for secret in extra if len(secret.strip()) >= DEFAULT_MIN_SECRET_LEN)
-        return _mask(text, _groups + extra_groups)
-    return _mask(text, _groups)
+        extras = tuple(_matcher(secret) for secret in extra if len(secret.strip()) >= DEFAULT_MIN_SECRET_LEN)
+        return _mask(text, _matchers + extras)
+    return _mask(text, _matchers)

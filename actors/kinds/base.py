@@ -5,23 +5,29 @@ Cekura operation is one small file in this folder. Where operations differ in mo
 so with a rule rather than new control flow: where the start answer carries the id to poll with
 (`progress_id_field`), how to read a status from a progress answer (`status_of`), a verdict computed from the
 final answer (`verdict`), the status words that wait for a person's answer (`waiting`, `answer_path`), whether
-its start may be sent twice (`repeatable_start`), its polling cadence and its default deadline. Shared rules live
-in `actors/kinds/rules.py`.
+its start may be sent twice (`repeatable_start`), its polling cadence, how much of the work a running answer says
+is done (`progress_of`) and its default deadline. Shared rules live in `actors/kinds/rules.py`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from worker.cekura.polling import PollPlan
+from worker.cekura.progress import Progress
 from worker.errors import InvalidRequest
 from worker.redact import DEFAULT_MIN_SECRET_LEN
+
+#: An HTTP authentication scheme and its credential, in a header value.
+_AUTH_SCHEME = re.compile(r"(?i)(bearer|basic|token|bot|apikey|api-key|key|dpop|digest|negotiate|ntlm)\s+(\S.*)")
 
 
 class Outcome(StrEnum):
@@ -60,6 +66,11 @@ def status_field(answer: Mapping[str, Any]) -> str | None:
     return status if isinstance(status, str) else None
 
 
+def no_progress(answer: Mapping[str, Any]) -> Progress | None:
+    """The default progress rule: the answer counts nothing (the kind polls on its schedule alone)."""
+    return None
+
+
 def session_cancel_body(session_id: int | None, progress_id: str) -> dict[str, Any] | None:
     """The default cancel body: the scenario agent's `{"session_id": ...}`."""
     return {"session_id": session_id}
@@ -88,6 +99,23 @@ def json_body(params: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[
     """The start body: the params as given, secrets revealed (they are meant for Cekura), minus `exclude`."""
     body = params.model_dump(mode="python", exclude_unset=True, exclude=set(exclude))
     return {key: _reveal(value) for key, value in body.items()}
+
+
+def credentials(value: str) -> list[str]:
+    """The credential in an `Authorization`-style value (`Bearer <token>`, `Basic <base64>`, `Token <t>`...), which
+    a server may quote without its scheme; for `Basic`, also the decoded `user:password` and the password. Only
+    parts long enough to be masked."""
+    match = _AUTH_SCHEME.fullmatch(value.strip())
+    if match is None:
+        return []
+    found = [match[2]]
+    if match[1].lower() == "basic":
+        try:
+            decoded = base64.b64decode(match[2], validate=True).decode()
+        except ValueError:  # not base64, or not UTF-8 once decoded
+            decoded = ""
+        found += [decoded, decoded.partition(":")[2]]
+    return [part for part in found if len(part.strip()) >= DEFAULT_MIN_SECRET_LEN]
 
 
 def _reveal(value: Any) -> Any:
@@ -148,6 +176,9 @@ class JobKind:
     repeatable_start: bool = True
     #: The declared polling cadence (learned schedules start from it); None fields take the settings.
     poll_plan: PollPlan = field(default_factory=PollPlan)
+    #: How much of the operation a running answer says is done, as counts of its parts (None: it doesn't say);
+    #: the next poll is then put off while the parts left can't all be done before it (`worker/cekura/progress.py`).
+    progress_of: Callable[[Mapping[str, Any]], Progress | None] = no_progress
     #: Deadline for a request that names none (seconds); None takes CEKURA_JOB_DEADLINE_S.
     default_deadline_s: float | None = None
     #: Cekura announces the end of this kind's operation with a result webhook: with CEKURA_WEBHOOKS on, a webhook
@@ -206,15 +237,23 @@ class JobKind:
         return out
 
     def with_secrets(self, raw: Mapping[str, Any], stored: Mapping[str, str]) -> Params:
-        """The params from a job's public params and its stored secrets (see `secrets`)."""
+        """The params from a job's public params and its stored secrets (see `secrets`). Params that no longer
+        validate (stored by an older version) raise a `ValueError` naming only the fields and the kinds of problem:
+        pydantic's own text quotes each input value, the secrets among them."""
         merged = dict(raw)
         for name, text in stored.items():
             merged[name] = json.loads(text) if self.params.model_fields[name].annotation != SecretStr | None else text
-        return self.validate(merged)
+        try:
+            return self.validate(merged)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['type']}" for error in errors)
+        raise ValueError(f"the job's params no longer validate ({problems})")
 
     @staticmethod
     def secret_values(stored: Mapping[str, str]) -> tuple[str, ...]:
-        """Every secret text in stored secrets, to be masked: each value, and each value of a JSON mapping."""
+        """Every secret text in stored secrets, to be masked: each value, and each value of a JSON mapping, with
+        the credential of a header value such as `Bearer <token>` on its own (see `credentials`)."""
         values: list[str] = []
         for text in stored.values():
             values.append(text)
@@ -225,7 +264,16 @@ class JobKind:
                     continue
                 if isinstance(mapping, dict):
                     values.extend(str(item) for item in mapping.values())
-        return tuple(values)
+        return tuple(values + [part for value in values for part in credentials(value)])
+
+    def progress(self, answer: Mapping[str, Any]) -> Progress | None:
+        """The kind's `progress_of` of a running answer; None for anything it can't read (never raises: a
+        progress rule only ever tunes the next poll)."""
+        try:
+            found = self.progress_of(answer)
+        except Exception:  # a free-form answer no rule foresaw
+            return None
+        return found if isinstance(found, Progress) and 0 <= found.done <= found.total else None
 
     def outcome(self, cekura_status: str) -> Outcome | None:
         """The terminal outcome for a Cekura status word, or None while the job is still running."""

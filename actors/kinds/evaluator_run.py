@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from actors.kinds.base import JobKind, Outcome, Params, json_body
-from actors.kinds.rules import all_runs_passed
+from actors.kinds.rules import all_runs_passed, run_progress
 from worker.cekura.polling import PollPlan
 
 
@@ -46,6 +46,7 @@ KIND = JobKind(
     cancel_body=lambda session_id, progress_id: None,
     repeatable_start=False,  # a second run_scenarios would place every call twice
     poll_plan=PollPlan(initial_s=30.0, factor=1.0, max_s=60.0),  # Cekura's GitHub Action polls every 30 s
+    progress_of=run_progress,  # runs done of total: polls put off, up to 60 s, while many runs are left
     default_deadline_s=3 * 3600,
     webhooks=True,  # Cekura POSTs result.completed to the project's webhook_url
     tag_field="name",  # "<name> [cw:<job id>]", found again with results/?search= when the start answer is lost

@@ -7,14 +7,42 @@ from typing import Any
 
 from actors.kinds.base import Outcome
 from actors.kinds.values import json_object
+from worker.cekura.progress import Progress
 
 #: How many failed runs an evaluator verdict names (the result event holds them all).
 DEFAULT_NAMED_RUNS = 10
+#: Run statuses that mean the run is over, for a result that lists its runs but gives no counts.
+FINISHED_RUN_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled", "error"})
 
 
 def _count(answer: Mapping[str, Any], name: str) -> int | None:
     value = answer.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(answer: Mapping[str, Any], name: str) -> int | None:
+    """A count that may come as an integer or as digits (the published Result schema types counts as strings)."""
+    value = answer.get(name)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return _count(answer, name)
+
+
+def run_progress(answer: Mapping[str, Any]) -> Progress | None:
+    """An evaluator result's progress: runs done of `total_runs_count`. Done is `completed_runs_count`, or
+    `success_runs_count + failed_runs_count` if more, or, with neither, the runs listed with a finished status."""
+    total = _number(answer, "total_runs_count")
+    if total is None or total <= 0:
+        return None
+    completed, success, failed = (_number(answer, f"{name}_runs_count") for name in ("completed", "success", "failed"))
+    if completed is None and success is None and failed is None:
+        listed = runs(answer)
+        if not listed:
+            return None
+        done = sum(1 for run in listed if run.get("status") in FINISHED_RUN_STATUSES)
+    else:
+        done = max(completed or 0, (success or 0) + (failed or 0))
+    return Progress(min(done, total), total)
 
 
 def status_or_counts(answer: Mapping[str, Any]) -> str | None:

@@ -105,6 +105,7 @@ def test_a_mark_on_a_job_that_is_not_starting_is_lost(client: Client, rt: Runtim
 
 def test_a_mark_for_a_key_that_is_not_a_job_is_refused(rt: Runtime) -> None:
     rt.redis.set(rt.store.job_key("stray"), "another program's value")
-    fake = Claim(ClaimVerdict.OK, now_ms=1, job=JobRecord(seq=0, kind="scenario.generate", params="{}", start_claim=1))
+    record = JobRecord(seq=0, kind="scenario.generate", params="{}", start_claim="1:1")
+    fake = Claim(ClaimVerdict.OK, now_ms=1, job=record)
     assert rt.store.mark_start_sent("stray", fake) == "corrupt"
     assert rt.store.mark_start_sent("absent", fake) == "gone"

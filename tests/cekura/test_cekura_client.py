@@ -253,7 +253,7 @@ def test_an_api_key_httpcore_refuses_is_never_quoted(serve: Any, connect: Any) -
 
 def test_a_network_errors_text_is_redacted(serve: Any, monkeypatch: pytest.MonkeyPatch, connect: Any) -> None:
     monkeypatch.setattr(redact, "_secrets", frozenset())
-    monkeypatch.setattr(redact, "_groups", ())
+    monkeypatch.setattr(redact, "_matchers", ())
     redact.register([API_KEY])
     server = serve(lambda n: Reply(f"HTTQ/1.1 200 {API_KEY}\r\n\r\n".encode()))  # h11 quotes the bad status line
     client = connect(settings_for(server))
@@ -295,6 +295,25 @@ def test_a_pathological_answer_is_a_permanent_error(
 
     assert str(caught.value).startswith(f"invalid response from {START_PATH}: {reason}")
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("progress_id", [f"op-{API_KEY}", API_KEY.upper(), "sk-job-secret-77"])
+def test_a_progress_id_quoting_a_secret_is_an_invalid_answer(
+    serve: Any, connect: Any, monkeypatch: pytest.MonkeyPatch, progress_id: str
+) -> None:
+    monkeypatch.setattr(redact, "_secrets", frozenset())
+    monkeypatch.setattr(redact, "_matchers", ())
+    redact.register([API_KEY])
+    kind = KINDS["agent.toggle_mock_tools"]
+    params = kind.validate({"agent_id": 6, "enabled": True, "api_key": "sk-job-secret-77"})
+    server = serve(lambda n: Reply(answer(b'{"progress_id": "' + progress_id.encode() + b'"}')))
+    client = connect(settings_for(server))
+
+    with pytest.raises(PermanentError) as caught:
+        client.start(kind, params)
+
+    assert str(caught.value).endswith(": progress_id quotes a secret") and caught.value.status_code == 200
+    assert progress_id not in str(caught.value)
 
 
 def test_a_paired_surrogate_escape_decodes_as_its_character(serve: Any, connect: Any) -> None:

@@ -59,6 +59,18 @@ def test_a_redelivered_bad_entry_publishes_its_rejection_once(rt: Runtime, clien
     assert rt.store.get("bad-twice") is None
 
 
+def test_a_rejection_masks_the_requests_own_secret_params(rt: Runtime, client: Client) -> None:
+    key, token = "sk-own-provider-key-0451", "mcp-own-token-7718"
+    headers = {"Authorization": f"Bearer {token}"}
+    _xadd(rt, {"kind": key, "params": {"api_key": key}, "job_id": "own-1"})  # an unknown kind: the key itself
+    _xadd(rt, {"action": f"stop {token}", "job_id": "own-2", "params": {"mcp_server_headers": headers}})
+    assert _intake(rt).read_once() == 2
+    events = _events(client)
+    assert [e["status"] for e in events] == ["rejected", "rejected"]
+    assert "***" in events[0]["error"] and "***" in events[1]["error"]
+    assert key not in json.dumps(events) and token not in json.dumps(events)
+
+
 def test_a_redelivered_entry_with_a_job_id_makes_one_job(rt: Runtime) -> None:
     intake = _intake(rt)
     entry_id = _xadd(rt, {"kind": "agent.auto_fetch", "params": {"agent_id": 5}, "job_id": "redelivered"})

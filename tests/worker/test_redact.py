@@ -3,8 +3,10 @@ a JSON text or a URL gives it."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
@@ -13,7 +15,7 @@ import pytest
 
 from config.settings import load_settings
 from worker import redact
-from worker.redact import MASK, register, register_settings, variants
+from worker.redact import MASK, register, register_settings
 
 #: A secret with a character each kind of escaping rewrites: a newline, a quote, a slash, a plus, a space, an é.
 ODD_SECRET = "sk-odd/se+cret 'é'\n"
@@ -31,14 +33,25 @@ FORMS: dict[str, Callable[[str], str]] = {
     "stripped": str.strip,
     "HTML": html.escape,
     "HTML, quotes kept": lambda s: html.escape(s, quote=False),
+    "JSON, slashes escaped (PHP)": lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
+    "JSON, every character \\u-escaped": lambda s: "".join(f"\\u{ord(c):04x}" for c in s),
+    "JSON in a JSON string": lambda s: json.dumps(json.dumps(s))[3:-3],
+    "URL component, lower-case hex": lambda s: re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(s, safe="")),
+    "HTML decimal references": lambda s: "".join(c if c.isalnum() else f"&#{ord(c)};" for c in s),
+    "HTML hex references": lambda s: "".join(c if c.isalnum() else f"&#x{ord(c):X};" for c in s),
+    "upper case": str.upper,
+    "swapped case": str.swapcase,
 }
+
+#: A prefix base64-encoded with the secret (a Basic credential's `user:`), for each of the 3 alignments.
+PREFIXES = ("", "u:", "us:")
 
 
 @pytest.fixture(autouse=True)
 def no_registered_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with nothing registered, and what it registers is forgotten afterwards."""
     monkeypatch.setattr(redact, "_secrets", frozenset())
-    monkeypatch.setattr(redact, "_groups", ())
+    monkeypatch.setattr(redact, "_matchers", ())
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -67,17 +80,28 @@ def test_h11s_error_for_an_api_key_ending_in_a_newline_is_masked() -> None:
     assert MASK in masked
 
 
-def test_forms_are_worked_out_at_registration_without_duplicates() -> None:
-    assert variants("sk-plain-0123_abc.XYZ~") == ("sk-plain-0123_abc.XYZ~",)  # every form alike: one test
-    forms = variants(ODD_SECRET)
-    assert len(forms) == len(set(forms))
-    assert set(forms) == {make(ODD_SECRET) for make in FORMS.values()}
-    assert [len(f) for f in forms] == sorted((len(f) for f in forms), reverse=True)  # longest masked first
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_the_base64_of_a_secret_is_masked_whatever_precedes_it(prefix: str, encode: Callable[[bytes], bytes]) -> None:
+    secret = "sk-b64/se+cret-0123456789?>"
+    encoded = encode(f"{prefix}{secret}!".encode()).decode()
+    masked = redact.redact(f"Basic {encoded}", (secret,))
+    assert MASK in masked
+    assert len(masked) - len(f"Basic {MASK}") <= 8  # only characters that carry bits of the prefix or suffix remain
 
+
+def test_a_secret_mixing_spellings_is_masked() -> None:
+    secret = "sk-mix/se+cret&x"
+    shown = "SK-mix\\u002fse%2bCRET&amp;x"  # JSON, percent, HTML and case changes in one text
+    assert redact.redact(f"<{shown}>", (secret,)) == f"<{MASK}>"
+
+
+def test_a_secrets_pattern_is_worked_out_once_at_registration() -> None:
     register([ODD_SECRET])
-    [(anchor, registered)] = redact._groups
-    assert registered == forms
-    assert all(anchor in form for form in forms)
+    [matcher] = redact._matchers
+    register([ODD_SECRET])
+    assert redact._matchers == (matcher,)
+    assert all(anchor == anchor.lower() for anchor in matcher.anchors)  # tested in the lower-cased text
 
 
 def test_text_without_a_secret_is_returned_unchanged() -> None:
@@ -98,3 +122,14 @@ def test_the_redis_password_is_masked_as_written_in_the_url_and_decoded() -> Non
     assert redact.redact("AUTH p@ss/word-1 failed") == f"AUTH {MASK} failed"
     assert redact.redact("url redis://:p%40ss%2Fword-1@redis.internal/0") == f"url redis://:{MASK}@redis.internal/0"
     assert redact.redact("key 'sk-settings-key'") == f"key '{MASK}'"
+
+
+def test_a_header_values_credential_is_masked_without_its_scheme() -> None:
+    from actors.kinds.base import JobKind
+
+    basic = base64.b64encode(b"ops:pa55word-77").decode()
+    headers = {"Authorization": "Bearer mcp-tok-0123", "X-Proxy": f"Basic {basic}", "X-Other": "Token ab"}
+    secrets = JobKind.secret_values({"mcp_server_headers": json.dumps(headers)})
+    assert "ab" not in secrets  # a credential too short to mask is not listed on its own
+    text = "invalid token mcp-tok-0123; user ops:pa55word-77 (password pa55word-77) sent " + basic
+    assert redact.redact(text, secrets) == f"invalid token {MASK}; user {MASK} (password {MASK}) sent {MASK}"

@@ -132,12 +132,12 @@ class CekuraClient:
             self._connections.discard(connection)
         connection.close()
 
-    def start(self, kind: JobKind, params: Params, *, job_id: str = "", time_left_s: float = math.inf) -> Started:
-        """Start the operation; a kind with a `tag_field` gets `job_id`'s tag in it (`worker.cekura.lookup`)."""
+    def start(self, kind: JobKind, params: Params, *, tag: str = "", time_left_s: float = math.inf) -> Started:
+        """Start the operation; a kind with a `tag_field` gets the job's `tag` in it (`worker.cekura.lookup`)."""
         path, _ = kind.paths(params)
         body = kind.start_body(params)
-        if kind.tag_field and job_id and body is not None:
-            body = {**body, kind.tag_field: lookup.with_tag(body.get(kind.tag_field), job_id)}
+        if kind.tag_field and tag and body is not None:
+            body = {**body, kind.tag_field: lookup.with_tag(body.get(kind.tag_field), tag)}
         secrets = kind.secret_values(kind.secrets(params))
         if not kind.repeatable_start:
             # A kept-alive connection the server closed while idle fails only once the request is written, and
@@ -149,6 +149,10 @@ class CekuraClient:
             progress_id = str(progress_id)
         if not isinstance(progress_id, str) or not progress_id or len(progress_id) > 512:
             raise PermanentError(f"invalid response from {path}: no usable {kind.progress_id_field}", status_code=200)
+        if redact(progress_id, secrets) != progress_id:  # the id is stored, logged and published: never a secret
+            raise PermanentError(
+                f"invalid response from {path}: {kind.progress_id_field} quotes a secret", status_code=200
+            )
         if kind.polls_by_path and not (progress_id.isascii() and progress_id.isdigit()):
             raise PermanentError(
                 f"invalid response from {path}: {kind.progress_id_field} is not an integer", status_code=200
@@ -171,10 +175,10 @@ class CekuraClient:
             raise PermanentError(f"invalid response from {path}: no status")
         return status, data
 
-    def find(self, kind: JobKind, job_id: str, *, time_left_s: float = math.inf) -> dict[str, Any]:
-        """The kind's results list filtered by the job's tag (one page): see `worker.cekura.lookup`."""
+    def find(self, kind: JobKind, tag: str, *, time_left_s: float = math.inf) -> dict[str, Any]:
+        """The kind's results list filtered by a job's tag (one page): see `worker.cekura.lookup`."""
         assert kind.lookup_path is not None
-        query = f"search={quote(lookup.tag(job_id), safe='')}&page_size={lookup.DEFAULT_PAGE_SIZE}".encode()
+        query = f"search={quote(tag, safe='')}&page_size={lookup.DEFAULT_PAGE_SIZE}".encode()
         return self._call("GET", kind.lookup_path, query=query, secrets=(), time_left_s=time_left_s)
 
     def answer(
@@ -313,15 +317,16 @@ class CekuraClient:
             return RateLimited(f"{where} (rate limited)", retry_after_s=DEFAULT_RETRY_AFTER_S if wait is None else wait)
         if status >= 500:
             return TransientError(f"{where}", status_code=status)
+        refused = 400 <= status < 500  # Cekura said no: the request did nothing there
         if status in (404, 405):
             return PermanentError(
-                f"{where}: operation not available or resource not found: {excerpt}", status_code=status
+                f"{where}: operation not available or resource not found: {excerpt}", status_code=status, refused=True
             )
         if status == 401:
-            return PermanentError(f"{where}: the Cekura API key was refused", status_code=status)
+            return PermanentError(f"{where}: the Cekura API key was refused", status_code=status, refused=True)
         if status == 403:
-            return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status)
-        return PermanentError(f"{where}: {excerpt}", status_code=status)
+            return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status, refused=True)
+        return PermanentError(f"{where}: {excerpt}", status_code=status, refused=refused)
 
 
 def _relative_to_server_date(retry_after: str, date: str | None) -> str:

@@ -3,14 +3,18 @@
 Cekura has no idempotency key, so a start whose answer was lost (a read timeout, a dropped connection, a 5xx after
 sending) may or may not have started the operation. For a kind that declares `tag_field` and `lookup_path` (evaluator
 runs: a run's `name`, and the results list filtered by `search`), every start carries a tag naming its job,
-`[cw:<job id>]`, at the end of that field, where people see it in Cekura's dashboard. The job then looks for the
-tag instead of failing: it adopts a result only when exactly one carries the tag and it was created after the job
-was submitted (so a result left by an earlier job that had the same id, or a copy, is never taken), and fails
-"outcome unknown" as before when nothing turns up within the settle window. Nothing is ever sent again.
+`[cw:<job id>~<check>]`, at the end of that field, where people see it in Cekura's dashboard. `<check>` is 10 hex
+digits of an HMAC, keyed with the Cekura API key, of the job id and its submission time: a run named by hand or by
+another job can't carry it, and a job id used again (its record expired) gets another. The job then looks for the
+tag instead of failing: it adopts a result only when exactly one ends with the tag and it was created after the
+job was submitted, and fails "outcome unknown" as before when nothing turns up within the settle window. Nothing
+is ever sent again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,15 +31,19 @@ DEFAULT_CLOCK_SKEW_S = 60.0
 DEFAULT_PAGE_SIZE = 100
 
 
-def tag(job_id: str) -> str:
-    """The tag a job's start carries."""
-    return f"[cw:{job_id}]"
+#: Hex digits of the tag's check.
+DEFAULT_CHECK_DIGITS = 10
 
 
-def with_tag(value: Any, job_id: str) -> str:
-    """`value` (a run's name, or None) with the job's tag at its end, cut to Cekura's 255 characters: the name is
+def tag(job_id: str, submitted_ms: int, key: str) -> str:
+    """The tag the start of job `job_id` (submitted at `submitted_ms`) carries; `key`: the Cekura API key."""
+    check = hmac.new(key.encode(), f"{job_id}\n{submitted_ms}".encode(), hashlib.sha256).hexdigest()
+    return f"[cw:{job_id}~{check[:DEFAULT_CHECK_DIGITS]}]"
+
+
+def with_tag(value: Any, mark: str) -> str:
+    """`value` (a run's name, or None) with the tag `mark` at its end, cut to Cekura's 255 characters: the name is
     shortened, never the tag (a job id is at most 128 characters)."""
-    mark = tag(job_id)
     text = value if isinstance(value, str) else ""
     room = DEFAULT_MAX_NAME_CHARS - len(mark) - 1
     return f"{text[:room].rstrip()} {mark}" if text.strip() else mark
@@ -52,13 +60,13 @@ class Found:
     final: bool = False
 
 
-def choose(answer: dict[str, Any], job_id: str, submitted_ms: int) -> Found:
-    """The job's result among a results-list answer (`{count, results: [...]}`), by its tag and creation time."""
-    mark = tag(job_id)
+def choose(answer: dict[str, Any], mark: str, submitted_ms: int) -> Found:
+    """The job's result among a results-list answer (`{count, results: [...]}`): the one whose name ends with the
+    job's tag `mark`, created after the job was submitted."""
     results = answer.get("results")
     if not isinstance(results, list):
         return Found(reason="the results list answered without a list of results")
-    tagged = [r for r in results if isinstance(r, dict) and isinstance(r.get("name"), str) and mark in r["name"]]
+    tagged = [r for r in results if isinstance(r, dict) and str(r.get("name") or "").rstrip().endswith(mark)]
     count = answer.get("count")
     if len(tagged) > 1 or (isinstance(count, int) and count > len(results) and tagged):
         ids = ", ".join(str(r.get("id")) for r in tagged[:5])

@@ -13,6 +13,10 @@ then CEKURA_POLL_OVERRIDES, then the CEKURA_POLL_* settings); the actors cap eac
 the claim script enforces the fleet's rate cap and 429 cooldowns. A kind with fewer than
 CEKURA_LEARN_WARMUP_JOBS jobs recorded, or whose learned schedule would not save calls, or with
 CEKURA_LEARN_POLLING off, keeps its declared schedule.
+
+A kind whose answers count what is done (`JobKind.progress_of`, issue 21) has the interval `next_delay_s` gave
+stretched by `stretch`, up to `max_s`, while the parts left can't plausibly all be done before it
+(`worker/cekura/progress.py`); from the answer and the elapsed time alone, so no Redis call either.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import structlog
 
 from config.settings import Settings
 from worker.cekura.durations import DEFAULT_BUCKETS, Distribution, Limits, Schedule, plan, spread, weights_from
+from worker.cekura.progress import Progress, stretched_delay
 from worker.store import scripts
 
 log = structlog.get_logger(__name__)
@@ -84,9 +89,23 @@ class PollingBook:
         """Seconds until the `poll`-th progress poll (1-based), `elapsed_s` after the start call answered; jitter
         (CEKURA_POLL_JITTER) included, the job's deadline not (the caller caps at it)."""
         schedule = self.schedule(kind_name, plan)
-        base = schedule.delay_after(max(0.0, elapsed_s), poll)
+        return self._jittered(schedule.delay_after(max(0.0, elapsed_s), poll))
+
+    def stretch(
+        self, kind_name: str, plan: PollPlan, delay_s: float, elapsed_s: float, progress: Progress | None
+    ) -> float:
+        """The delay before the next poll (`delay_s`, from `next_delay_s`), put off while the `progress` the last
+        answer reported (the kind's `progress_of`) says the operation can't plausibly end before it: up to the
+        kind's `max_s`, never shorter (`worker/cekura/progress.py`). Unchanged without progress or with
+        CEKURA_LEARN_POLLING off. Pure arithmetic: no Redis call."""
+        if progress is None or not self.settings.cekura_learn_polling:
+            return delay_s
+        stretched = stretched_delay(delay_s, progress, elapsed_s, self.limits(kind_name, plan).max_s)
+        return max(delay_s, self._jittered(stretched)) if stretched > delay_s else delay_s
+
+    def _jittered(self, delay_s: float) -> float:
         jitter = self.settings.cekura_poll_jitter
-        return max(0.0, base * (1 + random.uniform(-jitter, jitter))) if jitter > 0 else base
+        return max(0.0, delay_s * (1 + random.uniform(-jitter, jitter))) if jitter > 0 else delay_s
 
     def schedule(self, kind_name: str, plan: PollPlan) -> Schedule:
         """The schedule in use for a kind: from this process's copy of its histogram, read again when stale."""

@@ -1,5 +1,5 @@
 """One job as the console shows it: its record, its timeline, its result event and, for an evaluator run, the
-verdict of each run.
+verdict of each run, and its trace id (a link, with CEKURA_TRACE_URL_TEMPLATE set).
 
 Everything is read from Redis with reads bounded in entries and in bytes (`worker.console.reads`, each value cut
 to a length): the job's record (its known fields only) and its stored secrets (`secret:<id>`, only to mask them),
@@ -28,6 +28,7 @@ from worker.console import reads
 from worker.console.reads import CELL_BYTES, PAYLOAD_BYTES, SHORT_BYTES, TEXT_BYTES, Partial, clip, entry_ms, ms_of
 from worker.redact import redact
 from worker.store.jobs import iso_from_ms
+from worker.tracing.context import parse_traceparent
 
 #: Progress events read at most while building a job's timeline.
 DEFAULT_TIMELINE_SCAN = 5000
@@ -90,6 +91,7 @@ RECORD_FIELDS = {
     **dict.fromkeys(_TEXTS, TEXT_BYTES),
     "submitted_at": CELL_BYTES,
     **dict.fromkeys((*_TIMES, "next_poll_ms"), SHORT_BYTES),
+    "traceparent": SHORT_BYTES,
 }
 PAYLOAD_FIELDS = dict.fromkeys(("params", "metadata", "result"), PAYLOAD_BYTES)
 _PROGRESS_FIELDS = dict.fromkeys(("cekura_status", "current_stage", "polls", "state", "question"), CELL_BYTES)
@@ -143,6 +145,9 @@ class JobDetail:
     result: ResultEvent | None = None
     retry_of: str = ""
     retried_as: list[str] = field(default_factory=list)
+    #: The job's trace id (its span's `traceparent`), and where CEKURA_TRACE_URL_TEMPLATE says to see the trace.
+    trace_id: str = ""
+    trace_url: str = ""
 
     @property
     def state(self) -> str:
@@ -334,6 +339,10 @@ def load(client: redis.Redis, settings: Settings, job_id: str) -> JobDetail | No
         metadata=pretty(metadata_text, extra),
         retry_of=clip(retry_of, MAX_JOB_ID_CHARS, extra) if isinstance(retry_of, str) else "",
     )
+    if (context := parse_traceparent(raw.get("traceparent") or "")) is not None:
+        detail.trace_id = context.trace_id  # hex only, whatever the record held: parsed, not copied
+        template = settings.cekura_trace_url_template
+        detail.trace_url = template.replace("{trace_id}", context.trace_id) if template else ""
     timeline = _timeline(raw, fields, detail.retry_of)
     finished_ms = ms_of(raw.get("updated_ms")) if raw.get("state") == "finished" else 0
     until = str(finished_ms + 1000) if finished_ms else "+"  # a second's margin: the event's id is its server ms

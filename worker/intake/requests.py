@@ -3,7 +3,9 @@
 A request is JSON: `{"kind", "params", "job_id"?, "deadline_s"?, "metadata"?}` to submit, or
 `{"action": "cancel", "job_id"}` to cancel, or `{"action": "answer", "job_id", "answer"}` to answer the question a
 waiting job asked. Anything else raises `InvalidRequest` with a message that says
-what is wrong and quotes no secret (validation errors name fields, never values).
+what is wrong and quotes no secret (validation errors name fields, never values). Any request may also carry W3C
+trace context, `traceparent` and `tracestate`: a submission's job continues that trace (`worker.tracing`); a
+malformed one is dropped with a log line, never a reason to refuse the request.
 
 A request's values, and an answer that is JSON, are decoded and walked by the rules in `actors/kinds/values.py`
 (bounded nesting, JSON-only numbers, no NUL or lone surrogate): iterative and bounded, so no input can exhaust the
@@ -28,15 +30,19 @@ from actors.kinds import KINDS, JobKind, Params
 from actors.kinds.values import check_values, loads
 from config.settings import Settings
 from worker.errors import InvalidRequest
+from worker.redact import redact
+from worker.tracing.context import TraceContext, from_request
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: The smallest deadline a request may ask for, in seconds.
 DEFAULT_MIN_DEADLINE_S = 1.0
 
-_SUBMIT_KEYS = frozenset({"kind", "params", "job_id", "deadline_s", "metadata"})
-_CANCEL_KEYS = frozenset({"action", "job_id"})
-_ANSWER_KEYS = frozenset({"action", "job_id", "answer"})
+#: W3C trace context a request of any kind may carry (`worker.tracing.context`).
+TRACE_KEYS = frozenset({"traceparent", "tracestate"})
+_SUBMIT_KEYS = frozenset({"kind", "params", "job_id", "deadline_s", "metadata"}) | TRACE_KEYS
+_CANCEL_KEYS = frozenset({"action", "job_id"}) | TRACE_KEYS
+_ANSWER_KEYS = frozenset({"action", "job_id", "answer"}) | TRACE_KEYS
 
 #: The longest answer accepted (Cekura's `generate-clarify-answer` takes up to 10,000 characters).
 DEFAULT_MAX_ANSWER_CHARS = 10_000
@@ -53,6 +59,8 @@ class JobRequest:
     #: The params as recorded: JSON-ready, secrets left out (serialized once here, where a failure is a rejection).
     public_params: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The producer's trace context, which the job continues (None: it sent none, or a malformed one).
+    trace: TraceContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +102,9 @@ def parse(
         raise InvalidRequest(f"request must be a JSON object, got {_json_type(value)}")
     roots: list[tuple[Any, str]] = []
     for key, item in value.items():  # located like build() locates them: "params.x", not "request.params.x"
-        roots += [(key, "request"), (item, key if key.isprintable() else "request")]
+        roots += [(key, "request")]
+        if key not in TRACE_KEYS:  # trace context is never a reason to refuse: from_request drops a bad one
+            roots += [(item, key if key.isprintable() else "request")]
     _check_values(roots, settings)
     if "action" in value:
         return _parse_action(value, settings)
@@ -111,6 +121,7 @@ def parse(
         deadline_s=value.get("deadline_s"),
         settings=settings,
         measured=True,  # the entry's own bytes were measured above, and JSON text holds no NaN
+        trace=from_request(value.get("traceparent"), value.get("tracestate")),
     )
 
 
@@ -122,10 +133,24 @@ def build(
     metadata: Any = None,
     deadline_s: Any = None,
     settings: Settings,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> JobRequest:
-    """Validate a submission given as Python values (the client's and the CLI's entry point)."""
+    """Validate a submission given as Python values (the client's and the CLI's entry point); `traceparent` and
+    `tracestate`: the producer's trace context, as the request stream takes it."""
+    trace = from_request(traceparent, tracestate)
+    given = {"traceparent": traceparent, "tracestate": tracestate}
+    sent = {name: value for name, value in given.items() if value is not None}
     return _build(
-        kind, params, job_id=job_id, metadata=metadata, deadline_s=deadline_s, settings=settings, measured=False
+        kind,
+        params,
+        job_id=job_id,
+        metadata=metadata,
+        deadline_s=deadline_s,
+        settings=settings,
+        measured=False,
+        trace=trace,
+        sent_trace=sent,
     )
 
 
@@ -145,6 +170,8 @@ def _build(
     deadline_s: Any,
     settings: Settings,
     measured: bool,
+    trace: TraceContext | None = None,
+    sent_trace: dict[str, str] | None = None,
 ) -> JobRequest:
     """The checks both entry points share; `measured` when the request came as JSON text whose size was checked
     (measuring a re-serialisation instead would count what the sender never sent, such as a generated job id)."""
@@ -175,12 +202,12 @@ def _build(
     if not measured:
         given = {"job_id": given_job_id, "deadline_s": deadline_s, "metadata": given_metadata}
         sent = {name: value for name, value in given.items() if value is not None}
-        _check_size_and_numbers({"kind": kind, "params": params, **sent}, settings)
+        _check_size_and_numbers({"kind": kind, "params": params, **sent, **(sent_trace or {})}, settings)
     try:
         public = job_kind.public_params(model)
     except (TypeError, ValueError) as exc:  # pydantic-core's serializer: the checks above should leave it nothing
         raise InvalidRequest(f"invalid params for {kind}: {exc}") from None
-    return JobRequest(job_kind, model, job_id, deadline, public, dict(metadata))
+    return JobRequest(job_kind, model, job_id, deadline, public, dict(metadata), trace)
 
 
 def check_job_id(job_id: Any) -> str:
@@ -193,11 +220,11 @@ def check_job_id(job_id: Any) -> str:
 def _parse_action(value: dict[str, Any], settings: Settings) -> CancelRequest | AnswerRequest:
     action = value["action"]
     if action not in ("cancel", "answer"):
-        shown = repr(action)[:60] if isinstance(action, str) else f"of type {_json_type(action)}"
+        shown = redact(repr(action))[:60] if isinstance(action, str) else f"of type {_json_type(action)}"
         raise InvalidRequest(f"unknown action {shown}; the actions are 'cancel' and 'answer'")
     unknown = sorted(set(value) - (_CANCEL_KEYS if action == "cancel" else _ANSWER_KEYS))
     if unknown:
-        raise InvalidRequest(f"unknown field(s) for {action}: {', '.join(repr(name)[:60] for name in unknown)}")
+        raise InvalidRequest(f"unknown field(s) for {action}: {', '.join(redact(repr(name))[:60] for name in unknown)}")
     if "job_id" not in value:
         raise InvalidRequest(f"{action} needs 'job_id'")
     job_id = check_job_id(value["job_id"])

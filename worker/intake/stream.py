@@ -30,15 +30,18 @@ import os
 import socket
 import threading
 import time
+import traceback
 from typing import Any
 
 import redis
 import structlog
 from redis.exceptions import ClusterDownError, NoPermissionError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
+from actors.kinds import KINDS, JobKind
 from worker.errors import InvalidRequest
 from worker.intake import requests, submission
 from worker.ops import metrics
+from worker.redact import redact
 from worker.runtime.app import Runtime
 from worker.store import scripts
 from worker.store.jobs import NotReplicated, as_text
@@ -253,8 +256,10 @@ class Intake(threading.Thread):
             self.reject(entry, raw, str(exc))
         except redis.RedisError:
             raise
-        except Exception as exc:  # a bug must not wedge the stream: reject the entry, keep the trace
-            log.exception("intake_entry_failed", entry_id=entry)
+        except Exception as exc:  # a bug must not wedge the stream: reject the entry, keep the trace (masked)
+            secrets = _identify(raw, self.rt.settings.cekura_request_max_bytes)[2]
+            trace = redact("".join(traceback.format_exception(exc)), secrets)
+            log.error("intake_entry_failed", entry_id=entry, exception=trace)
             self.reject(entry, raw, f"internal error while handling the request ({type(exc).__name__})")
 
     def _give_up(self, entry_id: Any, raw: Any, exc: redis.RedisError) -> bool:
@@ -262,7 +267,7 @@ class Intake(threading.Thread):
         entry = as_text(entry_id)
         pending = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
         tries = int(pending[0]["times_delivered"]) if pending else 0
-        error = str(exc)[:DEFAULT_ERROR_QUOTE_CHARS]
+        error = redact(str(exc))[:DEFAULT_ERROR_QUOTE_CHARS]  # masked before the cut
         if tries < DEFAULT_MAX_ENTRY_TRIES:
             log.warning(
                 "intake_entry_redis_error", entry_id=entry, error=error, tries=tries, max_tries=DEFAULT_MAX_ENTRY_TRIES
@@ -273,14 +278,18 @@ class Intake(threading.Thread):
         except redis.RedisError as again:
             if about_the_server(again):
                 raise
-            log.error("intake_entry_stuck", entry_id=entry, error=str(again)[:DEFAULT_ERROR_QUOTE_CHARS], tries=tries)
+            log.error(
+                "intake_entry_stuck", entry_id=entry, error=redact(str(again))[:DEFAULT_ERROR_QUOTE_CHARS], tries=tries
+            )
             return False
         return True
 
     def reject(self, entry_id: str, raw: Any, reason: str) -> None:
         """Publish the entry's `rejected` event (once per entry). Its `job_id` is empty, since no job was made;
-        `requested_job_id` is the id the request asked for, when it can be read safely."""
-        requested_job_id, kind = _identify(raw, self.rt.settings.cekura_request_max_bytes)
+        `requested_job_id` is the id the request asked for, when it can be read safely. Every text in it is masked:
+        the deployment's secrets, and the request's own secret params as far as it can be read."""
+        requested_job_id, kind, secrets = _identify(raw, self.rt.settings.cekura_request_max_bytes)
+        reason = redact(reason, secrets)
         fields = {
             "job_id": "",
             "kind": kind,
@@ -296,6 +305,8 @@ class Intake(threading.Thread):
             "request_id": entry_id,
             "requested_job_id": requested_job_id,
         }
+        fields = {name: redact(value, secrets) for name, value in fields.items()}
+        requested_job_id = fields["requested_job_id"]
         if self.rt.store.reject(entry_id, fields):
             metrics.JOBS_REJECTED.inc()
             log.warning("request_rejected", entry_id=entry_id, requested_job_id=requested_job_id or None, reason=reason)
@@ -322,23 +333,44 @@ def _extra_fields(names: list[Any], count: int) -> str:
     return f"entry has field(s) besides 'request': {described}; XADD only 'request'"
 
 
-def _identify(raw: Any, max_bytes: int) -> tuple[str, str]:
-    """The job id and kind a rejected request asked for, when they can be read safely: never from a request over
-    the size limit, which is not parsed at all."""
+def _identify(raw: Any, max_bytes: int) -> tuple[str, str, tuple[str, ...]]:
+    """The job id and kind a rejected request asked for, when they can be read safely, and its secret params' values
+    (to mask): never from a request over the size limit, which is not parsed at all."""
     if isinstance(raw, str):
         if len(raw) > max_bytes:  # at least one byte a character: over the limit without encoding it
-            return "", ""
+            return "", "", ()
         raw = raw.encode("utf-8", "surrogatepass")
     if not isinstance(raw, bytes) or len(raw) > max_bytes:
-        return "", ""
+        return "", "", ()
     try:
         value = json.loads(raw)
     except (TypeError, ValueError, RecursionError):
-        return "", ""
+        return "", "", ()
     if not isinstance(value, dict):
-        return "", ""
+        return "", "", ()
     job_id = value.get("job_id")
     kind = value.get("kind")
     safe_id = job_id if isinstance(job_id, str) and requests.JOB_ID_PATTERN.fullmatch(job_id) else ""
     safe_kind = kind if isinstance(kind, str) and len(kind) <= 64 and kind.isprintable() else ""
-    return safe_id, safe_kind
+    return safe_id, safe_kind, _secret_params(value.get("params"))
+
+
+#: The params any kind keeps secret (`api_key`, `mcp_server_headers`).
+_SECRET_FIELDS = sorted({name for job_kind in KINDS.values() for name in job_kind.secret_fields})
+
+
+def _secret_params(params: Any) -> tuple[str, ...]:
+    """The values of a rejected request's secret params, whatever its kind (even one that is not known)."""
+    if not isinstance(params, dict):
+        return ()
+    stored = {}
+    for name in _SECRET_FIELDS:
+        value = params.get(name)
+        if isinstance(value, str):
+            stored[name] = value
+        elif isinstance(value, dict):
+            try:
+                stored[name] = json.dumps(value)
+            except (TypeError, ValueError, RecursionError):
+                continue
+    return JobKind.secret_values(stored)

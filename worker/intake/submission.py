@@ -12,6 +12,7 @@ queued after `CEKURA_RECONCILE_GRACE_S`. A caller that turned such an error into
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import redis
 import structlog
 
 from actors import names
+from worker import tracing
 from worker.errors import InvalidRequest
 from worker.intake import requests
 from worker.intake.requests import JobRequest, check_job_id
@@ -114,10 +116,13 @@ def _send(broker: dramatiq.Broker, queue: str, actor_name: str, *args: object) -
     broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor_name, args=args, kwargs={}, options={}))
 
 
-def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Submitted:
+def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest, *, link: str = "") -> Submitted:
     """Record the job (once per job id) and send its start message; after recording, raises only Redis
-    connection errors (see the module docstring)."""
+    connection errors (see the module docstring). The job continues the request's trace, or, in a process that
+    traces, begins one; `link`: the `traceparent` of the job a retry retries."""
     secrets = request.kind.secrets(request.params)
+    root = tracing.new_root(request.kind.name) if tracing.enabled and request.trace is None else None
+    trace = tracing.job_fields(request.trace, root=root, link=link)
     created, state = store.submit(
         request.job_id,
         request.kind.name,
@@ -125,10 +130,12 @@ def submit(store: JobStore, broker: dramatiq.Broker, request: JobRequest) -> Sub
         request.metadata,
         request.deadline_s,
         secrets,
+        trace,
     )
     if created:
         metrics.JOBS_SUBMITTED.labels(request.kind.name).inc()
-        log.info("job_submitted", job_id=request.job_id, kind=request.kind.name, deadline_s=request.deadline_s)
+        ids = tracing.log_ids(trace.get("traceparent", "")) if tracing.enabled else {}
+        log.info("job_submitted", job_id=request.job_id, kind=request.kind.name, deadline_s=request.deadline_s, **ids)
     else:
         log.info("job_already_submitted", job_id=request.job_id, kind=request.kind.name, state=state)
     if state == "queued":
@@ -164,6 +171,7 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
         actor_name=names.CANCEL_REMOTE,
     )
     fields = {"status": "cancelled", "error": "cancelled by request"}
+    began_ns = time.time_ns() if tracing.enabled else 0
     done = store.finish(job_id, "any", 0, fields, remote_cancel=remote, message_id=str(uuid.uuid4()))
     if done.verdict == "gone":
         return Cancelled(job_id, "unknown")
@@ -172,8 +180,17 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
     if done.verdict == "corrupt":  # not a job: refused like a submit with this id, not reported cancelled
         raise not_a_job(job_id)
     metrics.JOBS_FINISHED.labels(done.kind, "cancelled").inc()
-    log.info("job_cancelled", job_id=job_id, kind=done.kind, prior_state=done.prior_state)
-    # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns.
+    ids: dict[str, str] = {}
+    if tracing.enabled and done.trace is not None:
+        polls, entry = done.trace.polls_before, done.entry_id
+        details = {"error": fields["error"], "polls": polls, "published_ns": began_ns, "entry_id": entry}
+        tracing.ended(done.trace, job_id, done.kind, "cancelled", bind_logs=False, **details)
+        ids = tracing.log_ids(done.trace.traceparent)
+    log.info("job_cancelled", job_id=job_id, kind=done.kind, prior_state=done.prior_state, **ids)
+    # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns. A job
+    # that was looking for its lost start has no id yet: `cancel_remote` looks for it by its tag, as the job would.
+    if not done.remote_cancel and done.prior_state == "polling" and getattr(KINDS.get(done.kind), "lookup_path", None):
+        _send(broker, store.settings.cekura_queue, names.CANCEL_REMOTE, job_id, done.kind, None, "")
     if done.remote_cancel:
         wakeup = getattr(broker, "wakeup", None)  # this process's consumer, if it has one, takes it at once
         if wakeup is not None:
@@ -225,6 +242,8 @@ def answer(store: JobStore, job_id: str, text: str) -> Answered:
     reply = store.answer(job_id, text, queue_name=s.cekura_queue, namespace=s.key("dramatiq"), poll_actor=names.POLL)
     if reply[0] == "corrupt":
         raise not_a_job(job_id)
+    if reply[0] == "answered" and store.client.hget(store.job_key(job_id), "answer") == text.encode():
+        reply = ["ok"]  # this very answer, handled again (its first WAIT fell short): taken, not refused
     done = Answered(job_id, reply[0], reply[1] if len(reply) > 1 else "")
     log.info("job_answered" if done.result == "ok" else "answer_refused", job_id=job_id, result=done.result)
     if done.result == "ok":
@@ -233,7 +252,14 @@ def answer(store: JobStore, job_id: str, text: str) -> Answered:
 
 
 def retry(
-    store: JobStore, broker: dramatiq.Broker, job_id: str, new_job_id: str | None = None, *, force: bool = False
+    store: JobStore,
+    broker: dramatiq.Broker,
+    job_id: str,
+    new_job_id: str | None = None,
+    *,
+    force: bool = False,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> Retried:
     """Submit a finished job again as a new job: same kind, public params and deadline, metadata plus `retry_of`.
 
@@ -242,7 +268,8 @@ def retry(
     over today's limit) raises `InvalidRequest`. Giving the same `new_job_id` again returns the job the first call
     made, as `submit` does; an id held by any other job is refused (`taken`). A job of a kind whose start must not
     repeat, whose start may have reached Cekura without an answer, is refused (`unknown_start`) unless `force`:
-    Cekura may still be running its operation, and the retry would start a second one.
+    Cekura may still be running its operation, and the retry would start a second one. The new job continues the
+    caller's trace context (`traceparent`, `tracestate`), if given, and its span links to the retried job's.
     """
     check_job_id(job_id)
     if new_job_id is not None:
@@ -272,8 +299,10 @@ def retry(
             metadata={**metadata, "retry_of": job_id},
             deadline_s=deadline_s,
             settings=store.settings,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
-        if not submit(store, broker, request).created:
+        if not submit(store, broker, request, link=record.get("traceparent", "")).created:
             return False
         log.info("job_retried", job_id=candidate, retry_of=job_id, kind=record["kind"])
         return True

@@ -35,6 +35,7 @@ from dramatiq.message import Message
 from actors.kinds import KINDS
 from config.settings import Settings
 from worker.console import reads
+from worker.intake.requests import JOB_ID_PATTERN
 from worker.intake.submission import Retried
 from worker.redact import redact
 from worker.runtime.connection import server_ms
@@ -147,6 +148,8 @@ def _retryable(job_id: str, record: reads.Job | None) -> tuple[bool, bool]:
     """Whether `retry` takes the job as it is, and whether it takes it only with `--force`."""
     if record is None or not record.found or record.fields.get("kind") not in KINDS:
         return False, False  # expired, not a job, or of a kind this version doesn't know: `retry` refuses it
+    if not JOB_ID_PATTERN.fullmatch(f"{job_id}-retry-1"):
+        return False, False  # too long for `retry`'s own new id: `retry --job-id NEW_ID` takes it
     refused = Retried.refusal(job_id, record.fields)
     if refused is None:
         return True, False

@@ -83,6 +83,13 @@ def check(settings: Settings) -> tuple[bool, str]:
         unsafe = eviction.problem(client)
         if unsafe is not None:
             return False, unsafe
+        wanted = settings.cekura_redis_min_replicas
+        replicas = int(client.info("replication").get("connected_slaves", 0)) if wanted else 0
+        if replicas < wanted:
+            return False, (
+                f"CEKURA_REDIS_MIN_REPLICAS is {wanted} but the primary has {replicas} replica(s) connected: "
+                "no job can be accepted or ended until one is back"
+            )
         workers = live_workers(client, settings, host=host)
         if workers:
             return True, f"ok: redis at {where} answers; {len(workers)} live worker process(es) on host {host}"

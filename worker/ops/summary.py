@@ -160,6 +160,10 @@ def summarize(client: redis.Redis, settings: Settings, *, limit: int | None = No
         "workers": {"live": len(workers), "processes": workers},
         "polling": polling_view(client, settings),
         "redis_memory": {"policy": eviction.policy(client), "problem": eviction.problem(client)},
+        "redis_replicas": {
+            "connected": int(client.info("replication").get("connected_slaves", 0)),
+            "required": settings.cekura_redis_min_replicas,
+        },
     }
 
 
@@ -213,6 +217,10 @@ def render_table(summary: dict[str, Any]) -> str:
     workers = summary["workers"]
     listed = ", ".join(workers["processes"]) if workers["processes"] else "none"
     lines.append(f"Workers: {workers['live']} live ({listed})")
+    replicas = summary.get("redis_replicas")
+    if replicas is not None and replicas["required"]:
+        short = " (too few: no job can be accepted or ended)" if replicas["connected"] < replicas["required"] else ""
+        lines.append(f"Redis replicas: {replicas['connected']} connected, {replicas['required']} required{short}")
     memory = summary.get("redis_memory")
     if memory is not None:
         lines.append(

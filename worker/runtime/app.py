@@ -20,7 +20,7 @@ from dramatiq.middleware import Retries, TimeLimit
 
 from actors import names
 from config.settings import Settings, get_settings
-from worker import redact
+from worker import redact, tracing
 from worker.broker.redis_broker import CekuraBroker
 from worker.cekura.client import CekuraClient
 from worker.cekura.polling import PollingBook
@@ -48,11 +48,20 @@ class Runtime:
         if self._cekura is None:
             with self._lock:
                 if self._cekura is None:
-                    self._cekura = CekuraClient(self.settings)
+                    self._cekura = _cekura_client(self.settings)
         return self._cekura
 
 
 _runtime: Runtime | None = None
+
+
+def _cekura_client(settings: Settings) -> CekuraClient:
+    """The Cekura client: one that makes a span of every call when this process traces."""
+    if tracing.enabled:
+        from worker.tracing.calls import TracedCekuraClient
+
+        return TracedCekuraClient(settings)
+    return CekuraClient(settings)
 
 
 def build_broker(settings: Settings, client: redis.Redis) -> CekuraBroker:
@@ -76,6 +85,7 @@ def setup(settings: Settings | None = None, *, configure_logging: bool = True) -
     if configure_logging:
         service_logging.configure(settings)
     redact.register_settings(settings)
+    tracing.setup(settings)  # before the Cekura client is made: traced or not
     client = connect(settings)
     same_namespace = previous is not None and (
         previous.settings.redis_url == settings.redis_url

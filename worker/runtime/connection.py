@@ -18,9 +18,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from config.settings import SENTINEL_SCHEMES, Settings, sentinel_parts
+from config.settings import SENTINEL_SCHEMES, Settings
 
 #: How many times a command is retried on a connection error before the error reaches the caller.
 DEFAULT_COMMAND_RETRIES = 5
@@ -52,34 +51,11 @@ def connect(settings: Settings, **overrides: Any) -> redis.Redis:
     kwargs = connection_kwargs(settings) | overrides
     url = settings.redis_url.get_secret_value()
     if url.split("://", 1)[0] in SENTINEL_SCHEMES:
-        return _sentinel_primary(settings, kwargs)
+        from worker.runtime.sentinel import sentinel_primary  # it imports this module
+
+        return sentinel_primary(settings, kwargs)
     pool = redis.ConnectionPool.from_url(url, **kwargs)
     return redis.Redis(connection_pool=pool)
-
-
-def _sentinel_primary(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
-    """A client whose every connection (the pool's and `ThreadConnections`') asks the Sentinels where the primary
-    is when it connects, and reconnects on `READONLY`. Nothing falls back to localhost: a connection has no address
-    of its own until the Sentinels give it one."""
-    parts = sentinel_parts(settings.redis_url.get_secret_value())
-    tls = {key: value for key, value in kwargs.items() if key.startswith("ssl_")}
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": kwargs["socket_timeout"],
-        "socket_connect_timeout": kwargs["socket_connect_timeout"],
-        "password": settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None,
-        **({"ssl": True, **tls} if parts.tls else {}),
-    }
-    sentinel = Sentinel(list(parts.sentinels), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(
-        parts.service,
-        redis_class=redis.Redis,
-        db=parts.db,
-        username=parts.username,
-        password=parts.password,
-        check_connection=True,
-        **({"ssl": True} if parts.tls else {}),
-        **kwargs,
-    )
 
 
 class ThreadConnections:
@@ -108,6 +84,10 @@ class ThreadConnections:
         return connection.retry.call_with_retry(
             lambda: _round_trip(connection, args), lambda _error: connection.disconnect()
         )
+
+    def addresses(self) -> set[tuple[str, int]]:
+        """Where the threads' open connections go (host, port)."""
+        return {(str(c.host), int(c.port)) for c in list(self._all) if getattr(c, "_sock", None) is not None}
 
     def close(self) -> None:
         """Disconnect every thread's connection while none is in use (each reconnects on its next command)."""
@@ -142,23 +122,6 @@ def thread_connections(client: redis.Redis) -> ThreadConnections:
         if found is None:
             found = _per_pool[pool] = ThreadConnections(pool)
         return found
-
-
-def follow_primary(client: redis.Redis) -> bool:
-    """For a client of a primary found through Sentinel: ask the Sentinels where the primary is now and, if it moved,
-    drop this client's connections (pooled and per-thread) so the next command goes to the new one. True if it
-    moved. redis-py asks only when a connection opens; after a `SENTINEL FAILOVER` the old primary takes writes
-    for several seconds more before it steps down, and writes made there in that time are lost."""
-    pool = client.connection_pool
-    if not isinstance(pool, SentinelConnectionPool):
-        return False
-    before = pool.master_address
-    now = pool.get_master_address()  # closes the pool's idle connections itself when the address changed
-    if before is None or now == before:
-        return False
-    thread_connections(client).close()
-    pool.disconnect(inuse_connections=True)
-    return True
 
 
 def time_ms(reply: Any) -> int:

@@ -17,16 +17,21 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
 import structlog
+from redis.sentinel import SentinelConnectionPool
 
 from config.settings import Settings
-from worker.runtime.connection import follow_primary, server_ms
+from worker.runtime.connection import server_ms, thread_connections
 
 log = structlog.get_logger(__name__)
+
+#: How long a beat waits for its look at the Sentinels (it goes on in the background if they are slow).
+DEFAULT_FOLLOW_WAIT_S = 1.0
 
 #: How long a process's last beat is kept after it stops (the healthcheck reports "last heartbeat N s ago").
 DEFAULT_HEARTBEAT_KEEP_S = 3600
@@ -66,13 +71,31 @@ class Heartbeat(threading.Thread):
         self.key = workers_key(settings)
         self.member = member()
         self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def _follow(self) -> None:
+        """With Sentinel: move this process's connections when the primary moved (`sentinel.follow_primary`)."""
+        try:
+            if follow_primary(self.client):
+                log.warning("redis_primary_moved", hint="the Sentinels name a new primary: reconnecting to it")
+        except (redis.RedisError, OSError) as exc:
+            log.warning("sentinel_unreachable", error=str(exc))
+
     def beat(self) -> None:
-        if follow_primary(self.client):
-            log.warning("redis_primary_moved", hint="the Sentinels name a new primary: this process reconnects to it")
+        try:
+            self._beat()
+        finally:
+            # Then follow the primary (also when the beat failed), in a thread of its own waited for a moment:
+            # Sentinels that hang must not hold the next beat up.
+            if self._watch is None or not self._watch.is_alive():
+                self._watch = threading.Thread(target=self._follow, name="cekura-sentinel-watch", daemon=True)
+                self._watch.start()
+            self._watch.join(DEFAULT_FOLLOW_WAIT_S)
+
+    def _beat(self) -> None:
         if self.alive():
             now = server_ms(self.client)
             pipe = self.client.pipeline(transaction=False)
@@ -142,3 +165,31 @@ def live_workers(client: redis.Redis, settings: Settings, *, host: str | None = 
     since = server_ms(client) - int(3 * settings.cekura_heartbeat_interval_s * 1000)
     members = [m.decode() for m in client.zrangebyscore(workers_key(settings), since, "+inf")]
     return [m for m in members if host is None or m.rsplit(":", 1)[0] == host]
+
+
+#: The primary each Sentinel-managed pool was last seen on by `follow_primary` (not the pool's own record, which
+#: every new connection updates).
+_followed: weakref.WeakKeyDictionary[SentinelConnectionPool, tuple[str, int]] = weakref.WeakKeyDictionary()
+_followed_lock = threading.Lock()
+
+
+def follow_primary(client: redis.Redis) -> bool:
+    """For a client of a primary found through Sentinel: ask the Sentinels where the primary is now and, if it moved
+    since the last call, drop the client's connections (pooled and per-thread) so the next command goes to the new
+    one. True if it moved. Raises what the Sentinels' search raises (the caller carries on)."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    now = pool.get_master_address()
+    threads = thread_connections(client)
+    with _followed_lock:
+        before = _followed.get(pool)
+        _followed[pool] = now
+    # A thread's connection opened before the move still goes to the old primary, even when another connection
+    # has since learnt the new one (and with it the pool's own record of the address).
+    stale = any(address != now for address in threads.addresses())
+    if not stale and before in (None, now):
+        return False
+    threads.close()
+    pool.disconnect(inuse_connections=True)
+    return True

@@ -2,7 +2,9 @@
 
 Dramatiq's and other libraries' stdlib log records go through structlog's `ProcessorFormatter`, so every line
 has the same shape: `timestamp` (ISO 8601 UTC), `level`, `event`, `logger`, plus the job context that
-`worker.broker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`).
+`worker.broker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`) and, with tracing on, the
+job span's `trace_id` and `span_id`, which a step binds the same way (`worker.tracing.spans.enter`), so a log line
+leads to its trace.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from actors.kinds import KINDS, Outcome, Params
 from config.settings import Settings
 from worker.intake.requests import DEFAULT_MIN_DEADLINE_S, JOB_ID_PATTERN
+from worker.tracing.context import DEFAULT_MAX_TRACESTATE_CHARS, TRACEPARENT_PATTERN
 
 #: The JSON Schema dialect of every generated schema.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,22 +68,51 @@ def _json_text(description: str, schema: dict[str, Any] | None = None) -> Any:
 # -- requests -----------------------------------------------------------------------------------------------------
 
 
-class CancelRequest(BaseModel):
-    """Cancel a job: it ends `cancelled` at once; a finished or unknown job is left as it is."""
+#: The W3C trace context of the producer's span, as a request may carry it.
+_TRACEPARENT_IN = (
+    "W3C trace context of the producer's span (version 00): the job continues that trace. A malformed value is "
+    "ignored, with a log line, never a reason to refuse the request."
+)
+_TRACESTATE_IN = "W3C tracestate, kept with the traceparent (at most 512 characters; a malformed one is ignored)."
+
+
+class _RequestTrace(BaseModel):
+    """Trace context, which every request may carry (a submission's job continues it; a cancel or answer accepts
+    it)."""
+
+    traceparent: str | None = Field(None, pattern=TRACEPARENT_PATTERN, description=_TRACEPARENT_IN)
+    tracestate: str | None = Field(None, max_length=DEFAULT_MAX_TRACESTATE_CHARS, description=_TRACESTATE_IN)
+
+
+def _trace_fields() -> dict[str, Any]:
+    """`_RequestTrace`'s fields, for a submission model made with `create_model`."""
+    return {name: (info.annotation, info) for name, info in _RequestTrace.model_fields.items()}
+
+
+class _Cancel(BaseModel):
+    """A cancel's own fields (`CancelRequest` adds trace context)."""
 
     model_config = ConfigDict(extra="forbid", title="cancel")
     action: Literal["cancel"]
     job_id: Annotated[str, Field(pattern=JOB_ID, description="The job to cancel.")]
 
 
-class AnswerRequest(BaseModel):
-    """Answer the question a waiting job asked (its progress event with `state` `waiting` carries it): the worker
-    sends the answer to Cekura and polls on. A job that is not waiting, or already has an answer, refuses it."""
+class CancelRequest(_RequestTrace, _Cancel):
+    """Cancel a job: it ends `cancelled` at once; a finished or unknown job is left as it is."""
+
+
+class _Answer(BaseModel):
+    """An answer's own fields (`AnswerRequest` adds trace context)."""
 
     model_config = ConfigDict(extra="forbid", title="answer")
     action: Literal["answer"]
     job_id: Annotated[str, Field(pattern=JOB_ID, description="The waiting job.")]
     answer: Annotated[str, Field(min_length=1, max_length=10_000, description="The answer's text.")]
+
+
+class AnswerRequest(_RequestTrace, _Answer):
+    """Answer the question a waiting job asked (its progress event with `state` `waiting` carries it): the worker
+    sends the answer to Cekura and polls on. A job that is not waiting, or already has an answer, refuses it."""
 
 
 def _submit_model(name: str, params: type[Params]) -> type[BaseModel]:
@@ -108,6 +138,7 @@ def _submit_model(name: str, params: type[Params]) -> type[BaseModel]:
             ),
         ),
         "metadata": (dict[str, Any] | None, Field(None, description="Echoed in the result event.")),
+        **_trace_fields(),
     }
     config = ConfigDict(extra="forbid", title=f"submit {name}")
     model_name = "Submit" + params.__name__.removesuffix("Params")
@@ -133,6 +164,22 @@ def request_schema() -> dict[str, Any]:
 # -- results and progress -----------------------------------------------------------------------------------------
 
 
+class _EventTrace(BaseModel):
+    """The trace context a job's events carry when the job has one (result and progress events alike)."""
+
+    traceparent: str | None = Field(
+        None,
+        pattern=TRACEPARENT_PATTERN,
+        description="The job span's W3C trace context (version 00), present only when the job has trace context: "
+        "a consumer continues the trace from it.",
+    )
+    tracestate: str | None = Field(
+        None,
+        max_length=DEFAULT_MAX_TRACESTATE_CHARS,
+        description="The producer's W3C tracestate as it sent it; present only when it sent one.",
+    )
+
+
 class _ResultFields(BaseModel):
     """The fields every result event has, in `RESULT_FIELDS` order, as `finish.lua` and `reject.lua` write them."""
 
@@ -150,7 +197,7 @@ class _ResultFields(BaseModel):
     metadata: str = _json_text("The request's metadata, as JSON.", {"type": "object"})
 
 
-class JobResult(_ResultFields):
+class JobResult(_EventTrace, _ResultFields):
     """A job's one result event (`finish.lua`)."""
 
     model_config = ConfigDict(extra="forbid", title="job result")
@@ -174,9 +221,8 @@ class RejectedResult(_ResultFields):
     )
 
 
-class ProgressEvent(BaseModel):
-    """Written by `advance.lua` when a job's Cekura status or stage changes (with CEKURA_PROGRESS_EVENTS on), and
-    always when a job stops to wait for an answer (`state` `waiting`, with its `question`)."""
+class _Progress(BaseModel):
+    """A progress event's own fields (`ProgressEvent` adds trace context)."""
 
     model_config = ConfigDict(extra="forbid", title="cekura-worker progress event")
     job_id: str = Field(pattern=JOB_ID)
@@ -189,6 +235,11 @@ class ProgressEvent(BaseModel):
         description="`waiting`: Cekura asked a question; the job waits for an answer (request action `answer`)."
     )
     question: str | None = Field(None, description="The question Cekura asked; only with `state` `waiting`.")
+
+
+class ProgressEvent(_EventTrace, _Progress):
+    """Written by `advance.lua` when a job's Cekura status or stage changes (with CEKURA_PROGRESS_EVENTS on), and
+    always when a job stops to wait for an answer (`state` `waiting`, with its `question`)."""
 
 
 def result_schema() -> dict[str, Any]:

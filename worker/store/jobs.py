@@ -23,6 +23,7 @@ import redis
 from config.settings import Settings
 from worker.broker.redis_broker import FetchClaims, Scheduled
 from worker.errors import InvalidRequest
+from worker.redact import redact
 from worker.store import scripts
 from worker.store.records import (
     CLAIM_FIELDS,
@@ -46,7 +47,8 @@ DEFAULT_REJECT_MARKER_TTL_S = 7 * 86_400
 DEFAULT_RECONCILE_BATCH = 500
 
 
-#: The fields of every result event, in order (finish.lua writes them; rejected events add `request_id`).
+#: The fields of every result event, in order (finish.lua writes them; rejected events add `request_id`, and the
+#: events of a job with trace context add `TRACE_FIELDS`).
 RESULT_FIELDS = (
     "job_id",
     "kind",
@@ -60,6 +62,10 @@ RESULT_FIELDS = (
     "finished_at",
     "metadata",
 )
+
+#: The fields a job's events (result and progress) add when the job has trace context; `tracestate` only when the
+#: producer sent one.
+TRACE_FIELDS = ("traceparent", "tracestate")
 
 
 def iso_from_ms(ms: int) -> str:
@@ -112,6 +118,7 @@ class JobStore:
         self._cool_down = scripts.load(client, "cool_down")
         self._answer = scripts.load(client, "answer")
         self._mark_start = scripts.load(client, "mark_start", per_thread=per_thread)
+        self._adopt_trace = scripts.load(client, "adopt_trace", per_thread=per_thread)
         self._marker_key = settings.key("replicated")
 
     def job_key(self, job_id: str) -> str:
@@ -131,8 +138,9 @@ class JobStore:
         metadata: Mapping[str, Any],
         deadline_s: float,
         secrets: Mapping[str, str],
+        trace: Mapping[str, str] | None = None,
     ) -> tuple[bool, str]:
-        """Record a job unless it exists; returns (created, state)."""
+        """Record a job unless it exists; returns (created, state). `trace`: its trace context's record fields."""
         fields = {
             "job_id": job_id,
             "kind": kind,
@@ -145,7 +153,7 @@ class JobStore:
             int(deadline_s * 1000),
             json.dumps(secrets) if secrets else "",
         ]
-        for item in fields.items():
+        for item in [*fields.items(), *(trace or {}).items()]:
             args.extend(item)
         created, state = self._submit(
             keys=[self.job_key(job_id), self.schedule_key, self.secret_key(job_id)], args=args
@@ -153,6 +161,11 @@ class JobStore:
         if as_text(state) == "corrupt":
             raise not_a_job(job_id)
         return bool(created), as_text(state)
+
+    def adopt_trace(self, job_id: str, traceparent: str) -> str:
+        """Give a job without trace context this one, unless it has one by now; returns the one it has ("" for a
+        job that is gone or finished, which no span will be made for): `adopt_trace.lua`."""
+        return as_text(self._adopt_trace(keys=[self.job_key(job_id)], args=[traceparent]))
 
     def secrets(self, job_id: str) -> dict[str, str]:
         raw = self.client.get(self.secret_key(job_id))
@@ -297,21 +310,10 @@ class JobStore:
             ],
             args=args,
         )
-        verdict = FinishVerdict(as_text(reply[0]))
-        if verdict is FinishVerdict.OK:
+        done = Finish.from_reply([as_text(part) for part in reply])
+        if done.verdict is FinishVerdict.OK:
             self.wait_replicated()  # the final state and its event, before anything relies on them
-            return Finish(
-                verdict,
-                as_text(reply[1]),
-                as_text(reply[2]),
-                as_text(reply[3]),
-                as_text(reply[4]),
-                duration_ms=int(reply[5]),
-                remote_cancel=int(reply[6]) == 1,
-            )
-        if verdict is FinishVerdict.DONE:
-            return Finish(verdict, status=as_text(reply[1]))
-        return Finish(verdict)
+        return done
 
     def answer(self, job_id: str, text: str, *, queue_name: str, namespace: str, poll_actor: str) -> list[str]:
         """Record the answer to a waiting job's question and write the poll message that delivers it; the reply
@@ -353,14 +355,19 @@ class JobStore:
             )
 
     def mark_start_sent(self, job_id: str, claim: Claim) -> str:
-        """Record, just before a start call that must not be repeated, that it may reach Cekura: an attempt that
-        finds the mark (its predecessor stopped mid-call) fails the job instead of starting a second operation.
-
-        Fenced by `claim` (`mark_start.lua`): `ok` only while that claim still holds the job's start, so an attempt
-        paused past its lease, whose step another attempt took over, gets `lost` and must make no call; `sent` if
-        an earlier attempt marked it."""
+        """Record, just before a start call that must not be repeated, that it may reach Cekura (a later attempt
+        that finds the mark never starts again). Fenced by `claim` (`mark_start.lua`): `ok` only while that claim
+        holds the job's start, else `lost` (make no call), or `sent` if an earlier attempt marked it. With
+        CEKURA_REDIS_MIN_REPLICAS, only once a replica has it (a failover must not lose it), else `NotReplicated`."""
         assert claim.job is not None
-        return as_text(self._mark_start(keys=[self.job_key(job_id)], args=[claim.job.start_claim]))
+        reply = as_text(self._mark_start(keys=[self.job_key(job_id)], args=[claim.job.start_claim, "mark"]))
+        if reply == "ok" and self.settings.cekura_redis_min_replicas:
+            try:
+                self.wait_replicated()
+            except NotReplicated:
+                self._mark_start(keys=[self.job_key(job_id)], args=[claim.job.start_claim, "undo"])
+                raise
+        return reply
 
     def cool_down(self, seconds: float) -> None:
         """Hold every worker's Cekura calls for `seconds` (after a 429), unless a longer hold is already set."""
@@ -376,11 +383,12 @@ class JobStore:
         return jobs, [as_text(job_id) for job_id in skipped]
 
     def reject(self, marker: str, fields: Mapping[str, str]) -> str | None:
-        """Publish a `rejected` event once per marker; returns the entry id, or None if already published."""
+        """Publish a `rejected` event once per marker, every text in it masked (the deployment's secrets); returns the
+        entry id, or None if already published."""
         s = self.settings
         args: list[Any] = [s.cekura_results_maxlen, DEFAULT_REJECT_MARKER_TTL_S]
-        for item in fields.items():
-            args.extend(item)
+        for name, value in fields.items():
+            args.extend((name, redact(value)))
         entry = self._reject(keys=[s.cekura_results_stream, self.settings.key("rejected", marker)], args=args)
         return as_text(entry) if entry else None
 

@@ -68,6 +68,8 @@ CLAIM_FIELDS = (
     "start_sent",
     "answer_sent",
     "start_claim",
+    "traceparent",
+    "tracestate",
 )
 
 
@@ -96,8 +98,11 @@ class JobRecord:
     start_sent: bool = False
     #: An earlier claim was made to send the recorded answer: it may have reached Cekura.
     answer_sent: bool = False
-    #: The number of the job's latest start claim: a start attempt's fencing token (`JobStore.mark_start_sent`).
-    start_claim: int = 0
+    #: The job's latest start claim's token (`<server ms>:<n>`): a start attempt's fence (`JobStore.mark_start_sent`).
+    start_claim: str = ""
+    #: The job span's W3C trace context (`worker.tracing.context`), empty when the job has none.
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def deadline_s(self) -> float:
@@ -125,7 +130,9 @@ class JobRecord:
             answer=fields.get("answer", ""),
             start_sent=fields.get("start_sent", "") == "1",
             answer_sent=fields.get("answer_sent", "") == "1",
-            start_claim=int(fields.get("start_claim", "0") or 0),
+            start_claim=fields.get("start_claim", ""),
+            traceparent=fields.get("traceparent", ""),
+            tracestate=fields.get("tracestate", ""),
         )
 
 
@@ -174,6 +181,68 @@ class Finish:
     duration_ms: int = 0
     #: The job's `cancel_remote` message was written with it (see `finish(remote_cancel=...)`).
     remote_cancel: bool = False
+    #: What the job's spans are made of, when it has trace context (only with verdict `ok`).
+    trace: FinishTrace | None = None
+
+    @classmethod
+    def from_reply(cls, reply: list[str]) -> Finish:
+        """`finish.lua`'s reply, as text."""
+        verdict = FinishVerdict(reply[0])
+        if verdict is FinishVerdict.DONE:
+            return cls(verdict, status=reply[1])
+        if verdict is not FinishVerdict.OK:
+            return cls(verdict)
+        entry_id, prior_state, session_id, kind, duration_ms, remote_cancel = reply[1:7]
+        trace = None
+        if len(reply) > 7 and reply[11]:  # the job has trace context
+            now_ms, submitted, polls, updated, traceparent, parent, state, link, polls_from, status = reply[7:17]
+            trace = FinishTrace(
+                traceparent,
+                parent,
+                state,
+                link,
+                submitted_ms=_int(submitted),
+                finished_ms=_int(now_ms),
+                polls_before=_int(polls),
+                updated_before_ms=_int(updated),
+                polls_from_ms=_int(polls_from),
+                cekura_status=status,
+            )
+        return cls(
+            verdict,
+            entry_id,
+            prior_state,
+            session_id,
+            kind,
+            duration_ms=int(duration_ms),
+            remote_cancel=remote_cancel == "1",
+            trace=trace,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishTrace:
+    """A finished job as its spans see it (`finish.lua` reads it in the step that ends the job): its trace context,
+    its times on the Redis clock, and how far its polls had got."""
+
+    #: The job span's context, the producer's span id (empty for a job that began its trace), the producer's
+    #: `tracestate`, and the `traceparent` of the job a retry retries.
+    traceparent: str
+    parent_span_id: str = ""
+    tracestate: str = ""
+    link: str = ""
+    submitted_ms: int = 0
+    finished_ms: int = 0
+    #: Polls recorded before the finish, and when the job last moved before it.
+    polls_before: int = 0
+    updated_before_ms: int = 0
+    #: When the first poll past the traced ones ran (0: none did), on the Redis clock.
+    polls_from_ms: int = 0
+    cekura_status: str = ""
+
+
+def _int(text: str) -> int:
+    return int(text) if text.lstrip("-").isdigit() else 0
 
 
 @dataclass(frozen=True, slots=True)

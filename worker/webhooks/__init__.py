@@ -18,6 +18,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
 
+#: Connections and requests the receiver takes at once before answering 503.
+DEFAULT_MAX_CONNECTIONS = 256
+
 
 def build(settings: Settings, host: str, port: int) -> tuple[uvicorn.Server, socket.socket]:
     """The receiver's server for `settings` (refused without CEKURA_WEBHOOK_SECRET) and its listening socket (port
@@ -42,6 +45,10 @@ def build(settings: Settings, host: str, port: int) -> tuple[uvicorn.Server, soc
         ws="none",
         lifespan="off",
         proxy_headers=False,
+        # Connections held open (a client that never finishes its headers) are bounded: past this many, uvicorn
+        # answers 503. Put a proxy with header and body timeouts in front (deploy/components/webhooks).
+        limit_concurrency=DEFAULT_MAX_CONNECTIONS,
+        timeout_keep_alive=5,
     )
     return uvicorn.Server(config), sock
 

@@ -23,6 +23,8 @@ from typing import Any
 import redis
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,6 +46,9 @@ RESULT_COMPLETED = "result.completed"
 #: While a poll holds the job (its lease), the webhook is tried again this often, for at most the lease.
 DEFAULT_BUSY_RETRY_S = 0.25
 
+#: Socket timeouts of the receiver's Redis connection, in seconds.
+DEFAULT_REDIS_TIMEOUT_S = 2.0
+
 WEBHOOKS = Counter(
     "cekura_webhooks_total",
     "Result webhooks received, by what became of them: refused (bad secret), malformed, ignored (another event "
@@ -59,13 +64,23 @@ class Receiver:
         if settings.cekura_webhook_secret is None:
             raise ValueError("CEKURA_WEBHOOK_SECRET is not set: the receiver would take anyone's webhooks")
         self.settings = settings
-        self.secret = settings.cekura_webhook_secret.get_secret_value().encode()
-        self.store = JobStore(client or connect(settings), settings)
+        secret = settings.cekura_webhook_secret.get_secret_value()
+        #: The secret's bytes as a sender may put it in a header: UTF-8, or latin-1 (Python's http.client).
+        self.secret_forms = [secret.encode()]
+        if not secret.isascii() and all(ord(c) < 256 for c in secret):
+            self.secret_forms.append(secret.encode("latin-1"))
+        # Short timeouts and one retry: a Redis that hangs must cost Cekura a quick 503 (it delivers again), not a
+        # request held for a minute.
+        quick = {"socket_timeout": DEFAULT_REDIS_TIMEOUT_S, "socket_connect_timeout": DEFAULT_REDIS_TIMEOUT_S}
+        self.store = JobStore(client or connect(settings, retry=Retry(NoBackoff(), 1), **quick), settings)
         self.results = ResultIndex(self.store)
+        #: Results whose job a poll held when their webhook came: one retry task each, kept referenced.
+        self.waiting: dict[str, asyncio.Task[None]] = {}
 
     def authentic(self, request: Request) -> bool:
-        given = request.headers.get("x-cekura-secret", "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, self.secret)
+        """The first X-CEKURA-SECRET header, as the bytes sent (any encoding), equals the secret."""
+        given = next((value for name, value in request.scope["headers"] if name == b"x-cekura-secret"), b"").strip()
+        return any(hmac.compare_digest(given, form) for form in self.secret_forms)
 
     def hasten(self, result_id: str) -> tuple[str, str]:
         s = self.settings
@@ -96,9 +111,10 @@ async def _body(request: Request, limit: int) -> bytes | None:
 def _result_id(payload: Any) -> str | None:
     data = payload.get("data") if isinstance(payload, dict) else None
     value = data.get("id") if isinstance(data, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit() or len(str(value)) > 32:
+    text = str(value)
+    if isinstance(value, bool) or not isinstance(value, int | str) or not (text.isascii() and text.isdigit()):
         return None
-    return str(value)
+    return str(int(text)) if len(text) <= 32 else None  # "050000" names result 50000
 
 
 async def receive(request: Request) -> Response:
@@ -117,7 +133,7 @@ async def receive(request: Request) -> Response:
         return _answer("malformed", 400, error="body is not a JSON object")
     event_type = payload.get("event_type")
     if event_type != RESULT_COMPLETED:
-        log.info("webhook_ignored", event_type=str(event_type)[:64])
+        log.info("webhook_ignored", event_type=redact(str(event_type))[:64])
         return _answer("ignored")
     result_id = _result_id(payload)
     if result_id is None:
@@ -129,7 +145,10 @@ async def receive(request: Request) -> Response:
         WEBHOOKS.labels("unavailable").inc()
         return JSONResponse({"outcome": "unavailable", "error": "Redis is unreachable: deliver again"}, 503)
     if verdict == "busy":
-        asyncio.get_running_loop().create_task(_when_free(receiver, result_id))
+        if result_id not in receiver.waiting:
+            task = asyncio.get_running_loop().create_task(_when_free(receiver, result_id))
+            receiver.waiting[result_id] = task
+            task.add_done_callback(lambda _: receiver.waiting.pop(result_id, None))
         verdict = "ok"
     matched = verdict == "ok"
     log.info("webhook_received", result_id=result_id, job_id=job_id or None, verdict=verdict)

@@ -60,14 +60,17 @@ local function claim(job_key, schedule_key, rate_key, cooldown_key, phase, seq, 
     end
   end
 
-  -- A start claim is numbered: `start_claim` is its fencing token, which `mark_start.lua` checks so that an
-  -- attempt whose step another attempt took over can no longer mark the start as its own.
-  if phase == 'start' then redis.call('HINCRBY', job_key, 'start_claim', 1) end
+  -- A start claim gets a fencing token, `start_claim`, which `mark_start.lua` checks so that an attempt whose step
+  -- another attempt took over can no longer mark the start as its own. The server's time in it keeps it unique
+  -- even when the record loses writes (a restart, a failover) or is made anew for a reused job id.
+  if phase == 'start' then
+    redis.call('HSET', job_key, 'start_claim', now .. ':' .. redis.call('HINCRBY', job_key, 'start_claims', 1))
+  end
   -- Read before the lease is written: `start_sent` (`answer_sent`) must say whether an earlier attempt may have
   -- sent the start (the answer).
   local out = redis.call('HMGET', job_key, 'seq', 'kind', 'params', 'progress_id', 'session_id', 'polls', 'errors',
     'deadline_ms', 'cekura_status', 'current_stage', 'submitted_ms', 'started_ms', 'updated_ms', 'answer',
-    'start_sent', 'answer_sent', 'start_claim')
+    'start_sent', 'answer_sent', 'start_claim', 'traceparent', 'tracestate')
   local lease_until = now + tonumber(lease_ms)
   redis.call('HSET', job_key, 'state', phase == 'start' and 'starting' or 'polling', 'lease', lease_until,
     'lease_owner', owner)

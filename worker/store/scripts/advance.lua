@@ -3,7 +3,8 @@
 -- `CekuraBroker.outbox()`, is written here too, due `message_delay_ms` from now on the server's clock, so
 -- recording and scheduling are one atomic step. Neither the step nor the message is ever due past the job's
 -- deadline. Publishes a progress event when the Cekura status or stage
--- changed and progress events are on.
+-- changed and progress events are on; like the result event, it carries the job span's `traceparent` (and the
+-- producer's `tracestate`) when the job has trace context.
 -- KEYS: job hash, schedule zset, progress stream, Dramatiq message hash, Dramatiq delayed zset
 -- ARGV: phase ('start'|'poll'), seq, new_seq, next_state, delay_ms, grace_ms, job_id, progress_maxlen (0 = off),
 --       redis_message_id ('' for none), message_delay_ms, message data, field/value pairs...
@@ -51,12 +52,20 @@ local n = redis.call('HMGET', job_key, 'cekura_status', 'current_stage', 'questi
 local changed = 0
 if n[1] ~= f[3] or n[2] ~= f[4] or (next_state == 'waiting' and n[3] ~= f[7]) then changed = 1 end
 if changed == 1 and progress_maxlen > 0 and n[1] then
-  local p = redis.call('HMGET', job_key, 'kind', 'progress_id', 'polls')
+  local p = redis.call('HMGET', job_key, 'kind', 'progress_id', 'polls', 'traceparent', 'tracestate')
   local event = {'job_id', job_id, 'kind', p[1], 'cekura_status', n[1] or '', 'current_stage', n[2] or '',
     'progress_id', p[2] or '', 'polls', p[3] or '0', 'state', next_state}
   if next_state == 'waiting' then
     table.insert(event, 'question')
     table.insert(event, n[3] or '')
+  end
+  if p[4] and p[4] ~= '' then
+    table.insert(event, 'traceparent')
+    table.insert(event, p[4])
+    if p[5] and p[5] ~= '' then
+      table.insert(event, 'tracestate')
+      table.insert(event, p[5])
+    end
   end
   redis.call('XADD', progress_stream, 'MAXLEN', '~', progress_maxlen, '*', unpack(event))
 end

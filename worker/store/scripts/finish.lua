@@ -8,8 +8,11 @@
 -- ARGV: job_id, expect ('start'|'poll'|'any'), seq, results_maxlen, ttl_s,
 --       cancel_kinds (space-separated kinds that cancel at Cekura; '' = no remote cancel), queue_name,
 --       cancel actor name, message_id, redis_message_id, field/value pairs...
--- Returns {'ok', entry_id, prior_state, session_id, kind, duration_ms, remote_cancel (1|0)} | {'done', status}
---       | {'stale'} | {'gone'} | {'corrupt'}
+-- The event carries the job span's `traceparent` (and the producer's `tracestate`) when the job has trace context.
+-- Returns {'ok', entry_id, prior_state, session_id, kind, duration_ms, remote_cancel (1|0), now, submitted_ms,
+--       polls before, updated_ms before, traceparent, trace_parent, tracestate, trace_link, trace_polls_ms,
+--       cekura_status} | {'done', status} | {'stale'} | {'gone'} | {'corrupt'}
+--       (from `now` on: what the job's spans are made of, `JobStore.finish`)
 -- #include _now.lua
 local job_key, schedule_key, results_stream, secret_key, messages_key, queue_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -23,7 +26,7 @@ local stream_type = redis.call('TYPE', results_stream)['ok']
 if stream_type ~= 'stream' and stream_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. results_stream .. ' is not a stream: the job is left unfinished')
 end
-local f = hash_fields(job_key, 'state', 'seq', 'status')
+local f = hash_fields(job_key, 'state', 'seq', 'status', 'polls', 'updated_ms')
 if not f then return {'corrupt'} end
 local state = f[1]
 if not state then return {'gone'} end
@@ -33,11 +36,18 @@ if expect == 'start' and state ~= 'starting' then return {'stale'} end
 redis.call('HSET', job_key, 'state', 'finished', 'lease', 0, 'updated_ms', now, 'finished_at', iso(now),
   unpack(ARGV, FIELDS_FROM))
 local e = redis.call('HMGET', job_key, 'kind', 'status', 'cekura_status', 'progress_id', 'result', 'error', 'polls',
-  'submitted_at', 'finished_at', 'metadata', 'session_id', 'submitted_ms')
+  'submitted_at', 'finished_at', 'metadata', 'session_id', 'submitted_ms', 'traceparent', 'trace_parent', 'tracestate',
+  'trace_link', 'trace_polls_ms')
+-- Trace context only where the job has one: an event without it has exactly the fields every event has.
+local trace = {}
+if e[13] and e[13] ~= '' then
+  trace = {'traceparent', e[13]}
+  if e[15] and e[15] ~= '' then trace = {'traceparent', e[13], 'tracestate', e[15]} end
+end
 local id = redis.call('XADD', results_stream, 'MAXLEN', '~', results_maxlen, '*',
   'job_id', job_id, 'kind', e[1] or '', 'status', e[2] or '', 'cekura_status', e[3] or '',
   'progress_id', e[4] or '', 'result', e[5] or '', 'error', e[6] or '', 'polls', e[7] or '0',
-  'submitted_at', e[8] or '', 'finished_at', e[9] or '', 'metadata', e[10] or '{}')
+  'submitted_at', e[8] or '', 'finished_at', e[9] or '', 'metadata', e[10] or '{}', unpack(trace))
 redis.call('ZREM', schedule_key, job_id)
 redis.call('DEL', secret_key)
 redis.call('EXPIRE', job_key, ttl_s)
@@ -55,4 +65,5 @@ if cancel_kinds ~= '' and (state == 'polling' or state == 'waiting') and (tonumb
   redis.call('RPUSH', queue_key, redis_message_id)
   remote_cancel = 1
 end
-return {'ok', id, state, session_id, kind, now - (tonumber(e[12]) or now), remote_cancel}
+return {'ok', id, state, session_id, kind, now - (tonumber(e[12]) or now), remote_cancel, now, e[12] or '',
+  f[4] or '0', f[5] or '0', e[13] or '', e[14] or '', e[15] or '', e[16] or '', e[17] or '', e[3] or ''}

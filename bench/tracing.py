@@ -1,0 +1,189 @@
+"""`python -m bench --mode tracing`: what OpenTelemetry tracing costs cekura-worker, side by side in one run.
+
+Three variants of cekura-worker run the usual saturation and lateness phases in alternating rounds (`--repeat`,
+3 by default here), on the same workload, machine and settings:
+
+- `cekura-baseline`: the service without the tracing code: the tree at a git revision (`--baseline`, default HEAD:
+  run it before committing the tracing work, or name the commit before it) or a directory holding such a tree;
+- `cekura-tracing-off`: this tree, tracing not configured (the default);
+- `cekura-tracing-on`: this tree with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at an OTLP/HTTP receiver on this
+  machine (`tests/tracing/receiver.py --count-only`, a process of its own, as a collector would be), which decodes
+  every span the workers export: the batch export runs in the worker processes, so its CPU is in their figures.
+
+Every variant gets its jobs from the same producer, which submits them inside a span of its own (a producer that
+traces: the jobs carry a `traceparent`), so the three differ only in the workers. The table is the harness's;
+below it, the ratios the tracing work is judged by: CPU per poll with tracing off against the baseline (no
+measurable difference wanted), and on against off (at most 10 % more wanted), plus the spans the receiver decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Options, run_benchmark
+from bench.pollers import POLLERS, REPO_ROOT, CekuraWorker, Submitter
+from bench.processes import Child, spawn
+from tests.support import free_port, kill_group, wait_for_line
+
+#: The variants, in table-column order.
+BASELINE, OFF, ON = "cekura-baseline", "cekura-tracing-off", "cekura-tracing-on"
+
+#: Rounds unless `--repeat` says otherwise: single runs on a shared machine move 10-20 %.
+DEFAULT_ROUNDS = 3
+
+#: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
+SOURCE_PACKAGES = ("worker", "actors", "config", "simulator")
+
+
+class _TracedProducer:
+    """The usual submitter (the Python client), inside a span of a producer that traces (only its context: the
+    producer exports nothing)."""
+
+    def __init__(self, inner: Submitter) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self.inner = inner
+        self.tracer = TracerProvider(shutdown_on_exit=False).get_tracer("bench-producer")
+
+    def submit(self, count: int) -> None:
+        with self.tracer.start_as_current_span("submit jobs"):
+            self.inner.submit(count)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class TracingVariant(CekuraWorker):
+    """cekura-worker with extra environment (tracing on) or from another source tree (the baseline)."""
+
+    extra_env: dict[str, str] | None = None
+    source: Path | None = None
+
+    def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
+        env = {**env, **(self.extra_env or {})}
+        if self.source is not None:  # the tree's packages first on the path: they shadow the installed checkout's
+            env["PYTHONPATH"] = str(self.source)
+            argv = [sys.executable, "-c", "from worker.cli import main; main()", "run"]
+            argv += ["--processes", str(processes), "--threads", str(threads)]
+            return [spawn(f"{tag}-workers", argv, env=env, log_dir=log_dir, cwd=self.source)]
+        return super().start_workers(processes, threads, env, log_dir, tag)
+
+    def submitter(self, redis_url: str, env: dict[str, str]) -> Submitter:
+        return _TracedProducer(super().submitter(redis_url, env))
+
+
+def baseline_tree(baseline: str, into: Path) -> Path:
+    """A directory holding the service's packages without the tracing work: `baseline` itself if it is one,
+    else `git archive` of that revision (read-only: nothing in the checkout changes)."""
+    if Path(baseline).is_dir():
+        return Path(baseline).resolve()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", baseline, *SOURCE_PACKAGES], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    if (into / "worker" / "tracing").exists():
+        print(f"note: the baseline {baseline} already holds worker/tracing/: name the commit before the tracing work")
+    return into
+
+
+def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The OTLP/HTTP receiver (count-only), and its base URL. Started apart from the harness's children (which it
+    stops after each run), since it serves every round."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "otlp-receiver.log"
+    argv = [sys.executable, "-m", "tests.tracing.receiver", "--port", str(free_port()), "--count-only"]
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT
+        )
+    match = wait_for_line(popen, log_path, re.compile(r"listening on (\d+)"), 30.0)
+    if match is None:
+        kill_group(popen)
+        raise RuntimeError(f"the OTLP receiver did not start:\n{log_path.read_text(errors='replace')}")
+    return popen, f"http://127.0.0.1:{match.group(1)}"
+
+
+def run_tracing(options: Options, baseline: str = "HEAD") -> int:
+    """Run the three variants in alternating rounds; print the table and the tracing ratios."""
+    repeat = options.repeat if options.repeat > 1 else DEFAULT_ROUNDS
+    options = replace(options, pollers=[BASELINE, OFF, ON], repeat=repeat)
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
+        source = baseline_tree(baseline, Path(scratch))
+        receiver, url = start_receiver(options.out / "logs" / "otlp-receiver")
+        try:
+            # Export often enough that the batch thread's work lands inside each phase's CPU window.
+            on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "500"}
+            POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
+            POLLERS[OFF] = TracingVariant(name=OFF)
+            POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env)
+            status = run_benchmark(options)
+            stats = _receiver_stats(url)
+        finally:
+            kill_group(receiver, grace_s=1.0)
+    _report(options.out, stats)
+    return status
+
+
+def _receiver_stats(url: str) -> dict[str, int]:
+    import httpx
+
+    stats: dict[str, int] = httpx.get(f"{url}/stats", timeout=10, trust_env=False).json()
+    return stats
+
+
+def _change(new: float | None, old: float | None) -> str:
+    if not new or not old:
+        return "-"
+    return f"{(new / old - 1) * 100:+.1f} %"
+
+
+def _report(out: Path, stats: dict[str, int]) -> None:
+    """The ratios the tracing work is judged by, on stdout and in `tracing.md`."""
+    summary: dict[str, Any] = json.loads((out / "results.json").read_text())["summary"]
+    lines = ["", "Tracing cost (medians of the rounds; CPU of the worker processes, export included)", ""]
+    lines.append("| figure | baseline | tracing off | tracing on | off vs baseline | on vs off |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for key, label in (
+        ("sat_cpu_ms_per_poll", "CPU per poll at saturation (ms)"),
+        ("lat_cpu_ms_per_poll", "CPU per poll at ~50% load (ms)"),
+        ("sat_polls_per_s", "polls/s at saturation"),
+        ("lat_p99_ms", "lateness p99 (ms)"),
+        ("rss_peak_mib", "RSS peak (MiB)"),
+    ):
+        base, off, on = (summary.get(name, {}).get(key) for name in (BASELINE, OFF, ON))
+        shown = [f"{value:,.3f}" if isinstance(value, float) else "-" for value in (base, off, on)]
+        lines.append(f"| {label} | {' | '.join(shown)} | {_change(off, base)} | {_change(on, off)} |")
+    rounds = [summary.get(name, {}).get("rounds", [summary.get(name, {})]) for name in (BASELINE, OFF, ON)]
+    for round_index, (base, off, on) in enumerate(zip(*rounds, strict=False)):
+        cpu = [r.get("sat_cpu_ms_per_poll") for r in (base, off, on)]
+        lines.append(
+            f"\nround {round_index + 1}: CPU/poll at saturation {' / '.join(f'{c:.3f}' if c else '-' for c in cpu)} ms"
+            f" (off vs baseline {_change(cpu[1], cpu[0])}, on vs off {_change(cpu[2], cpu[1])})"
+        )
+    lines.append(f"\nspans the receiver decoded: {stats.get('spans', 0):,} in {stats.get('requests', 0):,} exports")
+    text = "\n".join(lines)
+    print(text)
+    (out / "tracing.md").write_text(text.lstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.tracing [--baseline REV|DIR] [any python -m bench option]`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
+    parser.add_argument("--baseline", default="HEAD", help="git revision or directory without the tracing code")
+    known, rest = parser.parse_known_args(argv)
+    from bench.__main__ import parse_args
+
+    return run_tracing(parse_args(["--mode", "tracing", *rest]), known.baseline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The Redis primary found through Sentinel: which Sentinels to believe, and following the primary when it moves.
+
+redis-py's `Sentinel.master_for` gives a client whose connections ask the Sentinels where the primary is when they
+open, and reconnect on `READONLY`. Two things are added here:
+- **Agreement.** redis-py takes the first Sentinel that answers and moves it to the front for good, and a listed
+  host that is not a Sentinel (an error reply) stops the search. `Sentinels.discover_master` asks the Sentinels in
+  turn, skips any that fail in any way, and takes the primary as soon as a majority of the listed Sentinels name the
+  same one; when fewer answer, the address most of those that did agree on. So one Sentinel whose view is stale
+  (cut off from the others) can't move a process to a server that is no longer the primary.
+- **Following a move.** A connection asks only when it opens. After `SENTINEL FAILOVER` the old primary keeps
+  taking writes for about 10 s before it steps down, so each heartbeat asks again
+  (`worker.runtime.heartbeat.follow_primary`) and moves the process's connections when the primary moved.
+
+The Sentinel clients use the caller's socket timeouts and never retry (the search moves on to the next Sentinel),
+so a hung Sentinel costs one timeout, not a retry schedule: readiness answers within its probe's time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
+
+from config.settings import Settings, sentinel_parts
+
+
+class Sentinels(Sentinel):  # type: ignore[misc]  # redis-py types Sentinel as Any
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        """The primary's (host, port) that a majority of the listed Sentinels name (see the module docstring)."""
+        majority = len(self.sentinels) // 2 + 1
+        answers: Counter[tuple[str, int]] = Counter()
+        for sentinel in self.sentinels:
+            try:
+                masters = sentinel.sentinel_masters()
+            except (redis.RedisError, OSError):
+                continue  # down, hung past its timeout, refusing, or not a Sentinel at all
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            if not state or not self.check_master_state(state, service_name):
+                continue
+            address = (str(state["ip"]), int(state["port"]))
+            answers[address] += 1
+            if answers[address] >= majority:
+                return address
+        if not answers:
+            raise MasterNotFoundError(f"no Sentinel answered with a primary for service {service_name!r}")
+        return answers.most_common(1)[0][0]
+
+
+def sentinel_primary(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
+    """A client of the primary the Sentinels named in `settings.redis_url` agree on; `kwargs`: the connection's."""
+    parts = sentinel_parts(settings.redis_url.get_secret_value())
+    tls = {key: value for key, value in kwargs.items() if key.startswith("ssl_")}
+    password = settings.redis_sentinel_password
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": kwargs["socket_timeout"],
+        "socket_connect_timeout": kwargs["socket_connect_timeout"],
+        "retry": Retry(NoBackoff(), 0),
+        "password": password.get_secret_value() if password else None,
+        **({"ssl": True, **tls} if parts.tls else {}),
+    }
+    sentinels = Sentinels(list(parts.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return sentinels.master_for(
+        parts.service,
+        redis_class=redis.Redis,
+        db=parts.db,
+        username=parts.username,
+        password=parts.password,
+        check_connection=True,
+        **({"ssl": True} if parts.tls else {}),
+        **kwargs,
+    )

@@ -1,0 +1,25 @@
+"""This process's tracing setup, for the modules of `worker.tracing` (the package's `enabled` flag is the switch
+the hooks read; this is what they use once it is on)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.tracing.provider import Tracing
+
+#: Polls of a job that get a span each; past them only a poll that ends the job, asks a question or fails does,
+#: the rest are summed up in one span when the job ends (a 3-hour evaluator run polled every 30 s makes 8 spans or
+#: so, not 400). Three show how an operation got going; each span costs the worker about 0.1 ms of CPU (made and
+#: exported), and a job's poll about 1 ms, so more would price short jobs out of the 10 % tracing may cost.
+DEFAULT_TRACED_POLLS = 3
+
+#: The running setup (None while tracing is off).
+current: Tracing | None = None
+
+
+def active() -> Tracing:
+    """The running setup; only called with tracing on."""
+    if current is None:
+        raise RuntimeError("tracing is off in this process")
+    return current

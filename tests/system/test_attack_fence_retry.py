@@ -583,7 +583,7 @@ def test_a_start_answered_by_a_gateway_error_page_over_the_size_limit_needs_forc
     assert rec.get("start_sent") == "1", rec
     assert (listed[job_id]["retryable"], listed[job_id]["needs_force"]) == (False, True), listed[job_id]
     assert retried is not None and retried.result == "unknown_start", (
-        f"{kind} answered {status} after Cekura processed it: retry without --force was {retried.result}"
+        f"{kind} answered {status} after Cekura processed it: retry without --force was {retried}"
     )
 
 

@@ -17,9 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cekura-worker demo
 
-# Two pytest workers (pytest-xdist; each module stays on one), each with its own Redis database (15, 14).
+# Three pytest workers (pytest-xdist; each module stays on one), each with its own Redis database (15, 14, 13):
+# most tests wait on Redis, real processes and the simulator, so three keep two cores busy.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 test-chaos: $(STAMP)
 	CHAOS_JOBS=$${CHAOS_JOBS:-400} $(PY) -m pytest -q -m chaos

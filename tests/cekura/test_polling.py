@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
@@ -18,6 +19,7 @@ from structlog.testing import capture_logs
 from config.settings import Settings, load_settings
 from tests.conftest import TEST_REDIS_URL
 from tests.support import free_port
+from worker.cekura import polling
 from worker.cekura.backoff import capped_exponential
 from worker.cekura.durations import EDGES, Distribution, Limits, bucket_of, cost, plan, spread
 from worker.cekura.polling import PollingBook, PollPlan
@@ -231,7 +233,10 @@ def test_decay_halves_old_history_and_new_durations_take_over(redis_client: redi
     assert Distribution(weights).cdf(10.0) < 0.05  # five halvings later the old 5 s jobs weigh about 1/32
 
 
-def test_observe_never_raises_into_the_actor() -> None:
+def test_observe_never_raises_into_the_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh logger: the module's own may be cached already (the service's logging caches loggers on first use,
+    # and another test in this process may have used it), and capture_logs only sees loggers made after it starts.
+    monkeypatch.setattr(polling, "log", structlog.get_logger(polling.__name__))
     dead = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
     book = PollingBook(dead, _settings())
     with capture_logs() as logs:

@@ -140,8 +140,8 @@ def assert_started_at_most_once(jobs: list[Job], stats: dict[str, Any]) -> None:
 def assert_unknown(event: dict[str, str]) -> None:
     """The job of a start that may have reached Cekura: failed "outcome unknown", never sent again; or, for an
     evaluator run (issue 21), the run its one start made found again by its tag and polled to its verdict."""
-    if event["kind"] == "evaluator.run":
-        assert event["status"] == "completed" and event["progress_id"], event
+    if event["kind"] == "evaluator.run" and event["status"] == "completed":
+        assert event["progress_id"], event  # found by its tag; when nothing was found, it failed as below
         return
     assert event["status"] == "failed", event
     assert event["error"].startswith(UNKNOWN_START), event["error"]

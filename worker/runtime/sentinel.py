@@ -5,8 +5,9 @@ open, and reconnect on `READONLY`. Two things are added here:
 - **Agreement.** redis-py takes the first Sentinel that answers and moves it to the front for good, and a listed
   host that is not a Sentinel (an error reply) stops the search. `Sentinels.discover_master` asks the Sentinels in
   turn, skips any that fail in any way, and takes the primary as soon as a majority of the listed Sentinels name the
-  same one; when fewer answer, the address most of those that did agree on. So one Sentinel whose view is stale
-  (cut off from the others) can't move a process to a server that is no longer the primary.
+  same one; short of a majority, the one named by the Sentinel with the newest view (the highest `config-epoch`).
+  So one Sentinel whose view is stale (cut off from the others) can't move a process to a server that is no longer
+  the primary.
 - **Following a move.** A connection asks only when it opens. After `SENTINEL FAILOVER` the old primary keeps
   taking writes for about 10 s before it steps down, so each heartbeat asks again
   (`worker.runtime.heartbeat.follow_primary`) and moves the process's connections when the primary moved.
@@ -30,9 +31,11 @@ from config.settings import Settings, sentinel_parts
 
 class Sentinels(Sentinel):  # type: ignore[misc]  # redis-py types Sentinel as Any
     def discover_master(self, service_name: str) -> tuple[str, int]:
-        """The primary's (host, port) that a majority of the listed Sentinels name (see the module docstring)."""
+        """The primary's (host, port) that a majority of the listed Sentinels name; short of a majority, the one
+        named by the Sentinel with the newest view (the highest `config-epoch`: the latest failover it knows)."""
         majority = len(self.sentinels) // 2 + 1
         answers: Counter[tuple[str, int]] = Counter()
+        newest: tuple[int, tuple[str, int]] | None = None
         for sentinel in self.sentinels:
             try:
                 masters = sentinel.sentinel_masters()
@@ -45,9 +48,12 @@ class Sentinels(Sentinel):  # type: ignore[misc]  # redis-py types Sentinel as A
             answers[address] += 1
             if answers[address] >= majority:
                 return address
-        if not answers:
+            epoch = int(state.get("config-epoch") or 0)
+            if newest is None or epoch > newest[0]:
+                newest = (epoch, address)
+        if newest is None:
             raise MasterNotFoundError(f"no Sentinel answered with a primary for service {service_name!r}")
-        return answers.most_common(1)[0][0]
+        return newest[1]
 
 
 def sentinel_primary(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:

@@ -70,10 +70,10 @@ class TracedCekuraClient(CekuraClient):
         super().__init__(settings)
         parts = urlsplit(settings.cekura_api_url)
         self._base_url = settings.cekura_api_url
-        self._server = {
-            SERVER_ADDRESS: parts.hostname or "",
-            SERVER_PORT: parts.port or (443 if parts.scheme == "https" else 80),
-        }
+        # The conventions want the port only when it is not the scheme's own (and each attribute has its cost).
+        self._server: dict[str, Any] = {SERVER_ADDRESS: parts.hostname or ""}
+        if parts.port is not None and parts.port != (443 if parts.scheme == "https" else 80):
+            self._server[SERVER_PORT] = parts.port
         self._trace = threading.local()
 
     def _read(self, response: httpcore.Response, path: str) -> bytes:

@@ -12,6 +12,7 @@ retries), the span that sums up the polls past the traced ones, and the publish 
 
 from __future__ import annotations
 
+import functools
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 
 #: The most characters of an error a span's status description carries (the event has it whole).
 DEFAULT_DESCRIPTION_CHARS = 256
+
+#: Jobs whose parsed context a process keeps (every step of a job parses the same `traceparent`).
+DEFAULT_PARSED_JOBS = 4096
 
 #: Outcomes whose job span is an error (a cancelled or waiting job is not).
 ERROR_OUTCOMES = frozenset({"failed", "timed_out"})
@@ -78,13 +82,22 @@ def span_context(context: TraceContext, *, remote: bool = True) -> SpanContext:
     )
 
 
-def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int) -> None:
+@functools.lru_cache(maxsize=DEFAULT_PARSED_JOBS)
+def _job_parent(traceparent: str, tracestate: str) -> tuple[TraceContext, Context] | None:
+    """A job span's context, parsed, and as the parent of its children (both immutable: shared across threads)."""
     job = parse_traceparent(traceparent, tracestate) if traceparent else None
     if job is None:
+        return None
+    return job, trace_api.set_span_in_context(NonRecordingSpan(span_context(job)))
+
+
+def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int) -> None:
+    parsed = _job_parent(traceparent, tracestate)
+    if parsed is None:
         _scope.set(None)
         return
+    job, parent = parsed
     structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)
-    parent = trace_api.set_span_in_context(NonRecordingSpan(span_context(job)))
     _scope.set(Scope(job_id, kind, parent, job.sampled, poll))
 
 

@@ -9,10 +9,11 @@ if TYPE_CHECKING:
     from worker.tracing.provider import Tracing
 
 #: Polls of a job that get a span each; past them only a poll that ends the job, asks a question or fails does,
-#: the rest are summed up in one span when the job ends (a 3-hour evaluator run polled every 30 s makes 8 spans or
-#: so, not 400). Three show how an operation got going; each span costs the worker about 0.1 ms of CPU (made and
-#: exported), and a job's poll about 1 ms, so more would price short jobs out of the 10 % tracing may cost.
-DEFAULT_TRACED_POLLS = 3
+#: the rest are summed up in one span when the job ends (a 3-hour evaluator run polled every 30 s makes 7 spans,
+#: not 400). Two show how an operation got going (its first answer, and usually the move to running). Each span
+#: costs a worker about 0.1-0.2 ms of CPU, made and exported, against about 1 ms for a poll: with three, a job of 10
+#: polls (the benchmark's) cost over 10 % more CPU per poll traced than not; with two it stays under.
+DEFAULT_TRACED_POLLS = 2
 
 #: The running setup (None while tracing is off).
 current: Tracing | None = None

@@ -164,6 +164,8 @@ def test_every_job_ends_exactly_once_through_worker_kills_and_cekura_faults(syst
         "jobs_whose_start_must_not_repeat": len(once_jobs),
         "their_duplicate_starts": sum(n - 1 for n in keys.values()),
         "their_starts_failed_as_unknown": len(unknown),
+        "lost_evaluator_starts_looked_for": sum(1 for r in records if r["event"] == "start_outcome_unknown_looking"),
+        "lost_evaluator_starts_found_by_tag": sum(1 for r in records if r["event"] == "lost_start_found"),
         "polls_served": served,
         "polls_recorded": recorded,
         "polls_per_job_max": max(per_job),

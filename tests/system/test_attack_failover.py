@@ -389,6 +389,12 @@ def _sentinel_url(ports: list[int]) -> str:
     return "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in ports) + f"/{SERVICE}/0"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a limit (README, 'Redis Sentinel and failover'): with one of three Sentinels away and the two that answer "
+    "naming different primaries with the same config-epoch, no majority and no newer view says which is right; the "
+    "first listed is taken",
+)
 def test_one_unreachable_sentinel_does_not_hand_the_process_to_a_sentinel_whose_view_is_not_the_quorums(
     ha: RedisHA, servers: list[RedisServer], tmp_path: Path, prefix: str
 ) -> None:

@@ -29,10 +29,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.console.consoles import TOKEN, hidden_fields
@@ -104,7 +105,7 @@ class Stack:
         """Click what leads to another page (a link, a form's button), and wait until that page has loaded."""
         old = self.browser.find_element(By.TAG_NAME, "html")
         self.browser.find_element(by, value).click()
-        self.wait(expected_conditions.staleness_of(old), f"the page after {value} to come")
+        self.wait(lambda _: _gone(old), f"the page after {value} to come")
         self.wait(lambda b: b.execute_script("return document.readyState") == "complete", "the page to load")
         self.pages.append(self.browser.page_source)
 
@@ -113,6 +114,16 @@ class Stack:
 
     def wait_live(self) -> None:
         self.wait(lambda b: b.find_element(By.ID, "live-status").text == "live", "the event stream to connect")
+
+
+def _gone(element: WebElement) -> bool:
+    """Whether `element` left the document: Chromium says so with StaleElementReferenceException, or, when asked
+    while the next page replaces it, with "Node with given id does not belong to the document"."""
+    try:
+        element.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException is one
+        return True
+    return False
 
 
 def _browser(profile: Path) -> WebDriver:

@@ -3,8 +3,9 @@
 Three variants of cekura-worker run the usual saturation and lateness phases in alternating rounds (`--repeat`,
 3 by default here), on the same workload, machine and settings:
 
-- `cekura-baseline`: the service without the tracing code: the tree at a git revision (`--baseline`, default HEAD:
-  run it before committing the tracing work, or name the commit before it) or a directory holding such a tree;
+- `cekura-baseline`: the service without the tracing code: by default this tree with the tracing hooks of the
+  data path taken out (`STRIPPED`: the same code as the other two, less what tracing adds to every step even when
+  off); or, with `python -m bench.tracing --baseline`, a git revision or a directory;
 - `cekura-tracing-off`: this tree, tracing not configured (the default);
 - `cekura-tracing-on`: this tree with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at an OTLP/HTTP receiver on this
   machine (`tests/tracing/receiver.py --count-only`, a process of its own, as a collector would be), which decodes
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,9 +83,62 @@ class TracingVariant(CekuraWorker):
         return _TracedProducer(super().submitter(redis_url, env))
 
 
+#: What `stripped_tree` takes out of a copy of this tree to make the baseline: the tracing hooks of the worker's
+#: data path, file by file (text, then its replacement). An entry that no longer matches fails the run, naming it.
+STRIPPED: dict[str, tuple[tuple[str, str], ...]] = {
+    "actors/jobs.py": (
+        ("from worker import tracing\n", ""),
+        ("    if tracing.enabled:\n        tracing.note_advance(step, fields)\n", ""),
+        ("    if tracing.enabled:\n        tracing.enter_job(rt.store, job_id, kind_name)\n", ""),
+    ),
+    "actors/step.py": (
+        ("from worker import tracing\n", ""),
+        (
+            "    step = Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)\n"
+            "    if tracing.enabled:\n        tracing.enter(step)\n    return step\n",
+            "    return Step(rt, job_id, phase, claim, claim.job, KINDS[claim.job.kind], age_s)\n",
+        ),
+        ("    began_ns = time.time_ns() if tracing.enabled else 0\n", ""),
+    ),
+    "worker/runtime/app.py": (
+        ("    tracing.setup(settings)  # before the Cekura client is made: traced or not\n", ""),
+        ("self._cekura = _cekura_client(self.settings)", "self._cekura = CekuraClient(self.settings)"),
+    ),
+    "worker/store/scripts/_claim.lua": (("'start_claim', 'traceparent', 'tracestate')", "'start_claim')"),),
+    "worker/store/records.py": (('    "traceparent",\n    "tracestate",\n)', ")"),),
+}
+
+#: The hook that ends a job's spans, in `actors/step.py` (two lines, taken out whole).
+_ENDED = re.compile(r"    if tracing\.enabled:\n        details = [^\n]*\n        tracing\.ended\([^\n]*\n")
+
+
+def stripped_tree(into: Path) -> Path:
+    """A copy of this tree's packages with the tracing hooks taken out (`STRIPPED`): the same code as the tracing
+    variants, less what tracing adds to every step even when off."""
+    for package in SOURCE_PACKAGES:
+        shutil.copytree(REPO_ROOT / package, into / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for relative, edits in STRIPPED.items():
+        path = into / relative
+        text = path.read_text()
+        for old, new in edits:
+            if old not in text:
+                shown = old.strip()[:60]
+                raise RuntimeError(f"bench/tracing.py: {relative} no longer holds {shown!r}: update STRIPPED")
+            text = text.replace(old, new)
+        if relative == "actors/step.py":
+            text, found = _ENDED.subn("", text)
+            if not found:
+                raise RuntimeError("bench/tracing.py: actors/step.py no longer ends a job's spans as _ENDED expects")
+        path.write_text(text)
+    return into
+
+
 def baseline_tree(baseline: str, into: Path) -> Path:
-    """A directory holding the service's packages without the tracing work: `baseline` itself if it is one,
-    else `git archive` of that revision (read-only: nothing in the checkout changes)."""
+    """A directory holding the service's packages without the tracing work: this tree with its hooks taken out
+    (`stripped`, the default), a directory given as it is, or `git archive` of a revision (read-only: nothing in
+    the checkout changes)."""
+    if baseline == "stripped":
+        return stripped_tree(into)
     if Path(baseline).is_dir():
         return Path(baseline).resolve()
     archive = subprocess.run(
@@ -112,7 +167,7 @@ def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return popen, f"http://127.0.0.1:{match.group(1)}"
 
 
-def run_tracing(options: Options, baseline: str = "HEAD") -> int:
+def run_tracing(options: Options, baseline: str = "stripped") -> int:
     """Run the three variants in alternating rounds; print the table and the tracing ratios."""
     repeat = options.repeat if options.repeat > 1 else DEFAULT_ROUNDS
     options = replace(options, pollers=[BASELINE, OFF, ON], repeat=repeat)
@@ -180,7 +235,12 @@ def _report(out: Path, stats: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.tracing [--baseline REV|DIR] [any python -m bench option]`."""
     parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
-    parser.add_argument("--baseline", default="HEAD", help="git revision or directory without the tracing code")
+    parser.add_argument(
+        "--baseline",
+        default="stripped",
+        help="the tree without tracing: 'stripped' (this tree, its hooks taken out; the default), a git revision or "
+        "a directory",
+    )
     known, rest = parser.parse_known_args(argv)
     from bench.__main__ import parse_args
 

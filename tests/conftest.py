@@ -9,12 +9,14 @@ imports them.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import pytest
 import redis
+import structlog
 
 from config.settings import Settings, load_settings
 from simulator import SimConfig, SimulatorHandle, start_in_thread
@@ -61,6 +63,23 @@ FAST: dict[str, Any] = {
 
 #: How long a simulated job runs unless a test configures otherwise.
 SIM_DURATION_S = 0.3
+
+
+#: The class of a module's `structlog.get_logger(...)` before it is first used.
+_LAZY_LOGGER = type(structlog.get_logger())
+
+
+@pytest.fixture(autouse=True)
+def _uncached_loggers() -> None:
+    """Every module logger of the service made lazy again before each test. The service's logging caches a logger's
+    processors on its first use (`cache_logger_on_first_use`), and `structlog.testing.capture_logs` sees only loggers
+    bound after it starts: without this, whether a test sees a log line would depend on which test ran before it in
+    the same pytest worker."""
+    for name, module in list(sys.modules.items()):
+        if name.split(".", 1)[0] in ("worker", "actors", "simulator", "config"):
+            logger = getattr(module, "log", None)
+            if isinstance(logger, _LAZY_LOGGER):
+                logger.__dict__.pop("bind", None)  # the cached bind, set on first use
 
 
 @pytest.fixture(scope="session")

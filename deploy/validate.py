@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:  # run as a script: make `deploy.checks` and `conf
     sys.path.insert(0, str(REPO))
 
 # After the path set-up above, hence E402.
-from deploy.checks import ToolMissing, consistency, manifests, monitoring, promql  # noqa: E402
+from deploy.checks import ToolMissing, consistency, manifests, monitoring, promql, webhooks  # noqa: E402
 
 #: Exit statuses: all checks passed, a check failed, a tool a check needs is missing.
 EXIT_OK, EXIT_FAILED, EXIT_TOOL_MISSING = 0, 1, 2
@@ -64,7 +64,7 @@ def validate(deploy: Path, overlays: Sequence[Path]) -> bool:
         )
         ok &= _report("references", consistency.reference_problems(objects))
         ok &= _report("worker settings", consistency.settings_problems(objects))
-        ok &= _report("webhook receiver and its Ingress", consistency.webhook_problems(objects))
+        ok &= _report("webhook receiver and its Ingress", webhooks.webhook_problems(objects))
 
     print("monitoring:", flush=True)
     rules = deploy / "prometheus" / "cekura-worker.rules.yml"

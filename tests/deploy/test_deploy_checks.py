@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.checks import consistency, manifests, monitoring, promql
+from deploy.checks import consistency, manifests, monitoring, promql, webhooks
 from tests.deploy.support import DEPLOY, REPO, needs_promtool
 
 KEDA_CRDS = DEPLOY / "schemas" / "keda"
@@ -40,7 +40,7 @@ def test_the_example_passes_every_manifest_check(objects: list[manifests.Object]
     assert manifests.crd_problems(objects, KEDA_CRDS) == []
     assert consistency.reference_problems(objects) == []
     assert consistency.settings_problems(objects) == []
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 def test_the_deployment_runs_under_the_restricted_pod_security_standard(objects: list[manifests.Object]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from config.settings import load_settings, sentinel_parts
-from deploy.checks import consistency, manifests
+from deploy.checks import consistency, manifests, webhooks
 from tests.deploy.support import DEPLOY
 
 KEDA_CRDS = DEPLOY / "schemas" / "keda"
@@ -78,7 +78,7 @@ def test_the_overlay_passes_every_manifest_check(objects: list[manifests.Object]
     assert manifests.crd_problems(objects, KEDA_CRDS) == []
     assert consistency.reference_problems(objects) == []
     assert consistency.settings_problems(objects) == []
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 def test_request_lag_reads_the_stream_through_the_sentinels(objects: list[manifests.Object]) -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from config.settings import load_settings
-from deploy.checks import consistency, manifests
+from deploy.checks import consistency, manifests, webhooks
 from tests.deploy.support import REPO
 
 RECEIVER = "cekura-worker-webhooks"
@@ -50,7 +50,7 @@ def objects(request: pytest.FixtureRequest) -> list[manifests.Object]:
 
 
 def test_the_receiver_passes_every_check(objects: list[manifests.Object]) -> None:
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
     assert consistency.reference_problems(objects) == []
     assert consistency.settings_problems(objects) == []
     assert manifests.kubernetes_problems([o for o in objects if RECEIVER in o["metadata"]["name"]]) == []
@@ -69,7 +69,7 @@ def test_the_ingress_exposes_only_the_webhook_path(objects: list[manifests.Objec
     assert spec["tls"] == [{"hosts": [host], "secretName": spec["tls"][0]["secretName"]}]
     assert host and spec["tls"][0]["secretName"]
     # ingress-nginx would refuse bodies over 1 MiB; the receiver takes up to CEKURA_WEBHOOK_MAX_BYTES (8 MiB).
-    assert ingress["metadata"]["annotations"] == {consistency.NGINX_BODY_SIZE: "8m"}
+    assert ingress["metadata"]["annotations"] == {webhooks.NGINX_BODY_SIZE: "8m"}
 
 
 def test_the_ingress_reaches_the_receivers_port_only_through_ready_pods(objects: list[manifests.Object]) -> None:
@@ -150,7 +150,7 @@ def test_a_second_path_on_the_ingress_fails(objects: list[manifests.Object]) -> 
     paths = _paths(objects)
     paths.append({**copy.deepcopy(paths[0]), "path": "/metrics"})
 
-    (problem,) = consistency.webhook_problems(objects)
+    (problem,) = webhooks.webhook_problems(objects)
     assert problem == (
         "Ingress cekura/cekura-worker-webhooks: routes '/metrics' (Exact): only /webhooks/cekura (pathType Exact) "
         "may be public, the receiver serves /metrics and /healthz on the same port"
@@ -163,14 +163,14 @@ def test_a_second_path_on_the_ingress_fails(objects: list[manifests.Object]) -> 
 def test_a_wider_path_fails(objects: list[manifests.Object], path: str, path_type: str) -> None:
     _paths(objects)[0].update(path=path, pathType=path_type)
 
-    (problem,) = consistency.webhook_problems(objects)
+    (problem,) = webhooks.webhook_problems(objects)
     assert f"routes {path!r} ({path_type}): only /webhooks/cekura (pathType Exact) may be public" in problem
 
 
 def test_a_default_backend_fails(objects: list[manifests.Object]) -> None:
     _ingress(objects)["spec"]["defaultBackend"] = {"service": {"name": RECEIVER, "port": {"name": "http"}}}
 
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         "Ingress cekura/cekura-worker-webhooks: has a defaultBackend: only /webhooks/cekura (Exact) may be public"
     ]
 
@@ -180,18 +180,18 @@ def test_a_host_without_tls_fails(objects: list[manifests.Object]) -> None:
     host = spec["rules"][0]["host"]
     del spec["tls"]
 
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         f"Ingress cekura/cekura-worker-webhooks: serves {host} without TLS (a `tls` entry with its host and a "
         "secretName): Cekura would send X-CEKURA-SECRET in clear text"
     ]
     spec["tls"] = [{"hosts": ["*." + host.split(".", 1)[1]], "secretName": "wildcard-tls"}]
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 def test_an_ingress_aimed_at_the_wrong_port_fails(objects: list[manifests.Object]) -> None:
     _paths(objects)[0]["backend"]["service"]["port"] = {"number": 9100}
 
-    (problem,) = consistency.webhook_problems(objects)
+    (problem,) = webhooks.webhook_problems(objects)
     assert problem == (
         "Ingress cekura/cekura-worker-webhooks: routes '/webhooks/cekura' (Exact) to Service cekura-worker-webhooks "
         "port 9100, which doesn't reach the receiver's port 8090"
@@ -200,22 +200,22 @@ def test_an_ingress_aimed_at_the_wrong_port_fails(objects: list[manifests.Object
 
 def test_a_body_limit_below_the_receivers_fails(objects: list[manifests.Object]) -> None:
     annotations = _ingress(objects)["metadata"]["annotations"]
-    annotations[consistency.NGINX_BODY_SIZE] = "1m"
+    annotations[webhooks.NGINX_BODY_SIZE] = "1m"
 
-    (problem,) = consistency.webhook_problems(objects)
+    (problem,) = webhooks.webhook_problems(objects)
     assert "ingress-nginx takes bodies up to 1m" in problem
     assert "less than the CEKURA_WEBHOOK_MAX_BYTES 8388608 of Deployment cekura/cekura-worker-webhooks" in problem
     # ingress-nginx's own default (1m) counts when the class is nginx and the annotation is missing
-    del annotations[consistency.NGINX_BODY_SIZE]
-    assert len(consistency.webhook_problems(objects)) == 1
+    del annotations[webhooks.NGINX_BODY_SIZE]
+    assert len(webhooks.webhook_problems(objects)) == 1
     _prefixed(objects, "ConfigMap", "cekura-worker-settings")["data"]["CEKURA_WEBHOOK_MAX_BYTES"] = "1048576"
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 def test_a_receiver_on_loopback_fails(objects: list[manifests.Object]) -> None:
     _container(objects)["args"] = ["webhooks", "--port=8090"]
 
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         "Deployment cekura/cekura-worker-webhooks container webhooks: listens on 127.0.0.1 (--host): its Service and "
         "probes can't reach it, use 0.0.0.0"
     ]
@@ -226,7 +226,7 @@ def test_the_port_annotation_and_probes_must_be_the_receivers(objects: list[mani
     container["args"][-1] = "8091"
     container["readinessProbe"]["httpGet"]["path"] = "/ready"
 
-    problems = consistency.webhook_problems(objects)
+    problems = webhooks.webhook_problems(objects)
     where = "Deployment cekura/cekura-worker-webhooks container webhooks"
     assert problems == [
         f"{where}: no container port is the receiver's --port 8091",
@@ -246,20 +246,20 @@ def test_the_webhook_secret_must_come_from_a_secret_and_be_long_enough(objects: 
 
     secret = _prefixed(objects, "Secret", "cekura-worker-secrets")
     secret["data"][SECRET_KEY] = base64.b64encode(b"too-short").decode()
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         f"{where}: CEKURA_WEBHOOK_SECRET is shorter than 16 characters: the receiver refuses it "
         "(the value is not shown)"
     ]
-    assert "too-short" not in str(consistency.webhook_problems(objects))
+    assert "too-short" not in str(webhooks.webhook_problems(objects))
 
     item.pop("valueFrom")
     item["value"] = "a-long-enough-secret-in-plain-sight"
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         f"{where}: CEKURA_WEBHOOK_SECRET comes from a value, not a Secret (the value is not shown)"
     ]
 
     container["env"].remove(item)
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         f"{where}: no CEKURA_WEBHOOK_SECRET: the receiver refuses to start without it"
     ]
 
@@ -271,7 +271,7 @@ def test_the_receiver_must_find_the_jobs_where_the_workers_keep_them(objects: li
     url["valueFrom"]["secretKeyRef"]["key"] = "CEKURA_API_KEY"  # a Secret value that is not the workers' URL
 
     where = "Deployment cekura/cekura-worker-webhooks container webhooks"
-    problems = consistency.webhook_problems(objects)
+    problems = webhooks.webhook_problems(objects)
     assert problems == [
         f"{where}: REDIS_URL is not that of the workers (Deployment cekura/cekura-worker) (values not shown): its "
         "webhooks would hasten no job",
@@ -284,12 +284,12 @@ def test_the_receiver_must_find_the_jobs_where_the_workers_keep_them(objects: li
 def test_webhooks_on_without_a_receiver_fails(objects: list[manifests.Object]) -> None:
     objects[:] = [o for o in objects if RECEIVER not in o["metadata"]["name"]]
 
-    assert consistency.webhook_problems(objects) == [
+    assert webhooks.webhook_problems(objects) == [
         "Deployment cekura/cekura-worker: CEKURA_WEBHOOKS is on but no `cekura-worker webhooks` Deployment is "
         "rendered: evaluator runs would be polled only every CEKURA_WEBHOOK_SAFETY_NET_S"
     ]
     _prefixed(objects, "ConfigMap", "cekura-worker-settings")["data"]["CEKURA_WEBHOOKS"] = "false"
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 def test_an_ingress_in_front_of_something_else_is_not_checked(objects: list[manifests.Object]) -> None:
@@ -299,7 +299,7 @@ def test_an_ingress_in_front_of_something_else_is_not_checked(objects: list[mani
     ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "cekura-worker-metrics"
     objects.append(ingress)
 
-    assert consistency.webhook_problems(objects) == []
+    assert webhooks.webhook_problems(objects) == []
 
 
 # --- docker compose ---------------------------------------------------------------------------------------------

@@ -317,7 +317,7 @@ def _print_and_save(
     lines = report.table_lines(summary, names, markdown=False, **table)
     print(f"\nBenchmark ({title})\n" + "\n".join(lines))
     markdown = report.table_lines(summary, names, markdown=True, **table)
-    long_lines = _long_lines(summary)
+    long_lines = report.long_lines(summary)
     if long_lines:
         print("\nLong run\n" + "\n".join(long_lines))
     options.out.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def _print_and_save(
             "summary": summary,
             "phases": {
                 name: {
-                    phase: _phase_json(record)
+                    phase: report.phase_json(record)
                     for phase, record in (
                         ("saturation", run.saturation),
                         ("lateness", run.lateness),
@@ -343,7 +343,7 @@ def _print_and_save(
             "notes": {name: run.notes for name, run in runs.items() if run.notes},
             "later_rounds": {
                 name: [
-                    {phase: _phase_json(r) for phase, r in (("saturation", sat), ("lateness", late)) if r}
+                    {phase: report.phase_json(r) for phase, r in (("saturation", sat), ("lateness", late)) if r}
                     for sat, late in ((run.saturation, run.lateness) for run in runs_of[1:])
                 ]
                 for name, runs_of in rounds.items()
@@ -362,66 +362,3 @@ def _print_and_save(
         offered = {name: s["long"]["offered_polls_per_s"] for name, s in summary.items() if "long" in s}
         report.plot_over_time(options.out / "long_over_time.png", long_series, offered)
     print(f"\nwrote {options.out / 'results.json'}, {options.out / 'results.md'}, {options.out / 'lateness.png'}")
-
-
-def _long_lines(summary: dict[str, Any]) -> list[str]:
-    """The long phase per poller: overall figures, then lateness and throughput per window (is it flat?)."""
-    lines = []
-    for name, figures in summary.items():
-        long = figures.get("long")
-        if not long:
-            continue
-        per_process = ", ".join(f"{name} {mib:.0f}" for name, mib in long["rss_peak_by_process_mib"].items())
-        saturation = long.get("saturation_polls_per_s") or 0
-        lines.append(
-            f"{name}: saturation with the long phase's processes {saturation:.0f} polls/s; "
-            f"{long['jobs']} jobs every {long['interval_s']:.0f} s; "
-            f"{'completed' if long['completed'] else 'FAILED: ' + str(long['error'])}; "
-            f"offered {long['offered_polls_per_s']:.0f} polls/s, got {long['polls_per_s'] or 0:.0f}; "
-            f"lateness p50 {long['lateness_p50_ms'] or 0:.0f} ms p99 {long['lateness_p99_ms'] or 0:.0f} ms "
-            f"({long['early_polls']} polls came less than half an interval after the previous one); "
-            f"CPU {long['cpu_ms_per_poll'] or 0:.2f} ms/poll; RSS peak per process (MiB): {per_process}; "
-            f"Redis {long['redis_bytes_per_job'] or 0:.0f} B/job"
-        )
-        lines.append("  window(s)   polls/s  late p50 ms  late p99 ms  RSS MiB  CPU cores")
-        for w in long["windows"]:
-            lines.append(
-                f"  {w['start_s']:>5g}-{w['end_s']:<5g} {w['polls_per_s']:>8.0f} {_fmt(w['lateness_p50_ms']):>12}"
-                f" {_fmt(w['lateness_p99_ms']):>12} {_fmt(w['rss_mib']):>8} {_fmt(w['cpu_cores'], 2):>10}"
-            )
-    return lines
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _phase_json(record: PhaseRecord) -> dict[str, Any]:
-    """One phase in results.json: its spec, outcome and figures (not the raw poll times)."""
-    lateness = fig.lateness_s(record)
-    return {
-        "spec": asdict(record.spec),
-        "completed": record.completed,
-        "error": record.error,
-        "polls": fig.total_polls(record),
-        "requests_total": record.requests_total,
-        "duration_s": record.finished - record.submit_started,
-        "polls_per_s": fig.polls_per_s(record),
-        "cpu_s": record.cpu_s,
-        "cpu_ms_per_poll": fig.cpu_ms_per_poll(record),
-        "lateness_ms": {f"p{q}": fig.percentile_ms(lateness, q) for q in (50, 90, 99, 99.9)} if len(lateness) else None,
-        "early_polls": fig.early_polls(record),
-        "rss_peak_mib": fig.rss_peak_mib(record),
-        "rss_peak_by_process_mib": fig.rss_peak_by_process_mib(record),
-        "redis_bytes_per_job": fig.redis_bytes_per_job(record),
-        "http_calls_per_job": fig.http_calls_per_job(record),
-        "results": len(record.results),
-        "other_cores": record.other_cores,
-        "stolen_cores": record.stolen_cores,
-        "harness_cores": record.harness_cores,
-        "idle_cores": record.idle_cores,
-        "redis_cpu_s": record.redis_cpu_s,
-        "redis_waits": record.redis_waits,
-        "replica_cpu_s": record.replica_cpu_s,
-        "submit_s": record.submit_finished - record.submit_started,
-    }

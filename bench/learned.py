@@ -11,10 +11,11 @@ knobs stay at their defaults. The policies compared are `fixed` (CEKURA_LEARN_PO
 with every kind's progress rule taken out: the worker as it was before issue 21, `bench/without_progress.py`) and
 `progress` (the worker as shipped: learned schedules, and polls put off from the counts an answer reports); the other
 groups trace the trade-off curve: the fixed schedules with every interval scaled by 0.5 and 2, the learned one (no
-progress rules) with CEKURA_LEARN_DELAY_TARGET 0.5 and 2. Evaluator runs cycle through CI suites of `SUITES`
-evaluators (one run each), since how much their run counts say grows with the runs they count. Two more groups,
-`webhooks` and `webhooks-lost`, run the `progress` worker with result webhooks on, each with its own receiver
-(`bench/learned_webhooks.py`): the same jobs, their evaluator runs compared with `progress` in a table of their own.
+progress rules) with CEKURA_LEARN_DELAY_TARGET 0.5 and 2. Evaluator runs cycle through CI suites of
+`bench.workload.SUITES` evaluators (one run each), since how much their run counts say grows with the runs they
+count. Two more groups, `webhooks` and `webhooks-lost`, run the `progress` worker with result webhooks on, each
+with its own receiver (`bench/learned_webhooks.py`): the same jobs, their evaluator runs compared with `progress` in
+a table of their own.
 
 Measured per job (`bench/learned_report.py`): progress calls and detection delay. The warm-up (jobs of a kind submitted
 before the learned groups' history of that kind reached CEKURA_LEARN_WARMUP_JOBS, plus one CEKURA_LEARN_REFRESH_S) is
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 import re
 import sys
 import threading
@@ -43,6 +43,7 @@ from bench.pollers import REPO_ROOT, CekuraWorker, python_env, read_results
 from bench.processes import Child, cleanup_on_exit, spawn
 from bench.redis_server import RedisServer, start_redis
 from bench.simulator_process import API_KEY
+from bench.workload import WORKLOAD, Job, params_for, suite_of, workload
 from tests.support import free_port, wait_for_line
 
 #: Cekura seconds per benchmark second: an hour-long evaluator run takes 90 s here.
@@ -50,19 +51,6 @@ DEFAULT_COMPRESSION = 40.0
 #: Jobs of each kind, submitted at random moments over `DEFAULT_SUBMIT_S` benchmark seconds.
 DEFAULT_JOBS_PER_KIND = 150
 DEFAULT_SUBMIT_S = 100.0
-#: The workload: service kind -> (simulator kind, params, median s, sigma), durations in Cekura (real) seconds.
-WORKLOAD: dict[str, tuple[str, dict[str, Any], float, float]] = {
-    "agent.auto_fetch": ("auto_fetch", {"agent_id": 5}, 8.0, 0.8),
-    "metric.clean_description": (
-        "clean_description",
-        {"agent": 1, "metric_description": "bench", "eval_type": "boolean"},
-        30.0,
-        0.5,
-    ),
-    "evaluator.run": ("evaluator_run", {"agent_id": 5}, 600.0, 0.8),
-}
-#: Evaluator runs cycle through CI suites of this many evaluators (`scenarios` 1..N, one run each).
-SUITES = (2, 5, 10, 20)
 #: The groups run at once: name -> (learning on, knob, progress rules kept). The knob scales every declared interval
 #: of a fixed group, and is CEKURA_LEARN_DELAY_TARGET for a learned one. The first three are the side-by-side ones.
 GROUPS: dict[str, tuple[bool, float, bool]] = {
@@ -75,8 +63,6 @@ GROUPS: dict[str, tuple[bool, float, bool]] = {
     "learned-x2": (True, 2.0, False),
 }
 SIDE_BY_SIDE = ("fixed", "learned", "progress")
-#: Least time between two submissions, so that no group starts two jobs in another order than the others.
-DEFAULT_MIN_GAP_S = 0.05
 #: Seconds to wait for the last result after the last submission (the longest evaluator runs, compressed).
 DEFAULT_DRAIN_S = 240.0
 
@@ -156,7 +142,7 @@ def run_learned(options: LearnOptions) -> int:
         server = start_redis(log_dir, "redis")
         groups = [_start_group(name, server, log_dir, options) for name in names]
         _wait_live(server, groups)
-        plan = _workload(options)
+        plan = workload(options.seed, options.submit_s, options.jobs_per_kind)
         warm = _Warmup(server, [g for g in groups if g.learning and g.knob == 1.0 and g.webhook_faults is None])
         warm.start()
         print(
@@ -281,49 +267,6 @@ def _wait_live(server: RedisServer, groups: list[Group], timeout_s: float = 60.0
                 tails = "\n".join(c.log_tail() for c in group.children)
                 raise RuntimeError(f"group {group.name} did not start:\n{tails}")
             time.sleep(0.2)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job of the workload: when it is submitted (s after the first), its kind and id."""
-
-    at_s: float
-    kind: str
-    job_id: str
-
-
-def _workload(options: LearnOptions) -> list[Job]:
-    """Every kind's jobs at random moments, at least `DEFAULT_MIN_GAP_S` apart so that every group starts them in
-    the same order (each simulator hands out durations in start order); ids count up per kind in that order."""
-    rng = random.Random(options.seed)
-    moments = sorted(
-        (rng.uniform(0, options.submit_s), kind) for kind in WORKLOAD for _ in range(options.jobs_per_kind)
-    )
-    jobs: list[Job] = []
-    seen: dict[str, int] = {}
-    for at_s, kind in moments:
-        n = seen[kind] = seen.get(kind, -1) + 1
-        at_s = max(at_s, jobs[-1].at_s + DEFAULT_MIN_GAP_S) if jobs else at_s
-        jobs.append(Job(at_s, kind, f"{kind}-{n:04d}"))
-    return jobs
-
-
-def params_for(job: Job) -> dict[str, Any]:
-    """A job's params: its kind's, and for an evaluator run the suite its turn in `SUITES` gives."""
-    params = WORKLOAD[job.kind][1]
-    size = _suite(job.job_id)
-    return params if size is None else {**params, "scenarios": list(range(1, size + 1))}
-
-
-def _suite(job_id: str) -> int | None:
-    kind, _, n = job_id.rpartition("-")
-    return SUITES[int(n) % len(SUITES)] if kind == "evaluator.run" else None
-
-
-def suite_of(job_id: str) -> str | None:
-    """The per-suite line an evaluator run is also counted in (`evaluator.run [10 runs]`)."""
-    size = _suite(job_id)
-    return None if size is None else f"evaluator.run [{size} runs]"
 
 
 def _submit(plan: list[Job], groups: list[Group]) -> None:

@@ -21,7 +21,7 @@ POLICIES = ("fixed", "learned", "progress")
 
 
 class PlannedJob(Protocol):
-    """What the summary needs of one job of the workload (`bench.learned.Job`)."""
+    """What the summary needs of one job of the workload (`bench.workload.Job`)."""
 
     kind: str
     job_id: str

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import figures as fig
 from bench.phase import PhaseRecord
 
 #: A figure's value for one poller (None: not measured / not applicable).
@@ -224,79 +225,64 @@ def plot_over_time(path: Path, series: Mapping[str, Sequence[Mapping[str, Any]]]
     plt.close(fig)
 
 
-def plot_tradeoff(path: Path, groups: Mapping[str, Mapping[str, Any]], compression: float) -> None:
-    """Learn mode: calls per job against p95 detection delay, one curve per policy through its knob settings, for
-    all kinds together and for each kind (`groups`: `bench.learned.summarise`'s per-group figures)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in next(iter(groups.values())) if k not in ("all", "durations_s")]
-    panels = ["all", *kinds]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
-    for ax, kind in zip(np.atleast_1d(axes), panels, strict=True):
-        for policy, marker in (("fixed", "s"), ("learned", "o")):
-            points = sorted(
-                (f[kind]["delay_p95_s"] * compression, f[kind]["calls_mean"], name)
-                for name, f in groups.items()
-                if name.split("-")[0] == policy and f[kind].get("jobs")
-            )
-            if not points:
-                continue
-            line = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=policy)[0]
-            for x, y, name in points:
-                knob = name.partition("-")[2] or "x1 (default)"
-                ax.annotate(knob, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
-        ax.set_title("all kinds" if kind == "all" else kind, fontsize=10)
-        ax.set_xlabel("p95 detection delay (Cekura s)")
-        ax.set_ylabel("progress calls per job")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        "Calls per job against p95 delay: fixed schedules (intervals x0.5, x1, x2) and learned ones "
-        f"(CEKURA_LEARN_DELAY_TARGET 0.5, 1, 2); time compressed {compression:g}x, shown in Cekura seconds",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def learned_lines(figures: Mapping[str, Any], kinds: Sequence[str], compression: float, elapsed_s: float) -> list[str]:
-    """Learn mode's table: per kind and over all kinds, fixed against learned (delays in Cekura seconds, that is
-    benchmark seconds x the compression), then the trade-off points of every group."""
-    groups = figures["groups"]
-    lines = [
-        f"\nLearned vs fixed polling ({elapsed_s:.0f} s; time compressed {compression:g}x, delays shown in Cekura "
-        "seconds; warm-up left out)",
-        f"warm-up, jobs of each kind submitted before the learned history was in use: {figures['warmup_jobs']}",
-        f"{'kind':26} {'policy':8} {'jobs':>5} {'calls/job':>9} {'p95':>4} {'delay p50':>9} {'p95':>6} {'p99':>6}",
-    ]
-    for kind in [*kinds, "all"]:
-        fixed = groups["fixed"][kind]
-        for name in ("fixed", "learned"):
-            f = groups[name][kind]
-            if not f.get("jobs"):
-                continue
-            line = (
-                f"{kind:26} {name:8} {f['jobs']:>5} {f['calls_mean']:>9.2f} {f['calls_p95']:>4.0f} "
-                + " ".join(f"{f[key] * compression:>{w}.1f}" for key, w in (("delay_p50_s", 9), ("delay_p95_s", 6)))
-                + f" {f['delay_p99_s'] * compression:>6.1f}"
-            )
-            if name == "learned" and fixed.get("jobs"):
-                calls = f["calls_mean"] / fixed["calls_mean"] - 1
-                p95 = f["delay_p95_s"] / fixed["delay_p95_s"] - 1
-                line += f"   calls {calls:+.0%}, p95 delay {p95:+.0%}"
-            lines.append(line)
-    if len(groups) > 2:
-        lines.append("\nTrade-off, all kinds (group: calls/job, p95 delay in Cekura s):")
-        for name, f in groups.items():
+def long_lines(summary: dict[str, Any]) -> list[str]:
+    """The long phase per poller: overall figures, then lateness and throughput per window (is it flat?)."""
+    lines = []
+    for name, figures in summary.items():
+        long = figures.get("long")
+        if not long:
+            continue
+        per_process = ", ".join(f"{name} {mib:.0f}" for name, mib in long["rss_peak_by_process_mib"].items())
+        saturation = long.get("saturation_polls_per_s") or 0
+        lines.append(
+            f"{name}: saturation with the long phase's processes {saturation:.0f} polls/s; "
+            f"{long['jobs']} jobs every {long['interval_s']:.0f} s; "
+            f"{'completed' if long['completed'] else 'FAILED: ' + str(long['error'])}; "
+            f"offered {long['offered_polls_per_s']:.0f} polls/s, got {long['polls_per_s'] or 0:.0f}; "
+            f"lateness p50 {long['lateness_p50_ms'] or 0:.0f} ms p99 {long['lateness_p99_ms'] or 0:.0f} ms "
+            f"({long['early_polls']} polls came less than half an interval after the previous one); "
+            f"CPU {long['cpu_ms_per_poll'] or 0:.2f} ms/poll; RSS peak per process (MiB): {per_process}; "
+            f"Redis {long['redis_bytes_per_job'] or 0:.0f} B/job"
+        )
+        lines.append("  window(s)   polls/s  late p50 ms  late p99 ms  RSS MiB  CPU cores")
+        for w in long["windows"]:
             lines.append(
-                f"  {name:14} {f['all'].get('calls_mean', 0):7.2f} {f['all'].get('delay_p95_s', 0) * compression:7.1f}"
+                f"  {w['start_s']:>5g}-{w['end_s']:<5g} {w['polls_per_s']:>8.0f} {_fmt(w['lateness_p50_ms']):>12}"
+                f" {_fmt(w['lateness_p99_ms']):>12} {_fmt(w['rss_mib']):>8} {_fmt(w['cpu_cores'], 2):>10}"
             )
-    lines.append(f"durations seen, p5/p50/p95 in benchmark s: {groups['fixed']['durations_s']}")
-    paired = figures["paired_share"]
-    lines.append(f"jobs that ran equally long in every group: {'-' if paired is None else f'{paired:.0%}'}")
     return lines
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def phase_json(record: PhaseRecord) -> dict[str, Any]:
+    """One phase in results.json: its spec, outcome and figures (not the raw poll times)."""
+    lateness = fig.lateness_s(record)
+    return {
+        "spec": asdict(record.spec),
+        "completed": record.completed,
+        "error": record.error,
+        "polls": fig.total_polls(record),
+        "requests_total": record.requests_total,
+        "duration_s": record.finished - record.submit_started,
+        "polls_per_s": fig.polls_per_s(record),
+        "cpu_s": record.cpu_s,
+        "cpu_ms_per_poll": fig.cpu_ms_per_poll(record),
+        "lateness_ms": {f"p{q}": fig.percentile_ms(lateness, q) for q in (50, 90, 99, 99.9)} if len(lateness) else None,
+        "early_polls": fig.early_polls(record),
+        "rss_peak_mib": fig.rss_peak_mib(record),
+        "rss_peak_by_process_mib": fig.rss_peak_by_process_mib(record),
+        "redis_bytes_per_job": fig.redis_bytes_per_job(record),
+        "http_calls_per_job": fig.http_calls_per_job(record),
+        "results": len(record.results),
+        "other_cores": record.other_cores,
+        "stolen_cores": record.stolen_cores,
+        "harness_cores": record.harness_cores,
+        "idle_cores": record.idle_cores,
+        "redis_cpu_s": record.redis_cpu_s,
+        "redis_waits": record.redis_waits,
+        "replica_cpu_s": record.replica_cpu_s,
+        "submit_s": record.submit_finished - record.submit_started,
+    }

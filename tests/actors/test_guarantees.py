@@ -141,7 +141,12 @@ def test_rate_limit_waits_never_outlast_a_jobs_deadline(
     assert outcomes <= {"completed", "timed_out"} and "timed_out" in outcomes
     started = [e for e in events if e["progress_id"]]
     assert all(int(e["polls"]) >= 1 or e["status"] == "timed_out" for e in started)
-    assert _route(sim, "auto-fetch 202") == len(started)
+    # A start claimed just before the deadline may reach Cekura while its job times out (README: a job past its
+    # deadline times out even while a call holds its claim, and that call's answer is ignored); every other start
+    # belongs to a job that recorded it, and none is made twice.
+    in_flight = [e for e in events if not e["progress_id"] and (rt.store.get(e["job_id"]) or {}).get("start_claim")]
+    assert all(e["status"] == "timed_out" for e in in_flight)
+    assert len(started) <= _route(sim, "auto-fetch 202") <= len(started) + len(in_flight)
 
 
 def test_a_429_cooldown_longer_than_the_deadline_ends_the_job_at_its_deadline(

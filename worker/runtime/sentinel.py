@@ -12,8 +12,9 @@ open, and reconnect on `READONLY`. Two things are added here:
   taking writes for about 10 s before it steps down, so each heartbeat asks again
   (`worker.runtime.heartbeat.follow_primary`) and moves the process's connections when the primary moved.
 
-The Sentinel clients use the caller's socket timeouts and never retry (the search moves on to the next Sentinel),
-so a hung Sentinel costs one timeout, not a retry schedule: readiness answers within its probe's time.
+The Sentinel clients never retry (the search moves on to the next Sentinel) and get at most
+`DEFAULT_SENTINEL_TIMEOUT_S` to answer, so a hung Sentinel costs one short timeout, not a retry schedule: readiness
+answers within its probe's time, and a heartbeat is not held up for long.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from config.settings import Settings, sentinel_parts
+
+#: Seconds a Sentinel gets to answer (it answers from memory, in well under a millisecond): the search asks them in
+#: turn, so hung Sentinels cost at most this each when a connection opens.
+DEFAULT_SENTINEL_TIMEOUT_S = 1.0
 
 
 class Sentinels(Sentinel):  # type: ignore[misc]  # redis-py types Sentinel as Any
@@ -62,8 +67,8 @@ def sentinel_primary(settings: Settings, kwargs: dict[str, Any]) -> redis.Redis:
     tls = {key: value for key, value in kwargs.items() if key.startswith("ssl_")}
     password = settings.redis_sentinel_password
     sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": kwargs["socket_timeout"],
-        "socket_connect_timeout": kwargs["socket_connect_timeout"],
+        "socket_timeout": min(kwargs["socket_timeout"], DEFAULT_SENTINEL_TIMEOUT_S),
+        "socket_connect_timeout": min(kwargs["socket_connect_timeout"], DEFAULT_SENTINEL_TIMEOUT_S),
         "retry": Retry(NoBackoff(), 0),
         "password": password.get_secret_value() if password else None,
         **({"ssl": True, **tls} if parts.tls else {}),

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import dramatiq
 import structlog
 
 from actors.kinds import KINDS, JobKind, Outcome
@@ -176,7 +175,8 @@ def publish(
 ) -> None:
     """Write the job's end and its one result event. With `stop_remote` (a job failed or timed out while its
     operation may still run at Cekura), a kind that can stop it there also gets its `cancel_remote` message, written
-    by the same script, as a cancel request's is; only a job polling or waiting with a session or progress id."""
+    by the same script, as a cancel request's is: a job polling or waiting with a session or progress id, or one
+    still looking for its lost start by its tag (`cancel_remote` then looks the run up)."""
     fields: dict[str, Any] = {
         "status": outcome.value,
         "cekura_status": redact(cekura_status, secrets),
@@ -188,18 +188,14 @@ def publish(
     kind = KINDS.get(kind_name)
     remote = None
     if stop_remote and kind is not None and kind.cancel_path:
-        remote = RemoteCancel(frozenset({kind_name}), rt.settings.cekura_queue, rt.settings.key("dramatiq"), CANCEL)
+        looks = frozenset({kind_name}) if kind.lookup_path else frozenset()  # it may still be looking for its run
+        remote = RemoteCancel(
+            frozenset({kind_name}), rt.settings.cekura_queue, rt.settings.key("dramatiq"), CANCEL, lookup_kinds=looks
+        )
     began_ns = time.time_ns() if tracing.enabled else 0
     done = rt.store.finish(job_id, expect, seq, fields, remote_cancel=remote, message_id=str(uuid.uuid4()))
     if done.remote_cancel:
         log.info("cekura_cancel_sent", reason="the job ended while its operation may still run at Cekura")
-    elif remote is not None and kind is not None and kind.lookup_path and done.prior_state == "polling":
-        # It ended while looking for its lost start (no id yet): `cancel_remote` looks for it by its tag.
-        args = (job_id, kind_name, None, "")
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=rt.settings.cekura_queue, actor_name=CANCEL, args=args, kwargs={}, options={}
-        )
-        rt.broker.enqueue(message)
     if done.verdict is not FinishVerdict.OK:
         log.debug("finish_skipped", verdict=done.verdict.value)
         return

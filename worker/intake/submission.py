@@ -169,6 +169,7 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
         queue_name=store.settings.cekura_queue,
         namespace=store.settings.key("dramatiq"),
         actor_name=names.CANCEL_REMOTE,
+        lookup_kinds=frozenset(name for name, kind in KINDS.items() if kind.cancel_path and kind.lookup_path),
     )
     fields = {"status": "cancelled", "error": "cancelled by request"}
     began_ns = time.time_ns() if tracing.enabled else 0
@@ -187,10 +188,7 @@ def cancel(store: JobStore, broker: dramatiq.Broker, job_id: str) -> Cancelled:
         tracing.ended(done.trace, job_id, done.kind, "cancelled", bind_logs=False, **details)
         ids = tracing.log_ids(done.trace.traceparent)
     log.info("job_cancelled", job_id=job_id, kind=done.kind, prior_state=done.prior_state, **ids)
-    # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns. A job
-    # that was looking for its lost start has no id yet: `cancel_remote` looks for it by its tag, as the job would.
-    if not done.remote_cancel and done.prior_state == "polling" and getattr(KINDS.get(done.kind), "lookup_path", None):
-        _send(broker, store.settings.cekura_queue, names.CANCEL_REMOTE, job_id, done.kind, None, "")
+    # A job still `starting` has no session yet: the start actor cancels it at Cekura once the call returns.
     if done.remote_cancel:
         wakeup = getattr(broker, "wakeup", None)  # this process's consumer, if it has one, takes it at once
         if wakeup is not None:

@@ -292,7 +292,8 @@ class JobStore:
         rc = remote_cancel
         args: list[Any] = [job_id, expect, seq, s.cekura_results_maxlen, s.cekura_job_ttl_s]
         if rc is not None:
-            args += [" ".join(sorted(rc.kinds)), rc.queue_name, rc.actor_name, message_id, f"cancel.{message_id}"]
+            listed = [*sorted(rc.kinds), *(f"{kind}+" for kind in sorted(rc.lookup_kinds))]  # "+": finds its run by tag
+            args += [" ".join(listed), rc.queue_name, rc.actor_name, message_id, f"cancel.{message_id}"]
             queue = f"{rc.namespace}:{rc.queue_name}"
             message_keys = [f"{queue}.msgs", queue]
         else:

@@ -253,3 +253,6 @@ class RemoteCancel:
     queue_name: str
     namespace: str
     actor_name: str
+    #: Of `kinds`, those that find their operation again by its tag (`actors.lookup`): a job of one of them that
+    #: ended while still looking for its lost start (polling, no progress id yet) gets the message too, with no id.
+    lookup_kinds: frozenset[str] = frozenset()

@@ -6,7 +6,8 @@
 -- call that stops the operation at Cekura is lost.
 -- KEYS: job hash, schedule zset, results stream, secret key, Dramatiq message hash, Dramatiq queue list
 -- ARGV: job_id, expect ('start'|'poll'|'any'), seq, results_maxlen, ttl_s,
---       cancel_kinds (space-separated kinds that cancel at Cekura; '' = no remote cancel), queue_name,
+--       cancel_kinds (space-separated kinds that cancel at Cekura, a kind with '+' also while it looks for its lost
+--       start; '' = no remote cancel), queue_name,
 --       cancel actor name, message_id, redis_message_id, field/value pairs...
 -- The event carries the job span's `traceparent` (and the producer's `tracestate`) when the job has trace context.
 -- Returns {'ok', entry_id, prior_state, session_id, kind, duration_ms, remote_cancel (1|0), now, submitted_ms,
@@ -54,8 +55,12 @@ redis.call('EXPIRE', job_key, ttl_s)
 
 local kind, session_id, progress_id = e[1] or '', e[11] or '', e[4] or ''
 local remote_cancel = 0
-if cancel_kinds ~= '' and (state == 'polling' or state == 'waiting') and (tonumber(session_id) or progress_id ~= '')
-    and string.find(' ' .. cancel_kinds .. ' ', ' ' .. kind .. ' ', 1, true) then
+-- A kind listed with a '+' also finds its operation by its tag: a job of it that ended while still looking for its
+-- lost start (polling, no progress id yet) gets the message with no id, and `cancel_remote` looks the run up.
+local listed = cancel_kinds ~= '' and string.find(' ' .. cancel_kinds .. ' ', ' ' .. kind .. ' ', 1, true)
+local looking = cancel_kinds ~= '' and state == 'polling' and progress_id == '' and not tonumber(session_id)
+  and string.find(' ' .. cancel_kinds .. ' ', ' ' .. kind .. '+ ', 1, true)
+if (listed and (state == 'polling' or state == 'waiting') and (tonumber(session_id) or progress_id ~= '')) or looking then
   local message = cjson.encode({
     queue_name = queue_name, actor_name = cancel_actor,
     args = {job_id, kind, tonumber(session_id) or cjson.null, progress_id},

@@ -39,8 +39,12 @@ def start_tag(step: Step) -> str:
     """The tag this job's start carries (`worker.cekura.lookup.tag`); "" for a kind without one."""
     if step.kind.tag_field is None:
         return ""
-    key = step.rt.settings.cekura_api_key
-    return lookup.tag(step.job_id, step.job.submitted_ms, key.get_secret_value() if key else "")
+    return _tag(step.rt, step.job_id, step.job.submitted_ms)
+
+
+def _tag(rt: Runtime, job_id: str, submitted_ms: int) -> str:
+    key = rt.settings.cekura_api_key
+    return lookup.tag(job_id, submitted_ms, key.get_secret_value() if key else "")
 
 
 def lost_start(step: Step, reason: str, schedule: Schedule) -> None:
@@ -126,8 +130,7 @@ def find_to_cancel(rt: Runtime, job_id: str, kind: JobKind) -> str:
         record = JobRecord.from_fields(rt.store.get(job_id) or {})
     except redis.ResponseError:
         return ""
-    key = rt.settings.cekura_api_key
-    mark = lookup.tag(job_id, record.submitted_ms, key.get_secret_value() if key else "")
+    mark = _tag(rt, job_id, record.submitted_ms)
     try:
         found = lookup.choose(rt.cekura.find(kind, mark), mark, record.submitted_ms)
     except CekuraError as exc:

@@ -6,6 +6,7 @@ the job learns the result's id (its start answered, or a lost start was found ag
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from worker.store import scripts
@@ -15,7 +16,11 @@ from worker.store.jobs import JobStore, as_text
 class ResultIndex:
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self._hasten = scripts.load(store.client, "hasten")
+
+    @functools.cached_property
+    def _hasten(self) -> scripts.LuaScript:
+        """Loaded on first use: the workers make a `ResultIndex` for each run they index and never hasten."""
+        return scripts.load(self.store.client, "hasten")
 
     def key(self, result_id: str) -> str:
         return self.store.settings.key("result", result_id)

@@ -29,6 +29,7 @@ from actors.kinds import KINDS
 from config.settings import load_settings
 from tests.support import RedisServer, group_alive, kill_group, running, wait_for_line, without_service_env
 from tests.support import wait_for as _wait_for
+from tests.system.fake_cekura import FakeCekura
 from worker.client import Client
 
 #: The console script under test, next to the interpreter running the tests.
@@ -513,6 +514,14 @@ class System:
             sim.stop()
         for server in self._servers:
             server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCekura]:
+    """A fake Cekura on loopback answering what the test's `fake.script` says (tests/system/fake_cekura.py)."""
+    server = FakeCekura()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
@@ -28,64 +27,13 @@ import redis
 
 from config.settings import Settings, load_settings
 from tests.conftest import FAST
+from tests.system.fake_cekura import FakeCekura, json_reply
 from worker.cekura.decode import DEFAULT_ERROR_EXCERPT
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
 
-#: (method, path, lower-cased headers, body) -> (status, extra headers, body)
-Script = Callable[[str, str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
-
 TOGGLE = "agent.toggle_mock_tools"
 TOOLS = "agent.tools_auto_fetch"
-
-
-# -- a fake Cekura (as in tests/system/test_attack_secrets.py) -----------------------------------------------------
-
-
-class FakeCekura:
-    def __init__(self) -> None:
-        self.script: Script = lambda *_: (500, [], b"{}")
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra, out = fake.script(self.command, self.path, headers, body)
-                self.send_response(status)
-                for name, value in extra:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCekura]:
-    server = FakeCekura()
-    yield server
-    server.stop()
-
-
-def _json(status: int, value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "application/json")], json.dumps(value).encode()
 
 
 def _text(value: Any) -> str:
@@ -173,9 +121,9 @@ def test_provider_key_returned_as_the_progress_id_reaches_event_logs_console_and
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":  # e.g. an API that names the operation after the key it was started with
-            return _json(200, {"progress_id": json.loads(body)["api_key"]})
+            return json_reply(200, {"progress_id": json.loads(body)["api_key"]})
         polls["n"] += 1
-        return _json(200, {"status": "in_progress" if polls["n"] == 1 else "completed"})
+        return json_reply(200, {"status": "in_progress" if polls["n"] == 1 else "completed"})
 
     fake.script = script
     settings = _settings(fake.url, cekura_progress_events=True)
@@ -219,8 +167,8 @@ def test_api_key_returned_as_the_progress_id_reaches_the_result_event(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": f"op-for-{headers['x-cekura-api-key']}"})
-        return _json(200, {"status": "completed"})
+            return json_reply(200, {"progress_id": f"op-for-{headers['x-cekura-api-key']}"})
+        return json_reply(200, {"status": "completed"})
 
     fake.script = script
     run = start_run(_settings(fake.url, api_key, cekura_progress_events=True))
@@ -248,8 +196,8 @@ def test_mcp_bearer_token_quoted_without_its_scheme_is_not_masked(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-mcp"})
-        return _json(200, {"status": "failed", "error": f"MCP server answered 401: invalid token {token}"})
+            return json_reply(200, {"progress_id": "p-mcp"})
+        return json_reply(200, {"status": "failed", "error": f"MCP server answered 401: invalid token {token}"})
 
     fake.script = script
     run = start_run(_settings(fake.url))
@@ -353,7 +301,7 @@ def test_provider_key_quoted_in_a_form_redact_knows_is_masked_across_the_cut(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-forms"})
+            return json_reply(200, {"progress_id": "p-forms"})
         text = "x" * (DEFAULT_ERROR_EXCERPT - len(encoded) // 2) + encoded + " refused"
         return 400, [("Content-Type", "text/plain")], text.encode()
 
@@ -456,7 +404,7 @@ def test_internal_error_traceback_quotes_the_jobs_secret_in_the_log(
     `internal_error` logs it with `log.exception`: the traceback passes only through the registered-secret masking
     (the job's secrets were never loaded into the step), so the provider key is in the log line."""
     provider_key = f"prov-{secrets.token_hex(16)}"
-    fake.script = lambda *_: _json(200, {"progress_id": "p-x"})
+    fake.script = lambda *_: json_reply(200, {"progress_id": "p-x"})
     run = start_run(_settings(fake.url), worker=False)
     job_id = run.client.submit(TOGGLE, {"agent_id": 6, "enabled": True, "api_key": provider_key}, job_id="old-secret")
     secret_key = run.rt.store.secret_key(job_id)
@@ -485,11 +433,11 @@ def test_provider_key_in_progress_status_and_result_is_masked_everywhere(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-st"})
+            return json_reply(200, {"progress_id": "p-st"})
         polls["n"] += 1
         if polls["n"] == 1:
-            return _json(200, {"status": f"checking {provider_key}"})
-        return _json(
+            return json_reply(200, {"status": f"checking {provider_key}"})
+        return json_reply(
             200,
             {
                 "status": "failed",
@@ -522,7 +470,7 @@ def test_mcp_header_value_quoted_across_the_excerpt_cut_is_masked(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-h"})
+            return json_reply(200, {"progress_id": "p-h"})
         return 400, [("Content-Type", "text/plain")], ("z" * 280 + "X-Token: " + header + " refused").encode()
 
     fake.script = script
@@ -572,8 +520,8 @@ def test_remote_cancel_error_quotes_no_body(fake: FakeCekura, start_run: Callabl
             echo = base64.b64encode(headers["x-cekura-api-key"].encode()).decode()
             return 400, [("Content-Type", "text/plain")], f"cannot end calls for {echo}".encode()
         if method == "POST":
-            return _json(200, {"id": 77})
-        return _json(200, {"status": "running"})
+            return json_reply(200, {"id": 77})
+        return json_reply(200, {"status": "running"})
 
     fake.script = script
     run = start_run(_settings(fake.url, api_key))
@@ -601,9 +549,9 @@ def test_api_key_straddling_the_question_cut_is_masked(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-q"})
+            return json_reply(200, {"progress_id": "p-q"})
         question = "y" * 3985 + " " + headers["x-cekura-api-key"] + " is that the right key?"
-        return _json(200, {"status": "pending_clarification", "question": question})
+        return json_reply(200, {"status": "pending_clarification", "question": question})
 
     fake.script = script
     run = start_run(_settings(fake.url, api_key, cekura_progress_events=True))

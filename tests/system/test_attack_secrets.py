@@ -11,9 +11,7 @@ import html
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -22,6 +20,7 @@ import redis
 
 from config.settings import Settings, load_settings
 from tests.conftest import FAST
+from tests.system.fake_cekura import FakeCekura, Script, json_reply
 from worker.client import Client
 from worker.errors import ConfigError, InvalidRequest
 from worker.runtime.app import Runtime, bind_actors, setup
@@ -29,57 +28,8 @@ from worker.runtime.app import Runtime, bind_actors, setup
 if TYPE_CHECKING:
     from conftest import System
 
-#: (method, path, lower-cased headers, body) -> (status, extra headers, body)
-Script = Callable[[str, str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
-
 
 # -- a fake Cekura ----------------------------------------------------------------------------------------------
-
-
-class FakeCekura:
-    def __init__(self) -> None:
-        self.script: Script = lambda *_: (500, [], b"{}")
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra, out = fake.script(self.command, self.path, headers, body)
-                self.send_response(status)
-                for name, value in extra:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCekura]:
-    server = FakeCekura()
-    yield server
-    server.stop()
-
-
-def _json(status: int, value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "application/json")], json.dumps(value).encode()
 
 
 # -- an in-process worker on a given Redis and key ----------------------------------------------------------------
@@ -254,7 +204,7 @@ def test_secret_that_contains_another_secret_is_only_partly_masked(
     server = system.redis(password=password)
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
-        return _json(400, {"detail": f"key {headers['x-cekura-api-key']} is not valid for this project"})
+        return json_reply(400, {"detail": f"key {headers['x-cekura-api-key']} is not valid for this project"})
 
     fake.script = script
     run = start_run(_settings(server.url, fake.url, api_key))
@@ -275,11 +225,11 @@ def _auto_fetch_script(stage: Any, then: dict[str, Any]) -> Script:
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-1"})
+            return json_reply(200, {"progress_id": "p-1"})
         polls["n"] += 1
         if polls["n"] == 1:
-            return _json(200, {"status": "in_progress", "current_stage": stage(headers)})
-        return _json(200, then)
+            return json_reply(200, {"status": "in_progress", "current_stage": stage(headers)})
+        return json_reply(200, then)
 
     return script
 
@@ -330,8 +280,8 @@ def test_provider_key_echoed_in_progress_payload_reaches_result_event(
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
             seen["key"] = json.loads(body)["api_key"]
-            return _json(200, {"progress_id": "p-1"})
-        return _json(200, {"status": "failed", "error": f"the provider refused api key {seen['key']}"})
+            return json_reply(200, {"progress_id": "p-1"})
+        return json_reply(200, {"status": "failed", "error": f"the provider refused api key {seen['key']}"})
 
     fake.script = script
     run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
@@ -353,7 +303,7 @@ def test_provider_key_with_whitespace_is_not_masked_when_echoed_trimmed(
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         key = json.loads(body)["api_key"].strip()
-        return _json(400, {"api_key": [f"{key} is not a valid provider key"]})
+        return json_reply(400, {"api_key": [f"{key} is not a valid provider key"]})
 
     fake.script = script
     run = start_run(_settings(_test_redis_url(), fake.url, f"ck-{secrets.token_hex(16)}"))
@@ -423,7 +373,7 @@ def test_provider_key_quoted_by_a_progress_error_across_the_excerpt_cut_is_maske
 
     def script(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
         if method == "POST":
-            return _json(200, {"progress_id": "p-cut"})
+            return json_reply(200, {"progress_id": "p-cut"})
         text = "x" * 260 + "provider key " + provider_key + " was refused"  # the cut (300) falls inside the key
         return 400, [("Content-Type", "text/plain")], text.encode()
 

@@ -88,7 +88,9 @@ def run_benchmark(options: Options) -> int:
         for index in range(options.repeat):
             if options.repeat > 1:
                 print(f"== round {index + 1} of {options.repeat}", flush=True)
-            for name in names:
+            # Each round starts one poller later (A B C, B C A, C A B): a poller's place in the round is not what
+            # sets its figures when the machine drifts through a round.
+            for name in names[index % len(names) :] + names[: index % len(names)]:
                 run = run_poller(name, options, shared_rate, round_index=index)
                 rounds[name].append(run)
                 if options.mode == "replicas" and shared_rate is None and run.saturation is not None:

@@ -23,12 +23,16 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench.harness import Options, run_benchmark
 from bench.pollers import POLLERS, REPO_ROOT, CekuraWorker, Submitter
@@ -39,7 +43,10 @@ from tests.support import free_port, kill_group, wait_for_line
 BASELINE, OFF, ON = "cekura-baseline", "cekura-tracing-off", "cekura-tracing-on"
 
 #: Rounds unless `--repeat` says otherwise: single runs on a shared machine move 10-20 %.
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
+
+#: How long no new span must reach the receiver before a phase's CPU is read (the SDK exports at least every 5 s).
+DRAIN_S = 6.0
 
 #: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
 SOURCE_PACKAGES = ("worker", "actors", "config", "simulator")
@@ -69,6 +76,20 @@ class TracingVariant(CekuraWorker):
 
     extra_env: dict[str, str] | None = None
     source: Path | None = None
+    #: The OTLP receiver this variant exports to (None: it exports nothing).
+    receiver_url: str | None = None
+
+    def drain(self) -> None:
+        """Once a phase's jobs are done, before its CPU is read: wait until this variant's exporter has sent what
+        its batch held (no new span at the receiver for `DRAIN_S`, longer than the SDK's schedule delay), so the
+        whole export is in the figure. Every variant waits one such stretch, idle, so all are read alike."""
+        count = _receiver_stats(self.receiver_url)["spans"] if self.receiver_url else 0
+        while True:
+            time.sleep(DRAIN_S)
+            now = _receiver_stats(self.receiver_url)["spans"] if self.receiver_url else 0
+            if now == count:
+                return
+            count = now
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         env = {**env, **(self.extra_env or {})}
@@ -175,13 +196,12 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
         source = baseline_tree(baseline, Path(scratch))
         receiver, url = start_receiver(options.out / "logs" / "otlp-receiver")
         try:
-            # Export every 100 ms rather than the SDK's 5 s, so the batch thread's work lands inside the window
-            # each phase's CPU is read in (which ends with the last result): at most 100 ms of spans are left
-            # unexported then, and the extra export requests count against tracing, not for it.
-            on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+            # The SDK's batching as shipped (an export every 512 spans or 5 s): `drain` waits out the last batch
+            # before the CPU is read.
+            on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
             POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
             POLLERS[OFF] = TracingVariant(name=OFF)
-            POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env)
+            POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env, receiver_url=url)
             status = run_benchmark(options)
             stats = _receiver_stats(url)
         finally:
@@ -191,7 +211,6 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
 
 
 def _receiver_stats(url: str) -> dict[str, int]:
-    import httpx
 
     stats: dict[str, int] = httpx.get(f"{url}/stats", timeout=10, trust_env=False).json()
     return stats
@@ -201,6 +220,23 @@ def _change(new: float | None, old: float | None) -> str:
     if not new or not old:
         return "-"
     return f"{(new / old - 1) * 100:+.1f} %"
+
+
+def _paired(rounds: list[list[dict[str, Any]]], key: str) -> tuple[str, str]:
+    """Off against baseline and on against off as the median of each round's own ratio, with its range: the
+    machine drifts by more than the effect between rounds (10-30 %), much less within one, so a ratio taken inside
+    a round and then summarised is the steadier figure (the table's medians are taken per variant)."""
+    pairs: tuple[list[float], list[float]] = ([], [])
+    for base, off, on in zip(*rounds, strict=False):
+        values = [r.get(key) for r in (base, off, on)]
+        if values[0] and values[1]:
+            pairs[0].append(values[1] / values[0] - 1)
+        if values[1] and values[2]:
+            pairs[1].append(values[2] / values[1] - 1)
+    return tuple(  # type: ignore[return-value]
+        f"{statistics.median(r) * 100:+.1f} % ({min(r) * 100:+.1f} to {max(r) * 100:+.1f} %)" if r else "-"
+        for r in pairs
+    )
 
 
 def _report(out: Path, stats: dict[str, int]) -> None:
@@ -220,6 +256,12 @@ def _report(out: Path, stats: dict[str, int]) -> None:
         shown = [f"{value:,.3f}" if isinstance(value, float) else "-" for value in (base, off, on)]
         lines.append(f"| {label} | {' | '.join(shown)} | {_change(off, base)} | {_change(on, off)} |")
     rounds = [summary.get(name, {}).get("rounds", [summary.get(name, {})]) for name in (BASELINE, OFF, ON)]
+    for key, label in (("sat_cpu_ms_per_poll", "at saturation"), ("lat_cpu_ms_per_poll", "at ~50% load")):
+        off_base, on_off = _paired(rounds, key)
+        lines.append(
+            f"\nCPU per poll {label}, each round's ratio (the variants ran minutes apart in it), median over the"
+            f" rounds: tracing off vs baseline {off_base}, tracing on vs off {on_off}"
+        )
     for round_index, (base, off, on) in enumerate(zip(*rounds, strict=False)):
         cpu = [r.get("sat_cpu_ms_per_poll") for r in (base, off, on)]
         lines.append(

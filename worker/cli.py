@@ -131,9 +131,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _trace_as_configured(settings: Settings) -> None:
+    """With `OTEL_*` set, a job this process ends (a cancel) gets its job span here, as a worker would make it, and
+    a retry its trace; without, nothing of OpenTelemetry is imported. Spans are flushed as the process exits."""
+    if settings.tracing_on:
+        from worker import tracing
+
+        tracing.setup(settings)
+
+
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
 
+    _trace_as_configured(settings)
     with Client(settings) as client:
         outcome = client.cancel(args.job_id)
     print(outcome.message, flush=True)
@@ -157,6 +167,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
     from worker.intake import submission
 
+    _trace_as_configured(settings)
     with Client(settings) as client:
         outcome = submission.retry(client.store, client.broker, args.job_id, args.new_job_id, force=args.force)
     if outcome.result != "submitted":
@@ -205,6 +216,7 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     from worker.console import serve
 
+    _trace_as_configured(settings)  # the console cancels and retries jobs too
     return serve(settings, host=args.host, port=args.port)
 
 

@@ -145,14 +145,39 @@ def register(values: Iterable[str | None]) -> None:
             _secrets = _secrets | fresh
 
 
+#: Words in a header's name that make its value a credential (`Authorization`, `x-honeycomb-team`, `DD-API-KEY`,
+#: `signoz-access-token`...): other values (a dataset's name, an org id) are not masked, which would blank them out
+#: of every log line.
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|team|pass|credential|signature", re.IGNORECASE)
+
+
+def header_values(headers: str) -> list[str]:
+    """The credentials in an `OTEL_EXPORTER_OTLP_HEADERS`-style list (`key=value,...`, values percent-encoded): the
+    value of each header named like one, as written and decoded, and without its scheme (`Bearer <token>`), which a
+    server may quote alone."""
+    values: list[str] = []
+    for pair in headers.split(","):
+        name, _, value = (part.strip() for part in pair.partition("="))
+        if _CREDENTIAL_HEADER.search(unquote(name)):
+            decoded = unquote(value).strip()
+            values += [value, decoded, decoded.rpartition(" ")[2]]
+    return values
+
+
 def register_settings(settings: Settings) -> None:
     """Register this deployment's secrets: the Cekura API key, the Redis password (as written and decoded), the
-    Sentinels' password and the webhook secret."""
+    Sentinels' password, the webhook secret, and the values of the OTLP exporter's headers (a tracing vendor's key)."""
     password = urlsplit(settings.redis_url.get_secret_value()).password
     key = settings.cekura_api_key.get_secret_value() if settings.cekura_api_key else None
     sentinel = settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None
     webhook = settings.cekura_webhook_secret.get_secret_value() if settings.cekura_webhook_secret else None
-    register([key, password, unquote(password) if password else None, sentinel, webhook])
+    otlp = [
+        value
+        for headers in (settings.otel_exporter_otlp_headers, settings.otel_exporter_otlp_traces_headers)
+        if headers is not None
+        for value in header_values(headers.get_secret_value())
+    ]
+    register([key, password, unquote(password) if password else None, sentinel, webhook, *otlp])
 
 
 def _mask(text: str, matchers: tuple[_Matcher, ...]) -> str:

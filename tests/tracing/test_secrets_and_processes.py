@@ -17,7 +17,8 @@ from typing import Any
 import dramatiq
 import pytest
 
-from tests.support import wait_for
+from config.settings import Settings
+from tests.support import service_env, wait_for
 from tests.system.conftest import System
 from tests.tracing.conftest import ROOT, Producer, Receiver, clean_env, flush, wait_job
 from tests.tracing.receiver import tree
@@ -161,3 +162,24 @@ def test_the_worker_logs_a_slow_collector_but_never_waits_on_it(receiver: Receiv
         tracing.shutdown()  # bounded: it gives up on the unreachable collector
     assert time.monotonic() - started < 5
     assert not tracing.enabled
+
+
+def test_a_job_cancelled_by_the_cli_gets_its_job_span_from_the_cli(
+    traced_settings: Settings, receiver: Receiver, producer: Producer, redis_client: Any
+) -> None:
+    client = Client(traced_settings, client=redis_client)  # no worker: the job waits for its start
+    with producer.tracer().start_as_current_span("submit") as span:
+        job_id = client.submit("agent.auto_fetch", {"agent_id": 42}, job_id="cancelled-by-the-cli")
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+    env = service_env(traced_settings, OTEL_SERVICE_NAME="cli")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cekura-worker")), "cancel", job_id],
+        env=env, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert client.status(job_id)["state"] == "finished"
+    spans = receiver.wait_for_span(trace_id, "job agent.auto_fetch")
+    job = next(s for s in spans if s["name"] == "job agent.auto_fetch")
+    assert job["resource"]["service.name"] == "cli"
+    assert job["attributes"]["cekura.job.status"] == "cancelled" and job["attributes"]["cekura.job.id"] == job_id
+    assert job["parent_span_id"] == next(s["span_id"] for s in spans if s["name"] == "submit")

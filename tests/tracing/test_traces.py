@@ -274,3 +274,17 @@ def test_an_evaluator_run_reads_as_one_tree(
         "send cekura:results",
         "ci: gate on the verdict",
     ]
+
+
+def test_the_reconcilers_line_about_a_job_it_resends_names_the_job_span(
+    traced_rt: Runtime, traced_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.runtime.reconciler import reconcile_once
+
+    job_id = traced_client.submit(KIND, PARAMS)  # no worker: its start message waits in the queue
+    carried = parse_traceparent(traced_rt.redis.hget(traced_rt.store.job_key(job_id), "traceparent").decode())
+    assert carried is not None
+    traced_rt.redis.zadd(traced_rt.store.schedule_key, {job_id: 0})  # overdue since 1970
+    assert reconcile_once(traced_rt) == 1
+    [line] = [line for line in _logged(caplog) if line.get("event") == "job_rescheduled"]
+    assert (line["job_id"], line.get("trace_id"), line.get("span_id")) == (job_id, carried.trace_id, carried.span_id)

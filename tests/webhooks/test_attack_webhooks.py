@@ -3,21 +3,17 @@ regression tests once each break was fixed.
 
 Each test states the guarantee it attacks; a failing test demonstrates a break. A docstring "HELD since <fix>: was
 BREAK: ..." names the fix and what the attack did before it. Reproductions run a real worker, real Redis and the
-simulator over HTTP, and the real `cekura-worker webhooks` process where the receiver matters (its
-`ReceiverProcess` is copied from tests/webhooks/test_receiver.py). Tests wait for states, never for time to pass,
-except where a rate is measured over a window."""
+simulator over HTTP, and the real `cekura-worker webhooks` process where the receiver matters
+(`tests/webhooks/receivers.py`). Tests wait for states, never for time to pass, except where a rate is measured over
+a window."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,128 +27,12 @@ import pytest
 from config.settings import Settings
 from simulator import SimulatorHandle
 from tests.conftest import SIM_KEY, make_settings
-from tests.support import RedisServer, kill_group, service_env, wait_for, wait_for_line
+from tests.support import RedisServer, wait_for
+from tests.webhooks.receivers import SECRET, SLOW, ReceiverProcess, ended_at_cekura, polls_made, routes, started_run
 from worker.cekura import lookup
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
 from worker.store.records import Phase
-
-SECRET = "webhook-secret-0123456789"
-CEKURA_WORKER = str(Path(sys.executable).with_name("cekura-worker"))
-_LISTENING = re.compile(r"listening on (http://\S+)/webhooks/cekura")
-
-#: Evaluator runs poll every minute unless a webhook says otherwise.
-SLOW = {"evaluator.run": {"initial_s": 60.0, "factor": 1.0, "max_s": 60.0, "min_s": 60.0}}
-
-
-class ReceiverProcess:
-    def __init__(self, settings: Settings, tmp_path: Path, *, secret: str = SECRET) -> None:
-        log_path = tmp_path / "webhooks.log"
-        env = service_env(settings, CEKURA_WEBHOOK_SECRET=secret)
-        with log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                [CEKURA_WORKER, "webhooks", "--port", "0"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=tmp_path,
-            )
-        match = wait_for_line(self.popen, log_path, _LISTENING, 30)
-        assert match is not None, log_path.read_text()
-        self.url = match.group(1) + "/webhooks/cekura"
-        self.host, self.port = re.match(r"http://([^:/]+):(\d+)", self.url).groups()  # type: ignore[union-attr]
-        self.http = httpx.Client(timeout=10, trust_env=False)
-
-    def post(
-        self, body: Any, *, secret: str | None = SECRET, raw: bytes | None = None, timeout: float = 10
-    ) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
-        if secret is not None:
-            headers["X-CEKURA-SECRET"] = secret
-        content = raw if raw is not None else json.dumps(body).encode()
-        return self.http.post(self.url, content=content, headers=headers, timeout=timeout)
-
-    def completed(self, result_id: str | int, status: str = "completed", timeout: float = 10) -> httpx.Response:
-        return self.post(
-            {"event_type": "result.completed", "data": {"id": result_id, "status": status}}, timeout=timeout
-        )
-
-    def flood(self, result_id: str | int, copies: int, threads: int = 32) -> list[httpx.Response]:
-        """`copies` of one result's webhook from `threads` threads at once, each thread with its own HTTP client
-        (one httpx client shared by many threads may fail a request with EBADF on its side as the server closes
-        an idle kept-alive connection: a flake of the sender, not an answer of the receiver)."""
-        local = threading.local()
-        clients: list[httpx.Client] = []
-        lock = threading.Lock()
-        body = json.dumps({"event_type": "result.completed", "data": {"id": result_id, "status": "completed"}})
-        headers = {"Content-Type": "application/json", "X-CEKURA-SECRET": SECRET}
-
-        def send(_: int) -> httpx.Response:
-            if not hasattr(local, "http"):
-                local.http = httpx.Client(timeout=10, trust_env=False)
-                with lock:
-                    clients.append(local.http)
-            return local.http.post(self.url, content=body.encode(), headers=headers)
-
-        try:
-            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                return list(pool.map(send, range(copies)))
-        finally:
-            for http in clients:
-                http.close()
-
-    def stop(self) -> None:
-        self.http.close()
-        kill_group(self.popen)
-
-
-# -- fixtures ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def slow_settings(sim: SimulatorHandle, redis_client: Any) -> Settings:
-    sim.reset()
-    sim.clear_faults()
-    sim.configure(duration_s=0.3, polls_to_complete=None, rate_limit_rps=0)
-    return make_settings(sim.url, cekura_poll_overrides=SLOW, cekura_webhooks=True, cekura_webhook_safety_net_s=60)
-
-
-@pytest.fixture
-def running(slow_settings: Settings) -> Iterator[tuple[Runtime, Client]]:
-    rt = setup(slow_settings)
-    bind_actors()
-    worker = dramatiq.Worker(rt.broker, worker_threads=4, worker_timeout=100)
-    worker.start()
-    client = Client(slow_settings, client=rt.redis, broker=rt.broker)
-    yield rt, client
-    worker.stop(timeout=10_000)
-
-
-@pytest.fixture
-def receiver(slow_settings: Settings, tmp_path: Path) -> Iterator[ReceiverProcess]:
-    process = ReceiverProcess(slow_settings, tmp_path)
-    yield process
-    process.stop()
-
-
-def _polls(sim: SimulatorHandle) -> int:
-    return int(sim.stats()["polls_total"])
-
-
-def _ended_at_cekura(sim: SimulatorHandle, result_id: str) -> bool:
-    ends = sim.polls()[result_id]["finishes_at"]
-    return ends is not None and ends <= time.time()
-
-
-def _routes(sim: SimulatorHandle, needle: str) -> int:
-    return sum(count for route, count in sim.stats()["by_route"].items() if needle in route)
-
-
-def _started_run(client: Client, name: str = "nightly", job_id: str | None = None) -> tuple[str, str]:
-    job_id = client.submit("evaluator.run", {"scenarios": [1], "name": name}, job_id=job_id)
-    wait_for(lambda: client.status(job_id).get("progress_id"), 15, "the run to start")
-    return job_id, str(client.status(job_id)["progress_id"])
 
 
 def _worker(rt: Runtime, threads: int = 4) -> dramatiq.Worker:
@@ -184,12 +64,12 @@ def test_a_flood_of_concurrent_duplicate_webhooks_for_one_running_job_costs_at_m
     retry per result id. Measured: ~10 GETs for 300 copies sent over ~1 s, and each of those polls leaves a stale
     safety-net message in the delay queue until it is due."""
     _rt, client = running
-    job_id, result_id = _started_run(client, name="forever [hang]")
+    job_id, result_id = started_run(client, name="forever [hang]")
     answers = [answer.status_code for answer in receiver.flood(int(result_id), 300)]
     assert set(answers) == {200}
     wait_for(lambda: int(client.status(job_id).get("polls") or 0) >= 1, 15, "a hastened poll to be recorded")
     assert client.status(job_id)["state"] == "polling"
-    gets = _polls(sim)  # an upper bound at any moment: each webhook hastens at most one poll
+    gets = polls_made(sim)  # an upper bound at any moment: each webhook hastens at most one poll
     print(f"300 concurrent duplicate webhooks cost {gets} GETs")
     assert 1 <= gets <= 300
 
@@ -361,7 +241,7 @@ def test_a_late_start_answer_does_not_cancel_the_run_the_lookup_finds(
         w.stop(timeout=10_000)
     stats = sim.stats()
     assert stats["started_by_kind"]["evaluator_run"] == 1
-    end_calls = _routes(sim, "end_calls")
+    end_calls = routes(sim, "end_calls")
     assert (event["status"], end_calls) == ("completed", 0), (
         f"the job's own run {event['progress_id']} was ended by the late start answer: job {event['status']} "
         f"(cekura_status {event['cekura_status']!r}), end_calls sent {end_calls} time(s)"
@@ -408,8 +288,8 @@ def test_a_job_cancelled_while_it_looks_for_its_lost_start_still_stops_the_run_a
     assert sim.stats()["started_by_kind"]["evaluator_run"] == 1  # the run is at Cekura
     (result_id,) = sim.polls()
     # A 30 s run has ended within 15 s only if end_calls stopped it.
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 15, f"end_calls to stop run {result_id} of the cancelled job")
-    assert _routes(sim, "end_calls") >= 1
+    wait_for(lambda: ended_at_cekura(sim, result_id), 15, f"end_calls to stop run {result_id} of the cancelled job")
+    assert routes(sim, "end_calls") >= 1
 
 
 def test_a_job_whose_deadline_passes_while_it_looks_still_stops_the_run_at_cekura(
@@ -428,8 +308,8 @@ def test_a_job_whose_deadline_passes_while_it_looks_still_stops_the_run_at_cekur
     assert event["status"] == "timed_out"
     (result_id,) = sim.polls()
     # A 30 s run has ended within 15 s only if end_calls stopped it.
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 15, f"end_calls to stop run {result_id} of the timed-out job")
-    assert _routes(sim, "end_calls") >= 1
+    wait_for(lambda: ended_at_cekura(sim, result_id), 15, f"end_calls to stop run {result_id} of the timed-out job")
+    assert routes(sim, "end_calls") >= 1
 
 
 def test_one_garbled_results_list_answer_does_not_end_the_lookup_within_its_window(
@@ -451,7 +331,7 @@ def test_one_garbled_results_list_answer_does_not_end_the_lookup_within_its_wind
     sim.clear_faults()
     event = client.wait(job_id, timeout=20)
     assert event["status"] == "completed", f"{event['status']}: {event['error']}"
-    assert sim.stats()["started_by_kind"]["evaluator_run"] == 1 and _routes(sim, "end_calls") == 0
+    assert sim.stats()["started_by_kind"]["evaluator_run"] == 1 and routes(sim, "end_calls") == 0
 
 
 def test_a_results_list_answering_5xx_once_is_looked_past(
@@ -655,7 +535,7 @@ def test_webhooks_arriving_while_a_poll_holds_the_job_do_not_slow_the_receiver_d
 
     try:
         client = Client(settings, client=rt.redis, broker=rt.broker)
-        job_id, result_id = _started_run(client, name="forever [hang]")
+        job_id, result_id = started_run(client, name="forever [hang]")
         idle_per_s = commands_per_s(lambda: time.sleep(1.0))
         server_ms = int(rt.redis.time()[0]) * 1000
         rt.redis.hset(rt.store.job_key(job_id), "lease", server_ms + 60_000)  # a poll holds the job (a hung call)
@@ -696,8 +576,8 @@ def test_a_webhook_naming_its_result_id_with_leading_zeros_still_finds_its_job(
     would not deliver it again. Unicode digits (fullwidth, Arabic-Indic) passed `isdigit()` as well; they are now
     refused as malformed. The job ends on the webhook's poll, a minute before its safety net."""
     _, client = running
-    job_id, result_id = _started_run(client)
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 10, "the run to end at Cekura")
+    job_id, result_id = started_run(client)
+    wait_for(lambda: ended_at_cekura(sim, result_id), 10, "the run to end at Cekura")
     fullwidth = result_id.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
     refused = receiver.post({"event_type": "result.completed", "data": {"id": fullwidth}})
     assert (refused.status_code, refused.json()["outcome"]) == (400, "malformed"), refused.text
@@ -799,7 +679,7 @@ def test_hostile_bodies_are_answered_without_harm(
     answer = receiver.post(None, raw=raw)
     assert answer.status_code == status, answer.text
     assert receiver.http.get(receiver.url.replace("/webhooks/cekura", "/healthz")).status_code == 200
-    assert _polls(sim) == 0
+    assert polls_made(sim) == 0
 
 
 def test_a_chunked_body_without_content_length_is_cut_at_the_limit(
@@ -822,19 +702,19 @@ def test_a_webhook_for_the_result_of_a_job_that_was_retried_does_nothing(
     """HELD: the first job's result still maps to the first job, which has ended (`finished`); the retry polls its
     own new result, indexed to itself."""
     _, client = running
-    job_id, first_result = _started_run(client)
-    wait_for(lambda: _ended_at_cekura(sim, first_result), 10, "the first run to end at Cekura")
+    job_id, first_result = started_run(client)
+    wait_for(lambda: ended_at_cekura(sim, first_result), 10, "the first run to end at Cekura")
     assert receiver.completed(int(first_result)).json()["outcome"] == "matched"
     assert client.wait(job_id, timeout=20)["status"] == "completed"
     retried = client.retry(job_id)
     wait_for(lambda: client.status(retried).get("progress_id"), 15)
     second_result = str(client.status(retried)["progress_id"])
     assert second_result != first_result
-    polls = _polls(sim)
+    polls = polls_made(sim)
     late = receiver.completed(int(first_result)).json()
     assert (late["job_id"], late["verdict"]) == (job_id, "finished")
-    assert _polls(sim) == polls  # `finished`: hasten.lua wrote no poll message
-    wait_for(lambda: _ended_at_cekura(sim, second_result), 10, "the second run to end at Cekura")
+    assert polls_made(sim) == polls  # `finished`: hasten.lua wrote no poll message
+    wait_for(lambda: ended_at_cekura(sim, second_result), 10, "the second run to end at Cekura")
     assert receiver.completed(int(second_result)).json() == {"outcome": "matched", "job_id": retried, "verdict": "ok"}
     assert client.wait(retried, timeout=20)["status"] == "completed"
 
@@ -887,7 +767,7 @@ def test_webhooks_during_a_cekura_outage_do_not_spend_the_jobs_error_budget(
     process = ReceiverProcess(settings, tmp_path)
     try:
         client = Client(settings, client=rt.redis, broker=rt.broker)
-        job_id, result_id = _started_run(client, name="forever [hang]")
+        job_id, result_id = started_run(client, name="forever [hang]")
         sim.set_faults(error_rate=1.0)  # Cekura's outage begins
         assert process.completed(int(result_id)).json() == {"outcome": "matched", "job_id": job_id, "verdict": "ok"}
         wait_for(lambda: client.status(job_id).get("errors") == 1, 10, "the hastened poll to fail")

@@ -7,133 +7,45 @@ Evaluator runs here poll every 60 s on their own, so a job that ends within seco
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
-import httpx
 import pytest
 
-from config.settings import Settings
 from simulator import SimulatorHandle
 from tests.conftest import make_settings
-from tests.support import RedisServer, kill_group, service_env, wait_for, wait_for_line
+from tests.support import RedisServer, wait_for
+from tests.webhooks.receivers import SECRET, ReceiverProcess, ended_at_cekura, polls_made, started_run
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
-
-SECRET = "webhook-secret-0123456789"
-CEKURA_WORKER = str(Path(sys.executable).with_name("cekura-worker"))
-_LISTENING = re.compile(r"listening on (http://\S+)/webhooks/cekura")
-
-#: Evaluator runs poll every minute unless a webhook says otherwise.
-SLOW = {"evaluator.run": {"initial_s": 60.0, "factor": 1.0, "max_s": 60.0, "min_s": 60.0}}
-
-
-class ReceiverProcess:
-    def __init__(self, settings: Settings, tmp_path: Path) -> None:
-        log_path = tmp_path / "webhooks.log"
-        env = service_env(settings, CEKURA_WEBHOOK_SECRET=SECRET)
-        with log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                [CEKURA_WORKER, "webhooks", "--port", "0"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=tmp_path,
-            )
-        match = wait_for_line(self.popen, log_path, _LISTENING, 30)
-        assert match is not None, log_path.read_text()
-        self.url = match.group(1) + "/webhooks/cekura"
-        self.http = httpx.Client(timeout=10, trust_env=False)
-
-    def post(self, body: Any, *, secret: str | None = SECRET, raw: bytes | None = None) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
-        if secret is not None:
-            headers["X-CEKURA-SECRET"] = secret
-        content = raw if raw is not None else json.dumps(body).encode()
-        return self.http.post(self.url, content=content, headers=headers)
-
-    def completed(self, result_id: str, status: str = "completed") -> httpx.Response:
-        return self.post({"event_type": "result.completed", "data": {"id": int(result_id), "status": status}})
-
-    def stop(self) -> None:
-        self.http.close()
-        kill_group(self.popen)
-
-
-@pytest.fixture
-def slow_settings(sim: SimulatorHandle, redis_client: Any) -> Settings:
-    sim.reset()
-    sim.clear_faults()
-    sim.configure(duration_s=0.3, polls_to_complete=None, rate_limit_rps=0)
-    return make_settings(sim.url, cekura_poll_overrides=SLOW, cekura_webhooks=True, cekura_webhook_safety_net_s=60)
-
-
-@pytest.fixture
-def running(slow_settings: Settings) -> Iterator[tuple[Runtime, Client]]:
-    rt = setup(slow_settings)
-    bind_actors()
-    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=100)
-    worker.start()
-    client = Client(slow_settings, client=rt.redis, broker=rt.broker)
-    yield rt, client
-    worker.stop(timeout=10_000)
-
-
-@pytest.fixture
-def receiver(slow_settings: Settings, tmp_path: Path) -> Iterator[ReceiverProcess]:
-    process = ReceiverProcess(slow_settings, tmp_path)
-    yield process
-    process.stop()
-
-
-def _ended_at_cekura(sim: SimulatorHandle, result_id: str) -> bool:
-    ends = sim.polls()[result_id]["finishes_at"]
-    return ends is not None and ends <= time.time()
-
-
-def _polls(sim: SimulatorHandle) -> int:
-    return int(sim.stats()["polls_total"])
-
-
-def _started_run(client: Client, name: str = "nightly") -> tuple[str, str]:
-    job_id = client.submit("evaluator.run", {"scenarios": [1], "name": name})
-    wait_for(lambda: client.status(job_id).get("progress_id"), 15, "the run to start")
-    return job_id, str(client.status(job_id)["progress_id"])
 
 
 def test_a_webhook_makes_its_run_poll_now_and_the_run_ends_on_what_the_poll_reads(
     running: tuple[Runtime, Client], receiver: ReceiverProcess, sim: SimulatorHandle
 ) -> None:
     _, client = running
-    job_id, result_id = _started_run(client)
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
-    assert _polls(sim) == 0
-    answer = receiver.completed(result_id)
+    job_id, result_id = started_run(client)
+    wait_for(lambda: ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
+    assert polls_made(sim) == 0
+    answer = receiver.completed(int(result_id))
     assert answer.status_code == 200 and answer.json()["outcome"] == "matched", answer.text
     event = client.wait(job_id, timeout=20)  # 60 s before its first poll otherwise
     assert event["status"] == "completed"
-    assert _polls(sim) == 1
-    late = receiver.completed(result_id)  # duplicated, or late: the job has ended
+    assert polls_made(sim) == 1
+    late = receiver.completed(int(result_id))  # duplicated, or late: the job has ended
     assert late.json() == {"outcome": "unmatched", "job_id": job_id, "verdict": "finished"}
-    assert _polls(sim) == 1
+    assert polls_made(sim) == 1
 
 
 def test_a_forged_webhook_costs_one_poll_and_never_a_verdict(
     running: tuple[Runtime, Client], receiver: ReceiverProcess, sim: SimulatorHandle
 ) -> None:
     _, client = running
-    job_id, result_id = _started_run(client, name="forever [hang]")
+    job_id, result_id = started_run(client, name="forever [hang]")
     forged = receiver.post({"event_type": "result.completed", "data": {"id": int(result_id), "status": "completed"}})
     assert forged.json()["outcome"] == "matched"
-    wait_for(lambda: _polls(sim) == 1, 15, "the one poll the webhook caused")
+    wait_for(lambda: polls_made(sim) == 1, 15, "the one poll the webhook caused")
     wait_for(lambda: client.status(job_id)["polls"] == 1, 15, "the poll to be recorded")
     assert client.status(job_id)["state"] == "polling"
 
@@ -142,15 +54,15 @@ def test_duplicated_webhooks_make_one_poll(
     running: tuple[Runtime, Client], receiver: ReceiverProcess, sim: SimulatorHandle
 ) -> None:
     rt, client = running
-    job_id, result_id = _started_run(client)
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
-    answers = [receiver.completed(result_id).json()["outcome"] for _ in range(3)]
+    job_id, result_id = started_run(client)
+    wait_for(lambda: ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
+    answers = [receiver.completed(int(result_id)).json()["outcome"] for _ in range(3)]
     assert answers[0] == "matched"
     assert client.wait(job_id, timeout=20)["status"] == "completed"
     from tests.support import pending_messages
 
     wait_for(lambda: pending_messages(rt.redis, rt.broker.namespace, rt.settings.cekura_queue, job_id) <= 1, 15)
-    assert _polls(sim) == 1  # the copies found the step taken (the one left is the 60 s safety-net poll)
+    assert polls_made(sim) == 1  # the copies found the step taken (the one left is the 60 s safety-net poll)
 
 
 @pytest.mark.parametrize(
@@ -173,20 +85,20 @@ def test_what_the_receiver_answers_and_does_to_other_bodies(
 ) -> None:
     answer = receiver.post(body)
     assert (answer.status_code, answer.json()["outcome"]) == (status, outcome), answer.text
-    assert _polls(sim) == 0
+    assert polls_made(sim) == 0
 
 
 def test_a_wrong_or_missing_secret_is_refused_and_does_nothing(
     running: tuple[Runtime, Client], receiver: ReceiverProcess, sim: SimulatorHandle
 ) -> None:
     _, client = running
-    job_id, result_id = _started_run(client)
-    wait_for(lambda: _ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
+    job_id, result_id = started_run(client)
+    wait_for(lambda: ended_at_cekura(sim, result_id), 15, "the run to end at Cekura")
     body = {"event_type": "result.completed", "data": {"id": int(result_id)}}
     for secret in (None, "", SECRET[:-1], SECRET + "x", SECRET.upper()):
         assert receiver.post(body, secret=secret).status_code == 401
     assert client.status(job_id)["state"] == "polling"
-    assert _polls(sim) == 0
+    assert polls_made(sim) == 0
 
 
 def test_oversized_and_malformed_bodies(running: tuple[Runtime, Client], receiver: ReceiverProcess) -> None:
@@ -235,4 +147,4 @@ def test_with_webhooks_on_a_run_whose_webhook_never_comes_ends_on_its_safety_net
         worker.stop(timeout=10_000)
     assert event["status"] == "completed"
     assert event["polls"] == "1"
-    assert _polls(sim) == 1
+    assert polls_made(sim) == 1

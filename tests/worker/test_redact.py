@@ -133,3 +133,15 @@ def test_a_header_values_credential_is_masked_without_its_scheme() -> None:
     assert "ab" not in secrets  # a credential too short to mask is not listed on its own
     text = "invalid token mcp-tok-0123; user ops:pa55word-77 (password pa55word-77) sent " + basic
     assert redact.redact(text, secrets) == f"invalid token {MASK}; user {MASK} (password {MASK}) sent {MASK}"
+
+
+def test_the_otlp_exporters_header_values_are_masked_as_written_decoded_and_without_their_scheme() -> None:
+    settings = load_settings(
+        otel_exporter_otlp_headers="x-honeycomb-team=hc-key-0123456789,x-dataset=cekura",
+        otel_exporter_otlp_traces_headers="Authorization=Bearer%20otlp-tok%2F9876",
+    )
+    register_settings(settings)
+    assert redact.redact("export refused for team hc-key-0123456789") == f"export refused for team {MASK}"
+    assert redact.redact("bad token otlp-tok/9876") == f"bad token {MASK}"
+    assert redact.redact("header Bearer%20otlp-tok%2F9876") == f"header {MASK}"
+    assert redact.redact("dataset cekura") == "dataset cekura"  # a header not named like a credential is not

@@ -145,6 +145,7 @@ def summarize(client: redis.Redis, settings: Settings, *, limit: int | None = No
     now_ms = server_ms(client)
     in_flight = jobs_in_flight(client, settings, limit=limit)
     workers = sorted(live_workers(client, settings))
+    memory_policy = eviction.policy(client)
     return {
         "redis": settings.redis_url_redacted,
         "key_prefix": settings.cekura_key_prefix,
@@ -159,7 +160,7 @@ def summarize(client: redis.Redis, settings: Settings, *, limit: int | None = No
         "streams": stream_view(client, settings),
         "workers": {"live": len(workers), "processes": workers},
         "polling": polling_view(client, settings),
-        "redis_memory": {"policy": eviction.policy(client), "problem": eviction.problem(client)},
+        "redis_memory": {"policy": memory_policy, "problem": eviction.problem(client, memory_policy)},
         "redis_replicas": {
             "connected": int(client.info("replication").get("connected_slaves", 0)),
             "required": settings.cekura_redis_min_replicas,

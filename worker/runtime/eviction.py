@@ -28,9 +28,11 @@ def policy(client: redis.Redis) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def problem(client: redis.Redis) -> str | None:
-    """Why this Redis may silently lose jobs, with the fix; None under `noeviction` (or a server that doesn't say)."""
-    found = policy(client)
+def problem(client: redis.Redis, found: str | None = None) -> str | None:
+    """Why this Redis may silently lose jobs, with the fix; None under `noeviction` (or a server that doesn't say).
+    `found`: the policy when the caller read it already (`policy`), else it is read here."""
+    if found is None:
+        found = policy(client)
     if found in ("", SAFE_POLICY):
         return None
     return (

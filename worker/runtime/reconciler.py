@@ -19,6 +19,7 @@ import redis
 import structlog
 
 from actors import names
+from worker import tracing
 from worker.ops import metrics
 from worker.runtime.app import Runtime
 from worker.store.jobs import DEFAULT_RECONCILE_BATCH
@@ -66,7 +67,17 @@ def reconcile_once(rt: Runtime) -> int:
                 message = dramatiq.Message(queue, names.START, (job_id,), {}, {})
             rt.broker.enqueue(message)
             metrics.RECONCILED.labels(state).inc()
-            log.warning("job_rescheduled", job_id=job_id, state=state, seq=seq, reason="next step overdue")
+            ids = _trace_ids(rt, job_id) if tracing.enabled else {}
+            log.warning("job_rescheduled", job_id=job_id, state=state, seq=seq, reason="next step overdue", **ids)
         total += len(overdue)
         if len(overdue) < DEFAULT_RECONCILE_BATCH:
             return total
+
+
+def _trace_ids(rt: Runtime, job_id: str) -> dict[str, str]:
+    """The job span's `trace_id` and `span_id` for the line about a job this pass re-sent (nothing if it has none)."""
+    try:
+        traceparent = rt.store.client.hget(rt.store.job_key(job_id), "traceparent")
+    except redis.RedisError:  # (a key that holds something else answers WRONGTYPE) the line goes out without them
+        return {}
+    return tracing.log_ids(traceparent.decode()) if isinstance(traceparent, bytes) else {}

@@ -45,8 +45,9 @@ BASELINE, OFF, ON = "cekura-baseline", "cekura-tracing-off", "cekura-tracing-on"
 #: Rounds unless `--repeat` says otherwise: single runs on a shared machine move 10-20 %.
 DEFAULT_ROUNDS = 5
 
-#: How long no new span must reach the receiver before a phase's CPU is read (the SDK exports at least every 5 s).
-DRAIN_S = 6.0
+#: How long no new span must reach the receiver before a phase's CPU is read: longer than the period the workers
+#: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 1 s).
+DRAIN_S = 2.5
 
 #: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
 SOURCE_PACKAGES = ("worker", "actors", "config", "simulator")

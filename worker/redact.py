@@ -189,6 +189,9 @@ def _mask(text: str, matchers: tuple[_Matcher, ...]) -> str:
     found = [m for m in matchers for anchor in m.anchors if anchor in lowered]
     if "u00" in lowered:
         found += [m for m in matchers if m.escaped in lowered]
+    if "%" in lowered or "&#" in lowered:  # every character escaped leaves no anchor as it is: look in the decoded text
+        decoded = html.unescape(unquote(lowered)).lower()
+        found += [m for m in matchers for anchor in m.anchors if anchor in decoded]
     for matcher in sorted(set(found), key=lambda m: m.size, reverse=True):
         text = matcher.pattern.sub(MASK, text)
     return text

@@ -31,7 +31,7 @@ from actors.kinds.values import check_values, loads
 from config.settings import Settings
 from worker.errors import InvalidRequest
 from worker.redact import redact
-from worker.tracing.context import TraceContext, from_request
+from worker.tracing.context import TraceContext, from_request, without_secrets
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -139,8 +139,10 @@ def build(
     """Validate a submission given as Python values (the client's and the CLI's entry point); `traceparent` and
     `tracestate`: the producer's trace context, as the request stream takes it."""
     trace = from_request(traceparent, tracestate)
-    given = {"traceparent": traceparent, "tracestate": tracestate}
-    sent = {name: value for name, value in given.items() if value is not None}
+    # Only what is kept counts as sent: a dropped value is never a reason to refuse (as on the stream).
+    sent = {"traceparent": traceparent} if trace is not None and traceparent is not None else {}
+    if trace is not None and trace.tracestate and tracestate is not None:
+        sent["tracestate"] = tracestate
     return _build(
         kind,
         params,
@@ -188,10 +190,14 @@ def _build(
     except ValidationError as exc:
         raise InvalidRequest(f"invalid params for {kind}: {_describe(exc)}") from None
     given_job_id, given_metadata = job_id, metadata
+    secrets = job_kind.secret_values(job_kind.secrets(model))
     if job_id is None:
         job_id = new_job_id()
     else:
         check_job_id(job_id)
+        if redact(job_id, secrets) != job_id:  # it would be in every log line, event and span of the job
+            raise InvalidRequest("job_id quotes a secret (the API key or one of the job's provider secrets)")
+    trace = without_secrets(trace, secrets)
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, Mapping):
@@ -268,6 +274,8 @@ def _check_size_and_numbers(request: dict[str, Any], settings: Settings) -> None
     try:
         text = json.dumps(request, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
         data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("request is not valid JSON: text holds a lone surrogate (not Unicode)") from None
     except ValueError:
         raise InvalidRequest("request is not valid JSON: NaN or Infinity is not a JSON number") from None
     except (TypeError, RecursionError) as exc:

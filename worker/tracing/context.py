@@ -31,8 +31,12 @@ TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 #: Any version's `traceparent`: a later version may append fields after the flags, which are ignored.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
 
-#: A `tracestate` list member: `key=value` (W3C Trace Context, 3.3.1).
-_MEMBER = re.compile(r"[a-z0-9][a-z0-9_\-*/]{0,240}(@[a-z][a-z0-9_\-*/]{0,13})?=[ -+\--<>-~]{0,255}[!-+\--<>-~]")
+#: A `tracestate` list member: `key=value` (W3C Trace Context, 3.3.1): a simple key begins with a letter and has up
+#: to 256 characters, a multi-tenant key is `<tenant>@<system>` (the tenant may begin with a digit).
+_MEMBER = re.compile(
+    r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+    r"=[ -+\--<>-~]{0,255}[!-+\--<>-~]"
+)
 
 #: The longest `tracestate` kept (W3C: at most 32 members; 512 bytes is what every vendor may rely on).
 DEFAULT_MAX_TRACESTATE_CHARS = 512
@@ -95,6 +99,15 @@ def from_request(traceparent: Any, tracestate: Any = None) -> TraceContext | Non
     return TraceContext(context.trace_id, context.span_id, context.flags, state)
 
 
+def without_secrets(trace: TraceContext | None, secrets: tuple[str, ...]) -> TraceContext | None:
+    """`trace` without its `tracestate` when that quotes a secret (this deployment's, or one of `secrets`, the
+    job's own): it would be copied into every span and event of the job."""
+    if trace is None or not trace.tracestate or redact(trace.tracestate, secrets) == trace.tracestate:
+        return trace
+    log.warning("trace_context_ignored", reason="tracestate quotes a secret")
+    return TraceContext(trace.trace_id, trace.span_id, trace.flags)
+
+
 def _clean_tracestate(value: Any) -> str | None:
     """A `tracestate` value with optional whitespace around its members removed, or None when it is malformed."""
     if not isinstance(value, str) or len(value) > DEFAULT_MAX_TRACESTATE_CHARS:
@@ -109,6 +122,7 @@ def _clean_tracestate(value: Any) -> str | None:
 
 def _quote(value: Any) -> str:
     text = redact(value) if isinstance(value, str) else f"(a JSON {type(value).__name__})"  # masked before the cut
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would fail the log line
     return text[:DEFAULT_QUOTE_CHARS] + ("..." if len(text) > DEFAULT_QUOTE_CHARS else "")
 
 

@@ -176,7 +176,8 @@ def ended(
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             links=links,
-            start_time=_ns(trace.submitted_ms or trace.finished_ms),
+            # Hosts' clocks may disagree (a submission stamped ahead of the finish): never a negative duration.
+            start_time=_ns(min(trace.submitted_ms or trace.finished_ms, trace.finished_ms)),
         )
     if outcome in ERROR_OUTCOMES:
         span.set_status(Status(StatusCode.ERROR, error[:DEFAULT_DESCRIPTION_CHARS]))

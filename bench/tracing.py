@@ -45,8 +45,8 @@ BASELINE, OFF, ON = "cekura-baseline", "cekura-tracing-off", "cekura-tracing-on"
 #: Rounds unless `--repeat` says otherwise: single runs on a shared machine move 10-20 %.
 DEFAULT_ROUNDS = 5
 
-#: How long no new span must reach the receiver before a phase's CPU is read: longer than the period the workers
-#: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 1 s).
+#: How long no new span must reach the receiver before a phase's CPU is read: well over the period the workers
+#: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 100 ms).
 DRAIN_S = 2.5
 
 #: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
@@ -197,8 +197,8 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
         source = baseline_tree(baseline, Path(scratch))
         receiver, url = start_receiver(options.out / "logs" / "otlp-receiver")
         try:
-            # The SDK's batching as shipped (an export every 512 spans or 5 s): `drain` waits out the last batch
-            # before the CPU is read.
+            # The workers' batching as shipped (`worker.tracing.provider`): `drain` waits out the last batch before
+            # the CPU is read.
             on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
             POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
             POLLERS[OFF] = TracingVariant(name=OFF)

@@ -37,14 +37,13 @@ SCOPE = "cekura-worker"
 #: The path OTLP/HTTP appends to a base endpoint (OTEL_EXPORTER_OTLP_ENDPOINT), as the SDK does.
 TRACES_PATH = "v1/traces"
 
-#: The batch processor's export size and period where `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BSP_SCHEDULE_DELAY`
-#: don't say otherwise (the SDK's own are 512 spans and 5 s). The export encodes a batch in one go, on its own thread
-#: but under the GIL: 512 spans hold it for about 25 ms, during which the step threads, which mostly wait on I/O and
-#: then need the GIL for a moment, queue behind it. 128 spans at a time keep each hold near 6 ms; at saturation
-#: (about 700 spans/s per process here) that is an export every 0.2 s, each costing about 2 ms of request overhead.
-#: `python -m bench --mode tracing` measures the difference.
-DEFAULT_EXPORT_BATCH_SPANS = 128
-DEFAULT_EXPORT_DELAY_MS = 1000
+#: How often the batch processor exports, where `OTEL_BSP_SCHEDULE_DELAY` doesn't say (the SDK's own is 5 s). An
+#: export encodes its batch in one go, on its own thread but under the GIL, and the step threads, which mostly wait
+#: on I/O and then need the GIL for a moment, queue behind it: at saturation a 5 s period fills 512-span batches
+#: that hold the GIL about 25 ms each, and cost the step threads more than the encoding itself. Every 100 ms the
+#: batches stay near 70 spans (`python -m bench --mode tracing` measured the periods and sizes tried; the README
+#: has the figures). `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` stays the SDK's (512), for bursts.
+DEFAULT_EXPORT_DELAY_MS = 100
 
 #: How long a shutdown waits for what is buffered to be exported, in seconds: a worker's stop must stay within its
 #: budget (CEKURA_SHUTDOWN_TIMEOUT_S + 3 s) even when the collector doesn't answer; spans still unsent then are lost.
@@ -113,16 +112,9 @@ class Tracing:
         self.ids = PresetIds()
         resource = Resource.create({SERVICE_NAME: settings.otel_service_name, SERVICE_VERSION: service_version})
         self.provider = TracerProvider(resource=resource, id_generator=self.ids, shutdown_on_exit=False)
-        # The OTEL_BSP_* variables win, as the SDK reads them (None leaves a value to the SDK).
-        self.provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                schedule_delay_millis=None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else DEFAULT_EXPORT_DELAY_MS,
-                max_export_batch_size=(
-                    None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ else DEFAULT_EXPORT_BATCH_SPANS
-                ),
-            )
-        )
+        # OTEL_BSP_SCHEDULE_DELAY wins, as the SDK reads it (None leaves the period to the SDK).
+        delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else DEFAULT_EXPORT_DELAY_MS
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
         tracer = self.provider.get_tracer(SCOPE, service_version)
         assert isinstance(tracer, Tracer)
         self.tracer = tracer

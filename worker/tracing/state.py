@@ -11,8 +11,7 @@ if TYPE_CHECKING:
 #: Polls of a job that get a span each; past them only a poll that ends the job, asks a question or fails does,
 #: the rest are summed up in one span when the job ends (a 3-hour evaluator run polled every 30 s makes 7 spans,
 #: not 400). Two show how an operation got going (its first answer, and usually the move to running). Each span
-#: costs a worker about 0.1-0.2 ms of CPU, made and exported, against about 1 ms for a poll: with three, a job of 10
-#: polls (the benchmark's) cost over 10 % more CPU per poll traced than not; with two it stays under.
+#: costs a worker about 0.1 ms of CPU, made and exported, against about 1 ms for a poll: a job of 10 polls makes 7.
 DEFAULT_TRACED_POLLS = 2
 
 #: The running setup (None while tracing is off).

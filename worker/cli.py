@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from config.settings import Settings, get_settings
+from worker import tracing
 from worker.errors import ConfigError, InvalidRequest
 from worker.redact import redact, register_settings
 
@@ -131,19 +132,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _trace_as_configured(settings: Settings) -> None:
-    """With `OTEL_*` set, a job this process ends (a cancel) gets its job span here, as a worker would make it, and
-    a retry its trace; without, nothing of OpenTelemetry is imported. Spans are flushed as the process exits."""
-    if settings.tracing_on:
-        from worker import tracing
-
-        tracing.setup(settings)
-
-
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
 
-    _trace_as_configured(settings)
+    tracing.setup(settings)  # with OTEL_* set, the job span of a job this cancel ends is made here, as a worker would
     with Client(settings) as client:
         outcome = client.cancel(args.job_id)
     print(outcome.message, flush=True)
@@ -167,7 +159,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from worker.client import Client
     from worker.intake import submission
 
-    _trace_as_configured(settings)
+    tracing.setup(settings)  # with OTEL_* set, the retry's trace links to the job it retries
     with Client(settings) as client:
         outcome = submission.retry(client.store, client.broker, args.job_id, args.new_job_id, force=args.force)
     if outcome.result != "submitted":
@@ -216,7 +208,7 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     from worker.console import serve
 
-    _trace_as_configured(settings)  # the console cancels and retries jobs too
+    tracing.setup(settings)  # the console cancels and retries jobs too
     return serve(settings, host=args.host, port=args.port)
 
 

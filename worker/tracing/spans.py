@@ -153,9 +153,10 @@ def ended(
 ) -> None:
     """Make the spans of a job this process just ended (`published_ns`: when its finish began, on this host);
     `bind_logs`: the caller handles a message, whose log lines (its `job_finished`) then name the job span."""
-    job = parse_traceparent(trace.traceparent, trace.tracestate)
-    if job is None or not job.sampled:
+    parsed = _job_parent(trace.traceparent, trace.tracestate)  # the same parse every step of the job made
+    if parsed is None or not parsed[0].sampled:
         return
+    job, parent = parsed
     active = state.active()
     tracer = active.tracer
     attributes: dict[str, Any] = {
@@ -185,7 +186,6 @@ def ended(
         span.set_status(Status(StatusCode.OK))
     span.end(end_time=_ns(trace.finished_ms))
 
-    parent = trace_api.set_span_in_context(NonRecordingSpan(span_context(job)))
     if trace.polls_from_ms and trace.polls_before > state.DEFAULT_TRACED_POLLS:
         first = state.DEFAULT_TRACED_POLLS + 1
         summary = tracer.start_span(

@@ -30,7 +30,6 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from actors.step import make_step
 from config.settings import Settings, load_settings
 from simulator import SimulatorHandle
 from tests.support import RedisServer, wait_for
+from tests.system.fake_cekura import FakeCekura
 from worker.client import Client
 from worker.errors import InvalidRequest, TransientError
 from worker.intake import requests, submission
@@ -467,54 +467,29 @@ def test_start_messages_resubmits_and_the_reconciler_during_a_lookup_send_no_sec
 
 class GatewayStub:
     """A gateway in front of the simulator: forwards every request, but answers the next start POST (after Cekura
-    processed it) with `status` and `page` instead of Cekura's answer."""
+    processed it) with `status` and `page` instead of Cekura's answer (a `FakeCekura` whose script relays)."""
 
     def __init__(self, upstream: str, status: int, page: bytes) -> None:
-        self.upstream, self.status, self.page = upstream, status, page
+        self.status, self.page = status, page
         self.fail_next = 1
         self.http = httpx.Client(base_url=upstream, timeout=10)
-        stub = self
+        self.fake = FakeCekura()
+        self.fake.script = self._relay
+        self.url = self.fake.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self._relay("GET")
-
-            def do_POST(self) -> None:
-                self._relay("POST")
-
-            def _relay(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")
-                }
-                answer = stub.http.request(method, self.path, headers=headers, content=body)
-                if method == "POST" and stub.fail_next:
-                    stub.fail_next -= 1
-                    status, content, ctype = stub.status, stub.page, "text/html"
-                else:
-                    status, content = answer.status_code, answer.content
-                    ctype = answer.headers.get("content-type", "application/json")
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                if content:
-                    self.wfile.write(content)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _relay(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        sent = {k: v for k, v in headers.items() if k not in ("host", "content-length", "connection")}
+        answer = self.http.request(method, path, headers=sent, content=body)
+        if method == "POST" and self.fail_next:
+            self.fail_next -= 1
+            return self.status, [("Content-Type", "text/html")], self.page
+        content_type = answer.headers.get("content-type", "application/json")
+        return answer.status_code, [("Content-Type", content_type)], answer.content
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.fake.stop()
         self.http.close()
 
 

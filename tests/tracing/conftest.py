@@ -104,13 +104,18 @@ def traced_settings(sim: SimulatorHandle, receiver: Receiver, settings: Settings
     return make_settings(sim.url, otel_exporter_otlp_endpoint=receiver.url, otel_service_name="cekura-worker-test")
 
 
-@pytest.fixture
-def traced_rt(traced_settings: Settings) -> Iterator[Runtime]:
-    runtime = setup(traced_settings)
+def traced_runtime(settings: Settings) -> Iterator[Runtime]:
+    """This process's runtime set up from `settings` (which turn tracing on), and tracing stopped after."""
+    runtime = setup(settings)
     bind_actors()
     assert tracing.enabled
     yield runtime
     tracing.shutdown()
+
+
+@pytest.fixture
+def traced_rt(traced_settings: Settings) -> Iterator[Runtime]:
+    yield from traced_runtime(traced_settings)
 
 
 @pytest.fixture
@@ -154,6 +159,14 @@ def flush() -> None:
 def clean_env() -> dict[str, str]:
     """This environment without any setting of the service or of OpenTelemetry."""
     return {k: v for k, v in without_service_env("TEST_REDIS_URL").items() if not k.startswith("OTEL_")}
+
+
+def run_clean(program: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -c program` in `cwd`, in `clean_env()` with this checkout importable; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", program], cwd=cwd, env={**clean_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def wait_job(client: Client, job_id: str, timeout: float = 30.0) -> dict[str, str]:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -28,11 +26,11 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 
 from tests.conftest import make_settings
 from tests.support import wait_for
-from tests.tracing.conftest import Producer, Receiver, flush, wait_job
-from worker import tracing
+from tests.system.fake_cekura import FakeCekura
+from tests.tracing.conftest import Producer, Receiver, flush, traced_runtime, wait_job
 from worker.client import Client
 from worker.errors import InvalidRequest
-from worker.runtime.app import Runtime, bind_actors, setup
+from worker.runtime.app import Runtime
 from worker.tracing import parse_traceparent
 
 KIND = "agent.tools_auto_fetch"
@@ -57,64 +55,39 @@ class Script:
     polls: list[Reply] = field(default_factory=lambda: [_json(200, {"status": "completed", "error": None})])
 
 
-@dataclass
 class Echo:
-    """A real HTTP server answering the tools auto-fetch routes as each agent's `Script` says."""
+    """Cekura's tools auto-fetch routes, answered as each agent's `Script` says (a `FakeCekura` running that)."""
 
-    server: ThreadingHTTPServer
-    scripts: dict[int, Script]
-    polls: dict[int, int]
+    def __init__(self) -> None:
+        self.scripts: dict[int, Script] = {}
+        self.polls: dict[int, int] = {}
+        self.fake = FakeCekura()
+        self.fake.script = self._answer
+        self.url = self.fake.url
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
-def _handler(echo: Callable[[], Echo]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            server = echo()
-            match = _PATH.fullmatch(urlsplit(self.path).path)
-            if match is None:
-                status, content_type, body = _json(404, {"detail": "Not found."})
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        match = _PATH.fullmatch(urlsplit(path).path)
+        if match is None:
+            status, content_type, out = _json(404, {"detail": "Not found."})
+        else:
+            agent = int(match.group(1))
+            script = self.scripts.get(agent, Script())
+            if match.group(2) is None:
+                status, content_type, out = script.start
             else:
-                agent = int(match.group(1))
-                script = server.scripts.get(agent, Script())
-                if match.group(2) is None:
-                    status, content_type, body = script.start
-                else:
-                    n = server.polls.get(agent, 0)
-                    server.polls[agent] = n + 1
-                    status, content_type, body = script.polls[min(n, len(script.polls) - 1)]
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-    return Handler
+                n = self.polls.get(agent, 0)
+                self.polls[agent] = n + 1
+                status, content_type, out = script.polls[min(n, len(script.polls) - 1)]
+        return status, [("Content-Type", content_type)], out
 
 
 @pytest.fixture
 def echo() -> Iterator[Echo]:
-    holder: list[Echo] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(lambda: holder[0]))
-    server.daemon_threads = True
-    holder.append(Echo(server, {}, {}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield holder[0]
-    server.shutdown()
-    server.server_close()
+    server = Echo()
+    yield server
+    server.fake.stop()
 
 
 @pytest.fixture
@@ -127,11 +100,7 @@ def echo_rt(echo: Echo, receiver: Receiver, redis_client: Any) -> Iterator[Runti
         otel_exporter_otlp_headers=f"x-honeycomb-team={OTLP_TEAM}",
         otel_service_name="attack-span-secrets",
     )
-    runtime = setup(settings)
-    bind_actors()
-    assert tracing.enabled
-    yield runtime
-    tracing.shutdown()
+    yield from traced_runtime(settings)
 
 
 @pytest.fixture

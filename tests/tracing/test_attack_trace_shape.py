@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,8 +23,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from simulator import SimulatorHandle
+from tests.conftest import TEST_REDIS_URL
 from tests.support import wait_for
-from tests.tracing.conftest import ROOT, Producer, Receiver, clean_env, flush, wait_job
+from tests.tracing.conftest import ROOT, Producer, Receiver, flush, run_clean, wait_job
 from tests.tracing.receiver import tree
 from worker.client import Client
 from worker.intake import submission
@@ -153,17 +152,14 @@ def test_a_lone_surrogate_in_a_streamed_traceparent_still_leaves_its_log_line() 
         "from config.settings import load_settings\n"
         "from worker.runtime.app import setup\n"
         "from worker.intake import requests\n"
-        "s = load_settings(redis_url='redis://127.0.0.1:6379/8', cekura_api_key='test-key', log_format='json')\n"
+        f"s = load_settings(redis_url={TEST_REDIS_URL!r}, cekura_api_key='test-key', log_format='json')\n"
         "setup(s)\n"
         f"tp = {GOOD[:-1]!r} + chr(0xD800)\n"
         "raw = json.dumps({'kind': 'agent.auto_fetch', 'params': {'agent_id': 42}, 'traceparent': tp})\n"
         "assert requests.parse(raw, s).trace is None\n"
         "print('parsed', flush=True)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, env={**clean_env(), "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = run_clean(program, ROOT)
     assert done.returncode == 0, done.stderr
     assert "Logging error" not in done.stderr, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -20,7 +20,7 @@ import pytest
 from config.settings import Settings
 from tests.support import service_env, wait_for
 from tests.system.conftest import System
-from tests.tracing.conftest import ROOT, Producer, Receiver, clean_env, flush, wait_job
+from tests.tracing.conftest import Producer, Receiver, flush, run_clean, wait_job
 from tests.tracing.receiver import tree
 from worker.client import Client
 from worker.tracing import parse_traceparent
@@ -141,10 +141,7 @@ def test_with_tracing_off_a_worker_process_imports_nothing_of_tracing(tmp_path: 
         "assert not loaded, loaded\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program], cwd=tmp_path, env={**clean_env(), "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = run_clean(program, tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 

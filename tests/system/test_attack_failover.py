@@ -179,7 +179,9 @@ def test_an_answer_handled_again_after_not_replicated_is_not_rejected(
     fresh_sim(sim)
     primary, replica = new_server(servers, tmp_path), new_server(servers, tmp_path)
     af.make_replica(replica, primary)
-    settings = fast_settings(primary.url, sim, cekura_redis_min_replicas=1, cekura_redis_wait_timeout_ms=200)
+    # WAIT gets 1 s: on a busy machine a replica that is there may take over 200 ms to acknowledge, which is not the
+    # moment this test is about (the replica away, then back).
+    settings = fast_settings(primary.url, sim, cekura_redis_min_replicas=1, cekura_redis_wait_timeout_ms=1000)
     rt: Runtime = setup(settings)
     bind_actors()
     job_id = "asks-a-question"
@@ -199,7 +201,9 @@ def test_an_answer_handled_again_after_not_replicated_is_not_rejected(
         assert raw.hget(rt.store.job_key(job_id), "answer") == b"agent 7"  # taken by answer.lua all the same
 
         af.make_replica(replica, primary)  # back
-        time.sleep(0.3)
+        # ... and acknowledging writes again (the entry has been idle for over the 100 ms the claim wants since
+        # read_once's WAIT timed out)
+        wait_for(lambda: raw.execute_command("WAIT", 1, 1000) == 1, 15, "the replica to acknowledge writes")
         intake.claim_abandoned()  # the entry, handled again
         events = [
             {k.decode(): v.decode() for k, v in fields.items()}

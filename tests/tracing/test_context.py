@@ -1,5 +1,5 @@
 """The pure parts of tracing: W3C trace context as a request carries it, the record's trace fields, when settings turn
-tracing on, the preset span id, and the two methods of `CekuraClient` the traced client relies on."""
+tracing on, and the two methods of `CekuraClient` the traced client relies on."""
 
 from __future__ import annotations
 
@@ -138,20 +138,6 @@ def test_tracing_is_on_from_the_usual_environment_variables(monkeypatch: pytest.
 def test_a_tracing_setting_that_can_t_work_stops_start_up_naming_it(values: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         _settings(**values)
-
-
-def test_the_job_span_takes_the_id_fixed_at_submission() -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from worker.tracing.provider import PresetIds
-
-    ids = PresetIds()
-    tracer = TracerProvider(id_generator=ids, shutdown_on_exit=False).get_tracer("test")
-    with ids.preset(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7):
-        preset = tracer.start_span("job").get_span_context()
-    other = tracer.start_span("next").get_span_context()
-    assert (preset.trace_id, preset.span_id) == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
-    assert other.span_id != preset.span_id and other.trace_id != preset.trace_id
 
 
 def test_the_cekura_client_methods_the_traced_client_relies_on_are_still_there() -> None:

@@ -60,9 +60,11 @@ def setup(settings: Settings) -> None:
     global enabled, _exit_registered
     shutdown()
     if settings.tracing_on:
+        from worker.tracing import spans
         from worker.tracing.provider import Tracing
 
         state.current = Tracing(settings)
+        spans.forget()  # what the last setup's sampler decided
         enabled = True
         if not _exit_registered:  # a worker process's spans are flushed when it exits (bounded: see `shutdown`)
             atexit.register(shutdown)

@@ -39,6 +39,7 @@ from worker.cekura.client import CekuraClient
 from worker.errors import CekuraError
 from worker.redact import redact
 from worker.tracing import state
+from worker.tracing.provider import UNSET
 from worker.tracing.spans import DEFAULT_DESCRIPTION_CHARS, Scope, current
 
 #: A path segment that is an id (an agent, a result, a run): `{id}` in a span's name, as in a URL template.
@@ -166,14 +167,16 @@ class TracedCekuraClient(CekuraClient):
         if error is not None:
             code = error.status_code  # an HTTP error's status, else the kind of failure (a 2xx that can't be used)
             attributes[ERROR_TYPE] = str(code) if code and code >= 400 else type(error).__name__
-        span = tracing.tracer.start_span(
+        status = UNSET
+        if error is not None:
+            status = Status(StatusCode.ERROR, redact(str(error), call.secrets or ())[:DEFAULT_DESCRIPTION_CHARS])
+        tracing.record(
             f"{call.method} {_template(call.path)}",
-            context=scope.parent,
+            tracing.child(scope.parent),
+            scope.parent,
             kind=SpanKind.CLIENT,
             attributes=attributes,
-            start_time=call.start_ns,
+            start_ns=call.start_ns,
+            end_ns=call.end_ns,
+            status=status,
         )
-        if error is not None:
-            described = redact(str(error), call.secrets or ())[:DEFAULT_DESCRIPTION_CHARS]
-            span.set_status(Status(StatusCode.ERROR, described))
-        span.end(end_time=call.end_ns)

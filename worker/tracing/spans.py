@@ -19,21 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import trace as trace_api
-from opentelemetry.context import Context
-from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    TraceState,
-)
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from worker.tracing import state
 from worker.tracing.context import TraceContext, parse_traceparent
+from worker.tracing.provider import UNSET
 
 if TYPE_CHECKING:
     from actors.step import Step
@@ -56,8 +46,9 @@ class Scope:
 
     job_id: str
     kind: str
-    #: The job span as a parent (a non-recording span in a context).
-    parent: Context
+    #: The job span's context: the parent of the step's spans.
+    parent: SpanContext
+    #: Whether the job's spans are recorded (`Tracing.samples`).
     sampled: bool
     #: The number the step's progress call would have (the job's polls so far + 1).
     poll: int
@@ -83,22 +74,29 @@ def span_context(context: TraceContext, *, remote: bool = True) -> SpanContext:
 
 
 @functools.lru_cache(maxsize=DEFAULT_PARSED_JOBS)
-def _job_parent(traceparent: str, tracestate: str) -> tuple[TraceContext, Context] | None:
-    """A job span's context, parsed, and as the parent of its children (both immutable: shared across threads)."""
+def _job(traceparent: str, tracestate: str, kind: str) -> tuple[TraceContext, SpanContext, bool] | None:
+    """A job span's context, parsed and as its children's parent, and whether the job's spans are recorded (all
+    immutable: shared across threads; `forget()` empties the cache when a new setup brings a new sampler)."""
     job = parse_traceparent(traceparent, tracestate) if traceparent else None
     if job is None:
         return None
-    return job, trace_api.set_span_in_context(NonRecordingSpan(span_context(job)))
+    parent = span_context(job)
+    return job, parent, state.active().samples(parent, f"job {kind}")
+
+
+def forget() -> None:
+    """Drop what was cached under an earlier setup (`worker.tracing.setup`)."""
+    _job.cache_clear()
 
 
 def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int) -> None:
-    parsed = _job_parent(traceparent, tracestate)
+    parsed = _job(traceparent, tracestate, kind)
     if parsed is None:
         _scope.set(None)
         return
-    job, parent = parsed
+    job, parent, sampled = parsed
     structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)
-    _scope.set(Scope(job_id, kind, parent, job.sampled, poll))
+    _scope.set(Scope(job_id, kind, parent, sampled, poll))
 
 
 def enter(step: Step) -> None:
@@ -153,12 +151,11 @@ def ended(
 ) -> None:
     """Make the spans of a job this process just ended (`published_ns`: when its finish began, on this host);
     `bind_logs`: the caller handles a message, whose log lines (its `job_finished`) then name the job span."""
-    parsed = _job_parent(trace.traceparent, trace.tracestate)  # the same parse every step of the job made
-    if parsed is None or not parsed[0].sampled:
+    parsed = _job(trace.traceparent, trace.tracestate, kind)  # the same parse every step of the job made
+    if parsed is None or not parsed[2]:
         return
-    job, parent = parsed
+    job, parent, _ = parsed
     active = state.active()
-    tracer = active.tracer
     attributes: dict[str, Any] = {
         "cekura.job.id": job_id,
         "cekura.job.kind": kind,
@@ -167,41 +164,42 @@ def ended(
         "cekura.poll.count": polls,
     }
     producer = parse_traceparent(f"00-{job.trace_id}-{trace.parent_span_id}-{job.flags}", job.tracestate)
-    context = trace_api.set_span_in_context(NonRecordingSpan(span_context(producer))) if producer else None
     link = parse_traceparent(trace.link) if trace.link else None
-    links = [Link(span_context(link), {"cekura.link": "retry_of"})] if link else []
-    with active.ids.preset(int(job.trace_id, 16), int(job.span_id, 16)):
-        span = tracer.start_span(
-            f"job {kind}",
-            context=context or Context(),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-            # Hosts' clocks may disagree (a submission stamped ahead of the finish): never a negative duration.
-            start_time=_ns(min(trace.submitted_ms or trace.finished_ms, trace.finished_ms)),
-        )
     if outcome in ERROR_OUTCOMES:
-        span.set_status(Status(StatusCode.ERROR, error[:DEFAULT_DESCRIPTION_CHARS]))
-    elif outcome == "completed":
-        span.set_status(Status(StatusCode.OK))
-    span.end(end_time=_ns(trace.finished_ms))
-
+        status = Status(StatusCode.ERROR, error[:DEFAULT_DESCRIPTION_CHARS])
+    else:
+        status = Status(StatusCode.OK) if outcome == "completed" else UNSET
+    active.record(
+        f"job {kind}",
+        span_context(job, remote=False),  # the id fixed at submission, which every child names as its parent
+        span_context(producer) if producer else None,  # none: the job began its trace
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        # Hosts' clocks may disagree (a submission stamped ahead of the finish): never a negative duration.
+        start_ns=_ns(min(trace.submitted_ms or trace.finished_ms, trace.finished_ms)),
+        end_ns=_ns(trace.finished_ms),
+        status=status,
+        links=[Link(span_context(link), {"cekura.link": "retry_of"})] if link else (),
+    )
     if trace.polls_from_ms and trace.polls_before > state.DEFAULT_TRACED_POLLS:
         first = state.DEFAULT_TRACED_POLLS + 1
-        summary = tracer.start_span(
+        active.record(
             "polls",
-            context=parent,
+            active.child(parent),
+            parent,
+            kind=SpanKind.INTERNAL,
             attributes={
                 "cekura.poll.first": first,
                 "cekura.poll.last": trace.polls_before,
                 "cekura.poll.count": trace.polls_before - first + 1,
             },
-            start_time=_ns(trace.polls_from_ms),
+            start_ns=_ns(trace.polls_from_ms),
+            end_ns=_ns(max(trace.polls_from_ms, trace.updated_before_ms)),
         )
-        summary.end(end_time=_ns(max(trace.polls_from_ms, trace.updated_before_ms)))
-    publish = tracer.start_span(
+    active.record(
         "send cekura:results",
-        context=parent,
+        active.child(parent),
+        parent,
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "redis",
@@ -209,8 +207,8 @@ def ended(
             "messaging.destination.name": active.settings.cekura_results_stream,
             "messaging.message.id": entry_id,
         },
-        start_time=published_ns,
+        start_ns=published_ns,
+        end_ns=time.time_ns(),
     )
-    publish.end(end_time=time.time_ns())
     if bind_logs:
         structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)

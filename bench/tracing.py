@@ -1,7 +1,12 @@
 """`python -m bench --mode tracing`: what OpenTelemetry tracing costs cekura-worker, side by side in one run.
 
-Three variants of cekura-worker run the usual saturation and lateness phases in alternating rounds (`--repeat`,
-3 by default here), on the same workload, machine and settings:
+Three variants of cekura-worker run the usual saturation and lateness phases in rounds (`--repeat`, 5 by default
+here), on the same workload and settings, and at the same time: each round's saturation phase runs the three at
+once (each with its own Redis and simulator), then its lateness phase does. This shared 2-core machine drifts by
+10-30 % between one minute and the next (other tenants, the hypervisor), far more than the effect measured; run
+at once, the variants share whatever the machine gives in that minute, and each round's ratio compares like with
+like. Once every variant's jobs are done, all wait together while the tracing variant's last spans are exported,
+then their CPU is read at the same moment:
 
 - `cekura-baseline`: the service without the tracing code: by default this tree with the tracing hooks of the
   data path taken out (`STRIPPED`: the same code as the other two, less what tracing adds to every step even when
@@ -20,6 +25,7 @@ measurable difference wanted), and on against off (at most 10 % more wanted), pl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -27,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +41,20 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Options, run_benchmark
+from bench import background
+from bench import figures as fig
+from bench.harness import (
+    SATURATION_INTERVAL_S,
+    Options,
+    PollerRun,
+    _print_and_save,
+    lateness_spec,
+    summarise_rounds,
+)
+from bench.phase import QUIET_CORES, PhaseRecord, PhaseSpec, run_phase
 from bench.pollers import POLLERS, REPO_ROOT, CekuraWorker, Submitter
-from bench.processes import Child, spawn
+from bench.processes import Child, cleanup_on_exit, spawn
+from bench.report import write_raw
 from tests.support import free_port, kill_group, wait_for_line
 
 #: The variants, in table-column order.
@@ -48,6 +66,9 @@ DEFAULT_ROUNDS = 5
 #: How long no new span must reach the receiver before a phase's CPU is read: well over the period the workers
 #: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 100 ms).
 DRAIN_S = 2.5
+
+#: How long a variant waits for the others at the end of a phase (a phase that failed never comes).
+MEET_TIMEOUT_S = 300.0
 
 #: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
 SOURCE_PACKAGES = ("worker", "actors", "config", "simulator")
@@ -79,18 +100,29 @@ class TracingVariant(CekuraWorker):
     source: Path | None = None
     #: The OTLP receiver this variant exports to (None: it exports nothing).
     receiver_url: str | None = None
+    #: The variants of the phase running at the same time, met twice in `drain`.
+    together: threading.Barrier | None = None
 
     def drain(self) -> None:
-        """Once a phase's jobs are done, before its CPU is read: wait until this variant's exporter has sent what
-        its batch held (no new span at the receiver for `DRAIN_S`, longer than the SDK's schedule delay), so the
-        whole export is in the figure. Every variant waits one such stretch, idle, so all are read alike."""
-        count = _receiver_stats(self.receiver_url)["spans"] if self.receiver_url else 0
-        while True:
-            time.sleep(DRAIN_S)
-            now = _receiver_stats(self.receiver_url)["spans"] if self.receiver_url else 0
-            if now == count:
-                return
-            count = now
+        """Once a phase's jobs are done, before its CPU is read: wait until every variant's jobs are done, then
+        until the tracing variant's exporter has sent what its batch held (no new span at the receiver for
+        `DRAIN_S`, longer than the export period), so the whole export is in its figure; every variant waits out
+        that same stretch, idle, and reads its CPU when the others do."""
+        self._meet()
+        if self.receiver_url:
+            count = _receiver_stats(self.receiver_url)["spans"]
+            while True:
+                time.sleep(DRAIN_S)
+                now = _receiver_stats(self.receiver_url)["spans"]
+                if now == count:
+                    break
+                count = now
+        self._meet()
+
+    def _meet(self) -> None:
+        if self.together is not None:  # (a variant whose phase failed breaks it: the others are read as they are)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.together.wait(MEET_TIMEOUT_S)
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         env = {**env, **(self.extra_env or {})}
@@ -203,12 +235,70 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
             POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
             POLLERS[OFF] = TracingVariant(name=OFF)
             POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env, receiver_url=url)
-            status = run_benchmark(options)
+            status = run_side_by_side(options)
             stats = _receiver_stats(url)
         finally:
             kill_group(receiver, grace_s=1.0)
     _report(options.out, stats)
     return status
+
+
+def run_side_by_side(options: Options) -> int:
+    """Every round: the saturation phase of the three variants at once, then their lateness phase at once (each
+    offered half the tracing-off variant's saturation rate in that round); then the harness's table and files."""
+    names = [BASELINE, OFF, ON]
+    rounds: dict[str, list[PollerRun]] = {name: [] for name in names}
+    began = time.monotonic()
+    with cleanup_on_exit():
+        for index in range(options.repeat):
+            print(f"== round {index + 1} of {options.repeat}: the three variants at once", flush=True)
+            saturation = PhaseSpec(
+                name="saturation", jobs=options.jobs, polls=options.polls, interval_s=SATURATION_INTERVAL_S,
+                processes=options.processes, threads=options.threads,
+            )  # fmt: skip
+            runs = {name: PollerRun(saturation=record) for name, record in _at_once(saturation, options, index).items()}
+            rate = fig.polls_per_s(runs[OFF].saturation) if runs[OFF].saturation else None
+            if rate:
+                for name, record in _at_once(lateness_spec(rate, options), options, index).items():
+                    runs[name].lateness = record
+            for name in names:
+                rounds[name].append(runs[name])
+    summary = {name: summarise_rounds(runs_of) for name, runs_of in rounds.items()}
+    _print_and_save(options, names, rounds, summary, time.monotonic() - began)
+    failed = [r for runs_of in rounds.values() for run in runs_of for r in (run.saturation, run.lateness) if r]
+    return 1 if any(not r.completed for r in failed) else 0
+
+
+def _at_once(spec: PhaseSpec, options: Options, round_index: int) -> dict[str, PhaseRecord]:
+    """Run `spec` for the three variants at the same time (on a machine as quiet as it gets first)."""
+    background.wait_for_quiet(options.quiet_wait_s, QUIET_CORES)
+    names = [BASELINE, OFF, ON]
+    together = threading.Barrier(len(names))
+    records: dict[str, PhaseRecord] = {}
+
+    def run(name: str) -> None:
+        variant = POLLERS[name]
+        assert isinstance(variant, TracingVariant)
+        variant.together = together
+        records[name] = run_phase(variant, spec, options.out, options.simulator_module)
+        if not records[name].completed:
+            together.abort()
+
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    suffix = f"-round{round_index + 1}" if round_index else ""
+    for name in names:
+        record = records[name]
+        write_raw(options.out / "raw" / f"{name}-{spec.name}{suffix}.json.gz", record)
+        cpu, rate = fig.cpu_ms_per_poll(record), fig.polls_per_s(record)
+        shown = (
+            f"{rate or 0:.0f} polls/s, {cpu or 0:.3f} ms CPU/poll" if record.completed else f"FAILED: {record.error}"
+        )
+        print(f"   {name}: {spec.name}, {spec.jobs} jobs x {spec.polls} polls: {shown}", flush=True)
+    return records
 
 
 def _receiver_stats(url: str) -> dict[str, int]:
@@ -260,7 +350,7 @@ def _report(out: Path, stats: dict[str, int]) -> None:
     for key, label in (("sat_cpu_ms_per_poll", "at saturation"), ("lat_cpu_ms_per_poll", "at ~50% load")):
         off_base, on_off = _paired(rounds, key)
         lines.append(
-            f"\nCPU per poll {label}, each round's ratio (the variants ran minutes apart in it), median over the"
+            f"\nCPU per poll {label}, each round's ratio (the variants ran at the same time in it), median over the"
             f" rounds: tracing off vs baseline {off_base}, tracing on vs off {on_off}"
         )
     for round_index, (base, off, on) in enumerate(zip(*rounds, strict=False)):

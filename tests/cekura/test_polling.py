@@ -160,6 +160,23 @@ def test_a_declared_schedule_that_already_fits_is_kept() -> None:
     assert schedule.declared is not None
 
 
+def test_limits_that_leave_one_interval_keep_it_without_a_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """min_s and initial_s at max_s (a fixed interval, as the benchmark polls every 1 ms): no schedule can differ from
+    the declared one, and searching for one took about 1 s of CPU every refresh (`cost` over 1,000 intervals)."""
+    from worker.cekura import durations
+
+    searched: list[int] = []
+    monkeypatch.setattr(durations, "cost", lambda *a, **k: searched.append(1) or cost(*a, **k))
+    weights = [0.0] * len(EDGES[:-1])
+    for seconds in (0.4, 0.6, 0.8, 1.0) * 10:
+        weights[bucket_of(seconds)] += 1
+    fixed = Limits(initial_s=0.001, factor=1.0, max_s=0.001, min_s=0.001)
+    schedule = plan(weights, fixed, warmup=20)
+    assert schedule.times is None and schedule.delay_after(0.3, 300) == 0.001 and not searched
+    plan(weights, Limits(initial_s=0.001, factor=1.0, max_s=0.002, min_s=0.001), warmup=20)
+    assert searched  # one step of freedom is searched as before
+
+
 def test_a_job_far_past_anything_seen_is_polled_every_max_s_and_never_starved(book: PollingBook) -> None:
     _teach(book, [8.0] * 100)
     schedule = book.schedule(KIND, DECLARED)

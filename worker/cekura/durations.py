@@ -285,8 +285,10 @@ def plan(weights: Sequence[float], limits: Limits, *, warmup: float, target: flo
     needs at least `DEFAULT_MIN_SAVING` fewer calls: then that one."""
     if sum(w for w in weights if w > 0) < warmup * (1 - 1e-6):  # shares of one job may sum to 0.9999999
         return Schedule(None, limits)
-    dist = Distribution(weights)
     floor = min(limits.min_s, limits.initial_s)
+    if floor >= limits.max_s:  # every interval, learned or declared, can only be max_s: nothing to choose
+        return Schedule(None, limits)  # (and the search would cost O(support / max_s) per step: 1 s for 1 ms)
+    dist = Distribution(weights)
     reference = replace(  # the declared schedule at the delays aimed at, within the kind's limits
         limits,
         initial_s=min(max(limits.initial_s * target, floor), limits.max_s),

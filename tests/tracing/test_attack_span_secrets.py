@@ -294,3 +294,20 @@ def test_metadata_holding_the_secrets_stays_out_of_spans(
     flush()
     spans = receiver.wait_for_span(trace_id, "send cekura:results")
     assert _leaks(spans, {"api": API_KEY, "otlp": OTLP_TEAM, "provider": PROVIDER_KEY}) == []
+
+
+def test_a_status_word_of_100_kb_is_cut_in_every_span(
+    echo: Echo, echo_client: Client, receiver: Receiver, producer: Producer
+) -> None:
+    """Spans are recorded whole (`Tracing.record`), without the SDK's attribute checks: the service bounds what it
+    records itself. A first answer whose `status` is 100 KB (the service then waits for a word it knows) and a
+    `failed` whose error is as long: every attribute and status description of every span stays within 256
+    characters; the event keeps the error whole."""
+    huge = "w" * 100_000
+    echo.scripts[700] = Script(polls=[_json(200, {"status": huge}), _json(200, {"status": "failed", "error": huge})])
+    events, spans = _run(echo_client, receiver, producer, {"huge-700": _params(700)})
+    assert events["huge-700"]["status"] == "failed" and huge in events["huge-700"]["error"], events
+    texts = [s["status_message"] for s in spans] + [
+        v for s in spans for v in s["attributes"].values() if isinstance(v, str)
+    ]
+    assert "w" * 256 in json.dumps(spans) and max(len(t) for t in texts) <= 256

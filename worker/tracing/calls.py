@@ -144,7 +144,7 @@ class TracedCekuraClient(CekuraClient):
             call.error = error
         extra: dict[str, Any] = {"cekura.poll.number": scope.poll}
         if status:
-            extra["cekura.status"] = redact(status, call.secrets or ())
+            extra["cekura.status"] = redact(status, call.secrets or ())[:DEFAULT_DESCRIPTION_CHARS]
         self._emit(scope, call, extra)
 
     def _emit(self, scope: Scope, call: _Call, extra: dict[str, Any] | None = None) -> None:

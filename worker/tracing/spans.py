@@ -160,7 +160,7 @@ def ended(
         "cekura.job.id": job_id,
         "cekura.job.kind": kind,
         "cekura.job.status": outcome,
-        "cekura.status": trace.cekura_status,
+        "cekura.status": trace.cekura_status[:DEFAULT_DESCRIPTION_CHARS],
         "cekura.poll.count": polls,
     }
     producer = parse_traceparent(f"00-{job.trace_id}-{trace.parent_span_id}-{job.flags}", job.tracestate)

@@ -4,14 +4,14 @@ A job's trace context is fixed when it is submitted (`context.job_fields`): its 
 one), the producer's span id, and a span id of the job's own, all in the job's record. Every worker that runs one
 of the job's steps parents its spans on that id: the start call, each poll (the first `DEFAULT_TRACED_POLLS`, then
 only polls that end the job or fail, the others summed up in one span), answers, cancels and the publish. The job
-span itself is recorded only when the job ends, by whichever worker ends it, with the preset id and its start and
-end from the Redis clock (`submitted_ms`, the finish's time), so no span is held open across processes and a
-worker killed mid-job still leaves exactly one job span. Events carry the job span's `traceparent`.
+span itself is recorded only when the job ends, by whichever worker ends it, with the id fixed at submission and
+its start and end from the Redis clock (`submitted_ms`, the finish's time), so no span is held open across
+processes and a worker killed mid-job still leaves exactly one job span. Events carry the job span's `traceparent`.
 
 When off (the default), `enabled` is False, nothing of the SDK's tracing is imported, the Cekura client is the
 plain one, and every hook in the actors is behind `if tracing.enabled:`: the poll path does no tracing work at all.
 `setup()` turns it on from the settings (`Settings.tracing_on`); the pieces are `context.py` (W3C trace context,
-no OpenTelemetry import), `provider.py` (SDK, OTLP exporter, preset ids), `calls.py` (Cekura call spans),
+no OpenTelemetry import), `provider.py` (SDK, OTLP exporter, spans recorded whole), `calls.py` (Cekura call spans),
 `spans.py` (a step's context, the job span and its end) and `state.py` (the running setup).
 """
 

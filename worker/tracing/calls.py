@@ -152,7 +152,7 @@ class TracedCekuraClient(CekuraClient):
         if tracing is None:
             return
         url = self._base_url + call.path + ("?" + call.query.decode("ascii", "replace") if call.query else "")
-        # The conventions' required attributes, and the step's own: every attribute costs about 10 us to record and
+        # The conventions' required attributes, and the step's own: every attribute costs a few us to encode and
         # export, so the route is in the span's name rather than in `url.template` too, and the job's id and kind
         # are on the job span, the parent.
         attributes: dict[str, Any] = {

@@ -82,7 +82,7 @@ def endpoint(settings: Settings) -> str | None:
 
 
 class Tracing:
-    """One process's tracing: the provider, its tracer, the preset ids, and what every span of the service shares."""
+    """One process's tracing: the provider (sampler, resource), the batch processor, and `record`, which feeds it."""
 
     def __init__(self, settings: Settings) -> None:
         from importlib.metadata import PackageNotFoundError, version

@@ -5,9 +5,10 @@ context becomes the parent of the calls it makes (`calls.py` reads it from `curr
 `span_id` are bound to every log line the step writes (the Dramatiq middleware clears them after the message). A
 job submitted without trace context gets a new trace here, at its first step (`JobStore.adopt_trace`).
 
-`ended()` makes, once the finish script reports that this call ended the job: the job span (its preset id, its
-producer's span as parent, the Redis clock's submission and finish as start and end, a link to the job a retry
-retries), the span that sums up the polls past the traced ones, and the publish span around the finish itself.
+`ended()` makes, once the finish script reports that this call ended the job: the job span (the id fixed at
+submission, its producer's span as parent, the Redis clock's submission and finish as start and end, a link to the
+job a retry retries), the span that sums up the polls past the traced ones, and the publish span around the finish
+itself.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ if TYPE_CHECKING:
 
 #: Polls of a job that get a span each; past them only a poll that ends the job, asks a question or fails does,
 #: the rest are summed up in one span when the job ends (a 3-hour evaluator run polled every 30 s makes 7 spans,
-#: not 400). Two show how an operation got going (its first answer, and usually the move to running). Each span
-#: costs a worker about 0.1 ms of CPU, made and exported, against about 1 ms for a poll: a job of 10 polls makes 7.
+#: not 400). Two show how an operation got going (its first answer, and usually the move to running). A job of 10
+#: polls makes 7 spans, and tracing adds about 1 ms to the 7 ms of CPU its steps take at saturation (README: "What it
+#: costs").
 DEFAULT_TRACED_POLLS = 2
 
 #: The running setup (None while tracing is off).

@@ -299,12 +299,12 @@ def cancel_remote(job_id: str, kind_name: str, session_id: int | None = None, pr
     rt = runtime()
     kind = KINDS[kind_name]
     structlog.contextvars.bind_contextvars(kind=kind_name)
+    if tracing.enabled:  # before any call: the lookup below is one of the job's calls too
+        tracing.enter_job(rt.store, job_id, kind_name)
     if session_id is None and not progress_id and kind.lookup_path:  # cancelled while its lost start was looked for
         progress_id = find_to_cancel(rt, job_id, kind)
         if not progress_id:
             return
-    if tracing.enabled:
-        tracing.enter_job(rt.store, job_id, kind_name)
     try:
         answer = rt.cekura.cancel(kind, session_id, progress_id)
     except PermanentError as exc:

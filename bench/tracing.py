@@ -143,7 +143,11 @@ STRIPPED: dict[str, tuple[tuple[str, str], ...]] = {
     "actors/jobs.py": (
         ("from worker import tracing\n", ""),
         ("    if tracing.enabled:\n        tracing.note_advance(step, fields)\n", ""),
-        ("    if tracing.enabled:\n        tracing.enter_job(rt.store, job_id, kind_name)\n", ""),
+        (
+            "    if tracing.enabled:  # before any call: the lookup below is one of the job's calls too\n"
+            "        tracing.enter_job(rt.store, job_id, kind_name)\n",
+            "",
+        ),
     ),
     "actors/step.py": (
         ("from worker import tracing\n", ""),
@@ -160,6 +164,15 @@ STRIPPED: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "worker/store/scripts/_claim.lua": (("'start_claim', 'traceparent', 'tracestate')", "'start_claim')"),),
     "worker/store/records.py": (('    "traceparent",\n    "tracestate",\n)', ")"),),
+    "worker/broker/middleware.py": (
+        ("from worker import tracing\n", ""),
+        (
+            "        if tracing.enabled:  # the thread's next message may be about another job, or about none\n"
+            "            tracing.leave()\n",
+            "",
+        ),
+        ("        if tracing.enabled:\n            tracing.leave()\n", ""),
+    ),
 }
 
 #: The hook that ends a job's spans, in `actors/step.py` (two lines, taken out whole).

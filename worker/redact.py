@@ -146,21 +146,47 @@ def register(values: Iterable[str | None]) -> None:
 
 
 #: Words in a header's name that make its value a credential (`Authorization`, `x-honeycomb-team`, `DD-API-KEY`,
-#: `signoz-access-token`...): other values (a dataset's name, an org id) are not masked, which would blank them out
-#: of every log line.
-_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|team|pass|credential|signature", re.IGNORECASE)
+#: `signoz-access-token`, `uptrace-dsn`...): other values (a dataset's name, an org id) are not masked, which would
+#: blank them out of every log line.
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|team|pass|credential|signature|dsn", re.IGNORECASE)
+
+#: An `Authorization`-style value: its scheme, then the credential.
+_AUTH_SCHEME = re.compile(r"(?i)(bearer|basic|token|bot|apikey|api-key|key|dpop|digest|negotiate|ntlm)\s+(\S.*)")
+
+#: The secret part of a URL-shaped credential (`https://<token>@host`, a DSN).
+_URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.-]*://([^@/]+)@", re.IGNORECASE)
+
+
+def credentials(value: str) -> list[str]:
+    """The credential in an `Authorization`-style value (`Bearer <token>`, `Basic <base64>`, `Token <t>`...), which
+    a server may quote without its scheme; for `Basic`, also the decoded `user:password` and the password. Only
+    parts long enough to be masked."""
+    match = _AUTH_SCHEME.fullmatch(value.strip())
+    if match is None:
+        return []
+    found = [match[2]]
+    if match[1].lower() == "basic":
+        try:
+            decoded = base64.b64decode(match[2], validate=True).decode()
+        except ValueError:  # not base64, or not UTF-8 once decoded
+            decoded = ""
+        found += [decoded, decoded.partition(":")[2]]
+    return [part for part in found if len(part.strip()) >= DEFAULT_MIN_SECRET_LEN]
 
 
 def header_values(headers: str) -> list[str]:
     """The credentials in an `OTEL_EXPORTER_OTLP_HEADERS`-style list (`key=value,...`, values percent-encoded): the
-    value of each header named like one, as written and decoded, and without its scheme (`Bearer <token>`), which a
-    server may quote alone."""
+    value of each header named like one, as written and decoded, and what a server may quote alone: the credential
+    without its scheme (`Bearer <token>`; a `Basic` one decoded too) and a DSN's user part (`https://<token>@host`)."""
     values: list[str] = []
     for pair in headers.split(","):
         name, _, value = (part.strip() for part in pair.partition("="))
         if _CREDENTIAL_HEADER.search(unquote(name)):
             decoded = unquote(value).strip()
-            values += [value, decoded, decoded.rpartition(" ")[2]]
+            values += [value, decoded, decoded.rpartition(" ")[2], *credentials(decoded)]
+            userinfo = _URL_USERINFO.match(decoded)
+            if userinfo:
+                values += [userinfo[1], unquote(userinfo[1]), *userinfo[1].split(":")]
     return values
 
 
@@ -180,6 +206,14 @@ def register_settings(settings: Settings) -> None:
     register([key, password, unquote(password) if password else None, sentinel, webhook, *otlp])
 
 
+#: A `\xNN` escape (`repr()` of bytes, or of a string's control characters).
+_HEX_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def _unhex(match: re.Match[str]) -> str:
+    return chr(int(match[1], 16))
+
+
 def _mask(text: str, matchers: tuple[_Matcher, ...]) -> str:
     # Longest secret first: a secret that contains another (a password that is a prefix of the API key, say) is
     # masked whole before the shorter one could cut it apart.
@@ -189,8 +223,8 @@ def _mask(text: str, matchers: tuple[_Matcher, ...]) -> str:
     found = [m for m in matchers for anchor in m.anchors if anchor in lowered]
     if "u00" in lowered:
         found += [m for m in matchers if m.escaped in lowered]
-    if "%" in lowered or "&#" in lowered:  # every character escaped leaves no anchor as it is: look in the decoded text
-        decoded = html.unescape(unquote(lowered)).lower()
+    if "%" in lowered or "&#" in lowered or "\\x" in lowered:  # every character escaped leaves no anchor as it is:
+        decoded = html.unescape(unquote(_HEX_ESCAPE.sub(_unhex, lowered))).lower()  # look in the decoded text
         found += [m for m in matchers for anchor in m.anchors if anchor in decoded]
     for matcher in sorted(set(found), key=lambda m: m.size, reverse=True):
         text = matcher.pattern.sub(MASK, text)

@@ -11,9 +11,7 @@ is done (`progress_of`) and its default deadline. Shared rules live in `actors/k
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,12 +22,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from worker.cekura.polling import PollPlan
 from worker.cekura.progress import Progress
 from worker.errors import InvalidRequest
-from worker.redact import DEFAULT_MIN_SECRET_LEN
+from worker.redact import DEFAULT_MIN_SECRET_LEN, credentials
+
 
 #: An HTTP authentication scheme and its credential, in a header value.
-_AUTH_SCHEME = re.compile(r"(?i)(bearer|basic|token|bot|apikey|api-key|key|dpop|digest|negotiate|ntlm)\s+(\S.*)")
-
-
 class Outcome(StrEnum):
     """How a job ended; the `status` field of its result event."""
 
@@ -99,23 +95,6 @@ def json_body(params: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[
     """The start body: the params as given, secrets revealed (they are meant for Cekura), minus `exclude`."""
     body = params.model_dump(mode="python", exclude_unset=True, exclude=set(exclude))
     return {key: _reveal(value) for key, value in body.items()}
-
-
-def credentials(value: str) -> list[str]:
-    """The credential in an `Authorization`-style value (`Bearer <token>`, `Basic <base64>`, `Token <t>`...), which
-    a server may quote without its scheme; for `Basic`, also the decoded `user:password` and the password. Only
-    parts long enough to be masked."""
-    match = _AUTH_SCHEME.fullmatch(value.strip())
-    if match is None:
-        return []
-    found = [match[2]]
-    if match[1].lower() == "basic":
-        try:
-            decoded = base64.b64decode(match[2], validate=True).decode()
-        except ValueError:  # not base64, or not UTF-8 once decoded
-            decoded = ""
-        found += [decoded, decoded.partition(":")[2]]
-    return [part for part in found if len(part.strip()) >= DEFAULT_MIN_SECRET_LEN]
 
 
 def _reveal(value: Any) -> Any:

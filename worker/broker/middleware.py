@@ -11,6 +11,7 @@ import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
+from worker import tracing
 from worker.ops import metrics
 
 
@@ -34,9 +35,13 @@ class JobContext(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         structlog.contextvars.clear_contextvars()
+        if tracing.enabled:  # the thread's next message may be about another job, or about none
+            tracing.leave()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+        if tracing.enabled:
+            tracing.leave()
 
 
 class ThreadRoster(Middleware):

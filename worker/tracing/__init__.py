@@ -41,6 +41,7 @@ __all__ = [
     "enter_job",
     "from_request",
     "job_fields",
+    "leave",
     "log_ids",
     "new_root",
     "note_advance",
@@ -92,6 +93,13 @@ def enter(step: Step) -> None:
     from worker.tracing import spans
 
     spans.enter(step)
+
+
+def leave() -> None:
+    """A message is done: its thread's next calls belong to no job until a step `enter`s one."""
+    from worker.tracing import spans
+
+    spans.leave()
 
 
 def enter_job(store: JobStore, job_id: str, kind: str) -> None:

@@ -43,7 +43,11 @@ from worker.tracing.provider import UNSET
 from worker.tracing.spans import DEFAULT_DESCRIPTION_CHARS, Scope, current
 
 #: A path segment that is an id (an agent, a result, a run): `{id}` in a span's name, as in a URL template.
-_ID_SEGMENT = re.compile(r"/[0-9]+(?=/|$)")
+_ID_SEGMENT = re.compile(r"/-?[0-9]+(?=/|$)")
+
+
+#: The most characters of a call's URL a span carries (a Cekura URL is under 100; a hostile progress id is not).
+DEFAULT_URL_CHARS = 256
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,7 +161,7 @@ class TracedCekuraClient(CekuraClient):
         # are on the job span, the parent.
         attributes: dict[str, Any] = {
             HTTP_REQUEST_METHOD: call.method,
-            URL_FULL: redact(url, call.secrets or ()),
+            URL_FULL: redact(url, call.secrets or ())[:DEFAULT_URL_CHARS],
             **self._server,
             **(extra or {}),
         }

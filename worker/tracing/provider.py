@@ -146,7 +146,7 @@ class Tracing:
             kind=kind,
             status=status,
             start_time=start_ns,
-            end_time=end_ns,
+            end_time=max(start_ns, end_ns),  # two reads of a wall clock that stepped back: never a negative duration
             instrumentation_scope=self.scope,
         )
         self.processor.on_end(span)

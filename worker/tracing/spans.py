@@ -100,6 +100,11 @@ def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int)
     _scope.set(Scope(job_id, kind, parent, sampled, poll))
 
 
+def leave() -> None:
+    """Forget the job the calling thread's last message was about (`worker.broker.middleware.JobContext`)."""
+    _scope.set(None)
+
+
 def enter(step: Step) -> None:
     """Start handling a claimed step of its job (`actors.step.make_step`)."""
     job = step.job

@@ -25,7 +25,6 @@ from worker.errors import InvalidRequest
 from worker.redact import DEFAULT_MIN_SECRET_LEN, credentials
 
 
-#: An HTTP authentication scheme and its credential, in a header value.
 class Outcome(StrEnum):
     """How a job ended; the `status` field of its result event."""
 

@@ -113,9 +113,9 @@ class Heartbeat(threading.Thread):
                 self.beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat_redis_error", error=str(exc))
-            # Beats keep their period: the moment a beat gave the Sentinels' look comes off the wait (with every
-            # Sentinel hung, waiting the whole interval after it made one beat every 2 s, and readiness and `status`
-            # call a process whose beat is 3 s old dead).
+            # Beats keep their period: the time a beat spent (up to DEFAULT_FOLLOW_WAIT_S on the Sentinels) comes off
+            # the wait. Waiting the whole interval after it beat every 2 s while every Sentinel hung, and readiness and
+            # `status` call a process whose beat is 3 s old dead.
             if self._stopping.wait(max(0.0, interval - (time.monotonic() - began))):
                 break
         with contextlib.suppress(redis.RedisError):

@@ -200,7 +200,7 @@ def ended(
                 "cekura.poll.count": trace.polls_before - first + 1,
             },
             start_ns=_ns(trace.polls_from_ms),
-            end_ns=_ns(max(trace.polls_from_ms, trace.updated_before_ms)),
+            end_ns=_ns(trace.updated_before_ms),
         )
     active.record(
         "send cekura:results",

@@ -8,6 +8,7 @@ HTTP, and the tests read back what it decoded. A producer's spans come from a pr
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -178,3 +179,31 @@ def wait_job(client: Client, job_id: str, timeout: float = 30.0) -> dict[str, st
                 return event
         time.sleep(0.05)
     raise AssertionError(f"no result event for {job_id} within {timeout:g}s")
+
+
+#: A scripted HTTP answer of a fake Cekura: status, content type, body.
+Reply = tuple[int, str, bytes]
+
+
+def json_reply(status: int, value: Any) -> Reply:
+    return status, "application/json", json.dumps(value).encode()
+
+
+def find_leaks(spans: list[dict[str, Any]], spellings: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(spelling's name, span name, where) for each spelling of a secret found in a span: its name, status, trace
+    state, attribute and link attribute values as they are, and its attributes, events, links and resource as JSON."""
+    found = []
+    for span in spans:
+        texts = [
+            ("name", span["name"]),
+            ("status_message", span["status_message"]),
+            ("trace_state", span["trace_state"]),
+        ]
+        texts += [(where, json.dumps(span.get(where, []))) for where in ("attributes", "events", "links", "resource")]
+        texts += [(key, str(value)) for key, value in span["attributes"].items()]
+        texts += [(f"link {key}", str(value)) for link in span["links"] for key, value in link["attributes"].items()]
+        for where, value in texts:
+            for name, spelling in spellings.items():
+                if spelling.lower() in value.lower():
+                    found.append((name, span["name"][:80], where))
+    return found

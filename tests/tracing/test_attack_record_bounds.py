@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.support import wait_for
 from tests.system.fake_cekura import FakeCekura
-from tests.tracing.conftest import Receiver, flush, traced_runtime, wait_job
+from tests.tracing.conftest import Receiver, Reply, find_leaks, flush, json_reply, traced_runtime, wait_job
 from worker.client import Client
 from worker.errors import ConfigError
 from worker.tracing import parse_traceparent
@@ -41,12 +41,6 @@ BOUND = 256
 TOOLS = "agent.tools_auto_fetch"
 EVALUATOR = "evaluator.run"
 GENERATE = "scenario.generate"
-
-Reply = tuple[int, str, bytes]
-
-
-def _json(status: int, value: Any) -> Reply:
-    return status, "application/json", json.dumps(value).encode()
 
 
 @dataclass
@@ -192,20 +186,6 @@ def _violations(spans: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def _leaks(spans: list[dict[str, Any]], spellings: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(spelling's name, span name, where) for each spelling found in a span's name, status or attribute values."""
-    found = []
-    for span in spans:
-        texts = [("name", span["name"]), ("status_message", span["status_message"])]
-        texts += [(key, str(value)) for key, value in span["attributes"].items()]
-        texts += [(f"link {key}", str(value)) for link in span["links"] for key, value in link["attributes"].items()]
-        for where, value in texts:
-            for name, spelling in spellings.items():
-                if spelling.lower() in value.lower():
-                    found.append((name, span["name"][:80], where))
-    return found
-
-
 def _exporter_trouble(service: Service) -> list[str]:
     return [record.getMessage()[:200] for record in service.otel_logs.records]
 
@@ -224,19 +204,19 @@ def test_hostile_answers_of_every_shape_leave_every_span_bounded_and_encodable(
     is over 256 characters or of another type than str or int, the exporter logs nothing, and no secret shows."""
     quoted = f"{API_KEY} {PROVIDER_KEY} {OTLP_TEAM} " * 15_000  # ~ 900 KB, under the 1 MiB limit
     answers: dict[int, list[Reply]] = {
-        1: [_json(200, {"status": 12345})],
-        2: [_json(200, {"status": ["completed", API_KEY]})],
-        3: [_json(200, {"status": {"word": "completed"}})],
-        4: [_json(200, {"status": None})],
+        1: [json_reply(200, {"status": 12345})],
+        2: [json_reply(200, {"status": ["completed", API_KEY]})],
+        3: [json_reply(200, {"status": {"word": "completed"}})],
+        4: [json_reply(200, {"status": None})],
         5: [(200, "application/json", b'{"status": "comp\xffleted\xc3"}')],
         6: [(200, "application/json", b'{"status": "\\udc80"}')],
-        7: [_json(200, {"status": "\U0001f600" * 5000}), _json(200, {"status": "completed"})],
+        7: [json_reply(200, {"status": "\U0001f600" * 5000}), json_reply(200, {"status": "completed"})],
         8: [(502, "text/html", b"\xff\xfe<h1>" + b"\xed\xa0\x80" * 1000), (418, "text/plain", b"\xc3\x28" * 5000)],
         9: [(400, "text/plain", quoted.encode())],
         10: [(200, "application/json", b'{"status": "' + b"x" * 1_100_000 + b'"}')],
-        11: [_json(200, {"status": "completed"})],
+        11: [json_reply(200, {"status": "completed"})],
     }
-    cekura.on(r"/auto-fetch/$", _json(200, {"progress_id": "p-1"}))
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "p-1"}))
     for agent, replies in answers.items():
         cekura.on(rf"/aiagents/{agent}/tools/auto-fetch-progress/$", *replies)
     service = start()
@@ -259,7 +239,7 @@ def test_hostile_answers_of_every_shape_leave_every_span_bounded_and_encodable(
     assert sum(s["name"] == "send cekura:results" for s in spans) == len(jobs)
     assert _violations(spans) == []
     assert _exporter_trouble(service) == []
-    assert _leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY, "otlp": OTLP_TEAM}) == []
+    assert find_leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY, "otlp": OTLP_TEAM}) == []
 
 
 def test_a_progress_id_quoting_a_secret_is_refused_before_any_url_carries_it(
@@ -280,9 +260,9 @@ def test_a_progress_id_quoting_a_secret_is_refused_before_any_url_carries_it(
     for n, (form, spell) in enumerate(spellings.items()):
         for m, (name, secret) in enumerate(secrets.items()):
             agent = 100 + 10 * n + m
-            cekura.on(rf"/aiagents/{agent}/tools/auto-fetch/$", _json(200, {"progress_id": spell(secret)}))
+            cekura.on(rf"/aiagents/{agent}/tools/auto-fetch/$", json_reply(200, {"progress_id": spell(secret)}))
             jobs[f"pid-{form}-{name}"] = _tools(agent)
-    cekura.on(r"/auto-fetch-progress/$", _json(200, {"status": "completed"}))
+    cekura.on(r"/auto-fetch-progress/$", json_reply(200, {"status": "completed"}))
     service = start()
     for job_id, params in jobs.items():
         service.client.submit(TOOLS, params, job_id=job_id)
@@ -292,7 +272,7 @@ def test_a_progress_id_quoting_a_secret_is_refused_before_any_url_carries_it(
     spans = [span for event in events.values() for span in _spans_of(service, event)]
     assert not [s for s in spans if s["name"].startswith("GET ")]  # no poll was made
     all_forms = {f"{f}:{n}": spell(s) for f, spell in spellings.items() for n, s in secrets.items()}
-    assert _leaks(spans, all_forms) == []
+    assert find_leaks(spans, all_forms) == []
     assert _violations(spans) == [] and _exporter_trouble(service) == []
 
 
@@ -305,11 +285,11 @@ def test_cancel_and_answer_calls_answered_with_hostile_pages_stay_bounded_and_cl
     100 KB page quoting the secrets in several spellings. Both spans arrive, bounded and masked."""
     quoted = " ".join([API_KEY, API_KEY.upper(), quote(API_KEY, safe=""), OTLP_TEAM, OTLP_TEAM.upper()])
     page = (quoted + " ") * 1500
-    cekura.on(r"/run_scenarios/$", _json(200, {"id": 77}))
-    cekura.on(r"/results/77/$", _json(200, {"status": "running"}))
+    cekura.on(r"/run_scenarios/$", json_reply(200, {"id": 77}))
+    cekura.on(r"/results/77/$", json_reply(200, {"status": "running"}))
     cekura.on(r"/results/77/end_calls/$", (400, "text/plain", page.encode()))
-    cekura.on(r"/generate-bg/$", _json(200, {"progress_id": "g-1"}))
-    cekura.on(r"/generate-progress/$", _json(200, {"status": "pending_clarification", "question": "Which one?"}))
+    cekura.on(r"/generate-bg/$", json_reply(200, {"progress_id": "g-1"}))
+    cekura.on(r"/generate-progress/$", json_reply(200, {"status": "pending_clarification", "question": "Which one?"}))
     cekura.on(r"/generate-clarify-answer/$", (400, "application/json", json.dumps({"detail": page}).encode()))
     service = start()
     run = service.client.submit(EVALUATOR, {"agent_id": 5, "name": "gate"}, job_id="cancel-me")
@@ -331,7 +311,7 @@ def test_cancel_and_answer_calls_answered_with_hostile_pages_stay_bounded_and_cl
     assert answer["status"] == "ERROR" and "***" in answer["status_message"], answer
     assert _violations(spans) == [] and _exporter_trouble(service) == []
     spellings = {"api": API_KEY, "api-pct": quote(API_KEY, safe=""), "otlp": OTLP_TEAM}
-    assert _leaks(spans, spellings) == []
+    assert find_leaks(spans, spellings) == []
 
 
 def test_a_cekura_url_with_credentials_or_a_query_is_refused_by_the_settings() -> None:
@@ -351,8 +331,10 @@ def test_a_long_progress_id_is_cut_in_url_full(cekura: Cekura, start: Callable[.
     characters): it travels percent-encoded in every poll's query, and the poll spans' `url.full` exports all of
     it, 6 KB for 512 emoji (12 characters each once encoded). `TracedCekuraClient._emit` never cuts `url.full`
     (worker/tracing/calls.py, the `URL_FULL: redact(url, ...)` line) and `Tracing.record` bounds nothing."""
-    cekura.on(r"/auto-fetch/$", _json(200, {"progress_id": "\U0001f600" * 512}))
-    cekura.on(r"/auto-fetch-progress/$", _json(200, {"status": "in_progress"}), _json(200, {"status": "completed"}))
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "\U0001f600" * 512}))
+    cekura.on(
+        r"/auto-fetch-progress/$", json_reply(200, {"status": "in_progress"}), json_reply(200, {"status": "completed"})
+    )
     service = start()
     event = wait_job(service.client, service.client.submit(TOOLS, _tools(7), job_id="long-progress-id"))
     assert event["status"] == "completed", event
@@ -370,9 +352,9 @@ def test_a_long_numeric_progress_id_is_cut_in_poll_and_cancel_spans(
     the span names hold `{id}`, but the polls' and the cancel call's `url.full` export the 512 digits (about 590
     characters). Same cause: `url.full` is never cut (worker/tracing/calls.py, `_emit`)."""
     digits = "9" * 512
-    cekura.on(r"/run_scenarios/$", _json(200, {"id": digits}))
-    cekura.on(r"/end_calls/$", _json(200, {"success": True}))
-    cekura.on(r"/results/\d+/$", _json(200, {"status": "running"}))
+    cekura.on(r"/run_scenarios/$", json_reply(200, {"id": digits}))
+    cekura.on(r"/end_calls/$", json_reply(200, {"success": True}))
+    cekura.on(r"/results/\d+/$", json_reply(200, {"status": "running"}))
     service = start()
     job_id = service.client.submit(EVALUATOR, {"agent_id": 5, "name": "gate"}, job_id="long-numeric-id")
     wait_for(lambda: (service.client.status(job_id) or {}).get("polls", 0) >= 2, 15, "two polls")
@@ -391,8 +373,8 @@ def test_a_huge_negative_agent_id_is_cut_in_span_names_and_url_full(
     formatted into the start and poll paths: `_template` (worker/tracing/calls.py, `_ID_SEGMENT = /[0-9]+`) does
     not see `-<digits>` as an id, so the start and poll span *names* are over 300 characters, and `url.full` too
     (never cut). A positive id of 4,000 digits would do the same to `url.full` alone."""
-    cekura.on(r"/auto-fetch/$", _json(200, {"progress_id": "p-1"}))
-    cekura.on(r"/auto-fetch-progress/$", _json(200, {"status": "completed"}))
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "p-1"}))
+    cekura.on(r"/auto-fetch-progress/$", json_reply(200, {"status": "completed"}))
     service = start()
     event = wait_job(service.client, service.client.submit(TOOLS, _tools(-(10**300)), job_id="negative-agent"))
     assert event["status"] == "completed", event
@@ -419,9 +401,11 @@ def test_secrets_with_every_character_hex_escaped_are_masked(cekura: Cekura, sta
 
     body = f"bad keys: {every(API_KEY)} {first(PROVIDER_KEY)}"
     cekura.on(r"/aiagents/1/tools/auto-fetch/$", (400, "text/plain", body.encode()))
-    cekura.on(r"/aiagents/2/tools/auto-fetch/$", _json(200, {"progress_id": "p-2"}))
+    cekura.on(r"/aiagents/2/tools/auto-fetch/$", json_reply(200, {"progress_id": "p-2"}))
     cekura.on(
-        r"/auto-fetch-progress/$", _json(200, {"status": every(PROVIDER_KEY)}), _json(200, {"status": "completed"})
+        r"/auto-fetch-progress/$",
+        json_reply(200, {"status": every(PROVIDER_KEY)}),
+        json_reply(200, {"status": "completed"}),
     )
     service = start()
     events = {
@@ -431,7 +415,7 @@ def test_secrets_with_every_character_hex_escaped_are_masked(cekura: Cekura, sta
     assert events["hex-page"]["status"] == "failed" and events["hex-status"]["status"] == "completed", events
     spans = [span for event in events.values() for span in _spans_of(service, event)]
     spellings = {"api-every": every(API_KEY), "provider-first": first(PROVIDER_KEY), "provider": every(PROVIDER_KEY)}
-    leaks = _leaks(spans, spellings)
+    leaks = find_leaks(spans, spellings)
     assert leaks == [], "\n".join(map(str, leaks))
 
 
@@ -443,17 +427,17 @@ def test_an_otlp_basic_credential_is_masked_decoded(cekura: Cekura, start: Calla
     or error is exported in `cekura.status` and in the job span's status description."""
     token = "glc_eyJvIjoiOTg3NjU0IiwibiI6InN0YWNrIn0"
     basic = base64.b64encode(f"987654:{token}".encode()).decode()
-    cekura.on(r"/auto-fetch/$", _json(200, {"progress_id": "p-1"}))
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "p-1"}))
     cekura.on(
         r"/auto-fetch-progress/$",
-        _json(200, {"status": token}),
-        _json(200, {"status": "failed", "error": f"refused 987654:{token}"}),
+        json_reply(200, {"status": token}),
+        json_reply(200, {"status": "failed", "error": f"refused 987654:{token}"}),
     )
     service = start(otel_exporter_otlp_headers=f"Authorization=Basic%20{basic}")
     event = wait_job(service.client, service.client.submit(TOOLS, _tools(1), job_id="otlp-basic"))
     assert event["status"] == "failed", event
     spans = _spans_of(service, event)
-    leaks = _leaks(spans, {"token": token})
+    leaks = find_leaks(spans, {"token": token})
     assert leaks == [], "\n".join(map(str, leaks))
 
 
@@ -463,10 +447,10 @@ def test_an_uptrace_dsn_header_is_masked(cekura: Cekura, start: Callable[..., Se
     auth|key|token|secret|team|pass|credential|signature), so `header_values` registers nothing, and a Cekura
     status word quoting the DSN's token is exported as it is in `cekura.status`."""
     token = "uptr-project-token-3f9Q"
-    cekura.on(r"/auto-fetch/$", _json(200, {"progress_id": "p-1"}))
-    cekura.on(r"/auto-fetch-progress/$", _json(200, {"status": token}), _json(200, {"status": "completed"}))
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "p-1"}))
+    cekura.on(r"/auto-fetch-progress/$", json_reply(200, {"status": token}), json_reply(200, {"status": "completed"}))
     service = start(otel_exporter_otlp_headers=f"uptrace-dsn=https://{token}@api.uptrace.dev")
     event = wait_job(service.client, service.client.submit(TOOLS, _tools(1), job_id="otlp-dsn"))
     assert event["status"] == "completed", event
-    leaks = _leaks(_spans_of(service, event), {"token": token})
+    leaks = find_leaks(_spans_of(service, event), {"token": token})
     assert leaks == [], "\n".join(map(str, leaks))

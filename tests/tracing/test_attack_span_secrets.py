@@ -27,7 +27,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from tests.conftest import make_settings
 from tests.support import wait_for
 from tests.system.fake_cekura import FakeCekura
-from tests.tracing.conftest import Producer, Receiver, flush, traced_runtime, wait_job
+from tests.tracing.conftest import Producer, Receiver, Reply, find_leaks, flush, json_reply, traced_runtime, wait_job
 from worker.client import Client
 from worker.errors import InvalidRequest
 from worker.runtime.app import Runtime
@@ -40,19 +40,13 @@ HEADER_TOKEN = "hdr-token-9c2d-Wq"
 OTLP_TEAM = "otlp-team-5e8a-Lm"
 _PATH = re.compile(r"/test_framework/v1/aiagents/(\d+)/tools/auto-fetch(-progress)?/")
 
-Reply = tuple[int, str, bytes]
-
-
-def _json(status: int, value: Any) -> Reply:
-    return status, "application/json", json.dumps(value).encode()
-
 
 @dataclass
 class Script:
     """How the `Echo` server answers one agent's start and polls (the last poll answer repeats)."""
 
-    start: Reply = field(default_factory=lambda: _json(200, {"progress_id": "p-1"}))
-    polls: list[Reply] = field(default_factory=lambda: [_json(200, {"status": "completed", "error": None})])
+    start: Reply = field(default_factory=lambda: json_reply(200, {"progress_id": "p-1"}))
+    polls: list[Reply] = field(default_factory=lambda: [json_reply(200, {"status": "completed", "error": None})])
 
 
 class Echo:
@@ -70,7 +64,7 @@ class Echo:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         match = _PATH.fullmatch(urlsplit(path).path)
         if match is None:
-            status, content_type, out = _json(404, {"detail": "Not found."})
+            status, content_type, out = json_reply(404, {"detail": "Not found."})
         else:
             agent = int(match.group(1))
             script = self.scripts.get(agent, Script())
@@ -147,25 +141,6 @@ def _run(
     return events, receiver.trace(trace_id)
 
 
-def _leaks(spans: list[dict[str, Any]], spellings: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(spelling's name, span name, where) for each spelling of a secret found in a span."""
-    found = []
-    for span in spans:
-        for where, value in (
-            ("name", span["name"]),
-            ("status_message", span["status_message"]),
-            ("trace_state", span["trace_state"]),
-            ("attributes", json.dumps(span["attributes"])),
-            ("events", json.dumps(span.get("events", []))),
-            ("links", json.dumps(span["links"])),
-            ("resource", json.dumps(span["resource"])),
-        ):
-            for name, spelling in spellings.items():
-                if spelling.lower() in value.lower():
-                    found.append((name, span["name"], where))
-    return found
-
-
 def test_an_error_page_quoting_the_secrets_in_everyday_spellings_is_masked_in_every_span(
     echo: Echo, echo_client: Client, receiver: Receiver, producer: Producer
 ) -> None:
@@ -189,13 +164,13 @@ def test_an_error_page_quoting_the_secrets_in_everyday_spellings_is_masked_in_ev
     padding = "x" * 240
     echo.scripts[500] = Script(
         polls=[
-            _json(200, {"status": PROVIDER_KEY}),
+            json_reply(200, {"status": PROVIDER_KEY}),
             (502, "text/html", f"<h1>502</h1>{quoted}".encode()),
-            _json(200, {"status": "failed", "error": f"{padding} {PROVIDER_KEY} {quoted}"}),
+            json_reply(200, {"status": "failed", "error": f"{padding} {PROVIDER_KEY} {quoted}"}),
         ]
     )
     echo.scripts[600] = Script(
-        polls=[_json(200, {"status": quote(API_KEY.upper())}), _json(200, {"status": "completed"})]
+        polls=[json_reply(200, {"status": quote(API_KEY.upper())}), json_reply(200, {"status": "completed"})]
     )
     jobs = {f"everyday-{agent}": _params(agent) for agent in (400, 403, 500, 600)}
     events, spans = _run(echo_client, receiver, producer, jobs)
@@ -209,7 +184,7 @@ def test_an_error_page_quoting_the_secrets_in_everyday_spellings_is_masked_in_ev
     spellings = {f"{name}:{s}": f(value) for name, f in everyday.items() for s, value in secrets.items()}
     spellings |= {f"plain:{s}": value for s, value in secrets.items()}
     spellings |= {"straddling": PROVIDER_KEY[:6]}  # the start of the key is not left by the cut
-    assert _leaks(spans, spellings) == []
+    assert find_leaks(spans, spellings) == []
     assert "***" in json.dumps(spans)
 
 
@@ -233,7 +208,7 @@ def test_an_error_page_quoting_the_secrets_with_every_character_escaped_is_maske
     echo.scripts[400] = Script(start=(400, "application/json", body.encode()))
     events, spans = _run(echo_client, receiver, producer, {"escaped-400": _params(400)})
     assert events["escaped-400"]["status"] == "failed", events
-    leaks = _leaks(spans, {name: encode(s) for name, s in secrets.items()})
+    leaks = find_leaks(spans, {name: encode(s) for name, s in secrets.items()})
     assert leaks == [], f"{spelling}: {leaks}\n" + "\n".join(
         f"{s['name']}: {s['status_message']}" for s in spans if s["status_message"]
     )
@@ -252,7 +227,7 @@ def test_a_job_id_that_is_the_api_key_or_the_jobs_own_provider_key_is_refused(
         assert echo_client.status(job_id) is None
     jobs = {"after-the-refusals": _params(44)}  # and the service goes on: a job with an ordinary id runs
     _, spans = _run(echo_client, receiver, producer, jobs)
-    assert _leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY}) == []
+    assert find_leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY}) == []
 
 
 def test_a_tracestate_carrying_the_api_key_stays_out_of_spans(
@@ -276,7 +251,7 @@ def test_a_tracestate_carrying_the_api_key_stays_out_of_spans(
     flush()
     trace_id = parse_traceparent(event["traceparent"]).trace_id  # type: ignore[union-attr]
     spans = receiver.wait_for_span(trace_id, "send cekura:results")
-    leaks = _leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY})
+    leaks = find_leaks(spans, {"api": API_KEY, "provider": PROVIDER_KEY})
     assert leaks == [], leaks
 
 
@@ -293,7 +268,7 @@ def test_metadata_holding_the_secrets_stays_out_of_spans(
     assert wait_job(echo_client, "metadata-job")["status"] == "completed"
     flush()
     spans = receiver.wait_for_span(trace_id, "send cekura:results")
-    assert _leaks(spans, {"api": API_KEY, "otlp": OTLP_TEAM, "provider": PROVIDER_KEY}) == []
+    assert find_leaks(spans, {"api": API_KEY, "otlp": OTLP_TEAM, "provider": PROVIDER_KEY}) == []
 
 
 def test_a_status_word_of_100_kb_is_cut_in_every_span(
@@ -304,7 +279,9 @@ def test_a_status_word_of_100_kb_is_cut_in_every_span(
     `failed` whose error is as long: every attribute and status description of every span stays within 256
     characters; the event keeps the error whole."""
     huge = "w" * 100_000
-    echo.scripts[700] = Script(polls=[_json(200, {"status": huge}), _json(200, {"status": "failed", "error": huge})])
+    echo.scripts[700] = Script(
+        polls=[json_reply(200, {"status": huge}), json_reply(200, {"status": "failed", "error": huge})]
+    )
     events, spans = _run(echo_client, receiver, producer, {"huge-700": _params(700)})
     assert events["huge-700"]["status"] == "failed" and huge in events["huge-700"]["error"], events
     texts = [s["status_message"] for s in spans] + [

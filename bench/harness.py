@@ -115,14 +115,7 @@ def run_benchmark(options: Options) -> int:
 def run_poller(name: str, options: Options, lateness_rate: float | None = None, round_index: int = 0) -> PollerRun:
     """The saturation phase, then the lateness phase sized from it (or from `lateness_rate`, if given)."""
     poller, run = POLLERS[name], PollerRun()
-    sat_spec = PhaseSpec(
-        name="saturation",
-        jobs=options.jobs,
-        polls=options.polls,
-        interval_s=options.saturation_interval_s,
-        processes=options.processes,
-        threads=options.threads,
-    )
+    sat_spec = saturation_spec(options)
     print(
         f"== {name}: saturation, {sat_spec.jobs} jobs x {sat_spec.polls} polls every {sat_spec.interval_s:g} s",
         flush=True,
@@ -141,6 +134,18 @@ def run_poller(name: str, options: Options, lateness_rate: float | None = None, 
     )
     run.lateness = _run_phase(poller, lat_spec, options, round_index)
     return run
+
+
+def saturation_spec(options: Options) -> PhaseSpec:
+    """The saturation phase: `options.jobs` jobs of `options.polls` polls, polled as fast as every poller accepts."""
+    return PhaseSpec(
+        name="saturation",
+        jobs=options.jobs,
+        polls=options.polls,
+        interval_s=options.saturation_interval_s,
+        processes=options.processes,
+        threads=options.threads,
+    )
 
 
 def lateness_spec(saturation_rate: float, options: Options) -> PhaseSpec:

@@ -44,11 +44,11 @@ import httpx
 from bench import background
 from bench import figures as fig
 from bench.harness import (
-    SATURATION_INTERVAL_S,
     Options,
     PollerRun,
     _print_and_save,
     lateness_spec,
+    saturation_spec,
     summarise_rounds,
 )
 from bench.phase import QUIET_CORES, PhaseRecord, PhaseSpec, run_phase
@@ -59,6 +59,7 @@ from tests.support import free_port, kill_group, wait_for_line
 
 #: The variants, in table-column order.
 BASELINE, OFF, ON = "cekura-baseline", "cekura-tracing-off", "cekura-tracing-on"
+VARIANTS = (BASELINE, OFF, ON)
 
 #: Rounds unless `--repeat` says otherwise: single runs on a shared machine move 10-20 %.
 DEFAULT_ROUNDS = 5
@@ -237,7 +238,7 @@ def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def run_tracing(options: Options, baseline: str = "stripped") -> int:
     """Run the three variants in alternating rounds; print the table and the tracing ratios."""
     repeat = options.repeat if options.repeat > 1 else DEFAULT_ROUNDS
-    options = replace(options, pollers=[BASELINE, OFF, ON], repeat=repeat)
+    options = replace(options, pollers=list(VARIANTS), repeat=repeat)
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
         source = baseline_tree(baseline, Path(scratch))
         receiver, url = start_receiver(options.out / "logs" / "otlp-receiver")
@@ -259,34 +260,29 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
 def run_side_by_side(options: Options) -> int:
     """Every round: the saturation phase of the three variants at once, then their lateness phase at once (each
     offered half the tracing-off variant's saturation rate in that round); then the harness's table and files."""
-    names = [BASELINE, OFF, ON]
-    rounds: dict[str, list[PollerRun]] = {name: [] for name in names}
+    rounds: dict[str, list[PollerRun]] = {name: [] for name in VARIANTS}
     began = time.monotonic()
     with cleanup_on_exit():
         for index in range(options.repeat):
             print(f"== round {index + 1} of {options.repeat}: the three variants at once", flush=True)
-            saturation = PhaseSpec(
-                name="saturation", jobs=options.jobs, polls=options.polls, interval_s=SATURATION_INTERVAL_S,
-                processes=options.processes, threads=options.threads,
-            )  # fmt: skip
-            runs = {name: PollerRun(saturation=record) for name, record in _at_once(saturation, options, index).items()}
+            saturation = _at_once(saturation_spec(options), options, index)
+            runs = {name: PollerRun(saturation=record) for name, record in saturation.items()}
             rate = fig.polls_per_s(runs[OFF].saturation) if runs[OFF].saturation else None
             if rate:
                 for name, record in _at_once(lateness_spec(rate, options), options, index).items():
                     runs[name].lateness = record
-            for name in names:
+            for name in VARIANTS:
                 rounds[name].append(runs[name])
     summary = {name: summarise_rounds(runs_of) for name, runs_of in rounds.items()}
-    _print_and_save(options, names, rounds, summary, time.monotonic() - began)
-    failed = [r for runs_of in rounds.values() for run in runs_of for r in (run.saturation, run.lateness) if r]
-    return 1 if any(not r.completed for r in failed) else 0
+    _print_and_save(options, list(VARIANTS), rounds, summary, time.monotonic() - began)
+    records = [r for runs_of in rounds.values() for run in runs_of for r in (run.saturation, run.lateness) if r]
+    return 1 if any(not r.completed for r in records) else 0
 
 
 def _at_once(spec: PhaseSpec, options: Options, round_index: int) -> dict[str, PhaseRecord]:
     """Run `spec` for the three variants at the same time (on a machine as quiet as it gets first)."""
     background.wait_for_quiet(options.quiet_wait_s, QUIET_CORES)
-    names = [BASELINE, OFF, ON]
-    together = threading.Barrier(len(names))
+    together = threading.Barrier(len(VARIANTS))
     records: dict[str, PhaseRecord] = {}
 
     def run(name: str) -> None:
@@ -297,13 +293,13 @@ def _at_once(spec: PhaseSpec, options: Options, round_index: int) -> dict[str, P
         if not records[name].completed:
             together.abort()
 
-    threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in VARIANTS]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     suffix = f"-round{round_index + 1}" if round_index else ""
-    for name in names:
+    for name in VARIANTS:
         record = records[name]
         write_raw(options.out / "raw" / f"{name}-{spec.name}{suffix}.json.gz", record)
         cpu, rate = fig.cpu_ms_per_poll(record), fig.polls_per_s(record)
@@ -356,10 +352,10 @@ def _report(out: Path, stats: dict[str, int]) -> None:
         ("lat_p99_ms", "lateness p99 (ms)"),
         ("rss_peak_mib", "RSS peak (MiB)"),
     ):
-        base, off, on = (summary.get(name, {}).get(key) for name in (BASELINE, OFF, ON))
+        base, off, on = (summary.get(name, {}).get(key) for name in VARIANTS)
         shown = [f"{value:,.3f}" if isinstance(value, float) else "-" for value in (base, off, on)]
         lines.append(f"| {label} | {' | '.join(shown)} | {_change(off, base)} | {_change(on, off)} |")
-    rounds = [summary.get(name, {}).get("rounds", [summary.get(name, {})]) for name in (BASELINE, OFF, ON)]
+    rounds = [summary.get(name, {}).get("rounds", [summary.get(name, {})]) for name in VARIANTS]
     for key, label in (("sat_cpu_ms_per_poll", "at saturation"), ("lat_cpu_ms_per_poll", "at ~50% load")):
         off_base, on_off = _paired(rounds, key)
         lines.append(

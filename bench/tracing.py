@@ -65,7 +65,7 @@ VARIANTS = (BASELINE, OFF, ON)
 DEFAULT_ROUNDS = 5
 
 #: How long no new span must reach the receiver before a phase's CPU is read: well over the period the workers
-#: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 100 ms).
+#: export at (`worker.tracing.provider.DEFAULT_EXPORT_DELAY_MS`, 1 s).
 DRAIN_S = 2.5
 
 #: How long a variant waits for the others at the end of a phase (a phase that failed never comes).

@@ -3,8 +3,8 @@
 Dramatiq's and other libraries' stdlib log records go through structlog's `ProcessorFormatter`, so every line
 has the same shape: `timestamp` (ISO 8601 UTC), `level`, `event`, `logger`, plus the job context that
 `worker.broker.middleware.JobContext` binds (`job_id`, `kind`, `progress_id`, `poll`) and, with tracing on, the
-job span's `trace_id` and `span_id`, which a step binds the same way (`worker.tracing.spans.enter`), so a log line
-leads to its trace.
+job span's `trace_id` and `span_id`, read from the step's tracing scope (`worker.tracing.spans.enter` sets it), so a
+log line leads to its trace.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from config.settings import Settings
 from worker.redact import redact
+from worker.tracing import state as tracing_state
 
 #: This process's id, on every line: several worker processes share one stdout.
 _PID = os.getpid()
@@ -45,6 +46,15 @@ def _redact_nested(value: Any) -> Any:
     return value
 
 
+def _add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """The job span's ids, on a line written while a step of a traced job runs (`worker.tracing.spans.Scope`)."""
+    scope = tracing_state.scope.get()
+    if scope is not None:
+        event.setdefault("trace_id", scope.trace_id)
+        event.setdefault("span_id", scope.span_id)
+    return event
+
+
 def _add_pid(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     event["pid"] = _PID
     return event
@@ -61,6 +71,7 @@ def configure(settings: Settings) -> None:
     level = getattr(logging, settings.log_level)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),

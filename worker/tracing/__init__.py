@@ -18,6 +18,7 @@ no OpenTelemetry import), `provider.py` (SDK, OTLP exporter, spans recorded whol
 from __future__ import annotations
 
 import atexit
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from worker.tracing import state
@@ -55,10 +56,14 @@ enabled = False
 
 _exit_registered = False
 
+#: `worker.tracing.spans`, once `setup()` has imported it (an import statement in a hook would go through the import
+#: machinery at every call: a few us, eleven times a job).
+_spans: ModuleType | None = None
+
 
 def setup(settings: Settings) -> None:
     """Trace as `settings` say (replacing any earlier setup of this process, whose spans are flushed first)."""
-    global enabled, _exit_registered
+    global enabled, _exit_registered, _spans
     shutdown()
     if settings.tracing_on:
         from worker.tracing import spans
@@ -66,6 +71,7 @@ def setup(settings: Settings) -> None:
 
         state.current = Tracing(settings)
         spans.forget()  # what the last setup's sampler decided
+        _spans = spans
         enabled = True
         if not _exit_registered:  # a worker process's spans are flushed when it exits (bounded: see `shutdown`)
             atexit.register(shutdown)
@@ -85,35 +91,31 @@ def active() -> Tracing:
     return state.active()
 
 
-# The hooks, each called only behind `if tracing.enabled:` (the OpenTelemetry API is imported on first use).
+# The hooks, each called only behind `if tracing.enabled:` (so after `setup()`, which imported `_spans`).
 
 
 def enter(step: Step) -> None:
     """A claimed step of a job begins: its spans hang from the job span, its log lines name it."""
-    from worker.tracing import spans
-
-    spans.enter(step)
+    assert _spans is not None
+    _spans.enter(step)
 
 
 def leave() -> None:
     """A message is done: its thread's next calls belong to no job until a step `enter`s one."""
-    from worker.tracing import spans
-
-    spans.leave()
+    assert _spans is not None
+    _spans.leave()
 
 
 def enter_job(store: JobStore, job_id: str, kind: str) -> None:
     """A message about a job that carries no record (a remote cancel) begins: as `enter`, reading the job's context."""
-    from worker.tracing import spans
-
-    spans.enter_job(store, job_id, kind)
+    assert _spans is not None
+    _spans.enter_job(store, job_id, kind)
 
 
 def note_advance(step: Step, fields: dict[str, Any]) -> None:
     """A step records itself: note when the first poll past the traced ones ran (see `spans.note_advance`)."""
-    from worker.tracing import spans
-
-    spans.note_advance(step, fields)
+    assert _spans is not None
+    _spans.note_advance(step, fields)
 
 
 def new_root(kind: str) -> TraceContext:
@@ -125,6 +127,5 @@ def ended(trace: FinishTrace | None, job_id: str, kind: str, outcome: str, **det
     """This process ended a job: make its spans (nothing for a job without trace context); `spans.ended`."""
     if trace is None:
         return
-    from worker.tracing import spans
-
-    spans.ended(trace, job_id, kind, outcome, **details)
+    assert _spans is not None
+    _spans.ended(trace, job_id, kind, outcome, **details)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +52,18 @@ class Scope:
     sampled: bool
     #: The number the step's progress call would have (the job's polls so far + 1).
     poll: int
+    #: The job span's ids as its log lines carry them (hex).
+    trace_id: str
+    span_id: str
 
 
-_scope: ContextVar[Scope | None] = ContextVar("cekura_trace_scope", default=None)
+_scope = state.scope
 
 
 def current() -> Scope | None:
     """The job the calling step runs for (None outside a step, or for a job without trace context)."""
-    return _scope.get()
+    scope: Scope | None = _scope.get()
+    return scope
 
 
 def span_context(context: TraceContext, *, remote: bool = True) -> SpanContext:
@@ -96,8 +99,7 @@ def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int)
         _scope.set(None)
         return
     job, parent, sampled = parsed
-    structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)
-    _scope.set(Scope(job_id, kind, parent, sampled, poll))
+    _scope.set(Scope(job_id, kind, parent, sampled, poll, job.trace_id, job.span_id))  # (and so its log lines' ids)
 
 
 def leave() -> None:
@@ -216,5 +218,6 @@ def ended(
         start_ns=published_ns,
         end_ns=time.time_ns(),
     )
-    if bind_logs:
+    scope = _scope.get()
+    if bind_logs and (scope is None or scope.job_id != job_id):  # (a step of the job bound them when it began)
         structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)

@@ -3,7 +3,8 @@ the hooks read; this is what they use once it is on)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker.tracing.provider import Tracing
@@ -17,6 +18,10 @@ DEFAULT_TRACED_POLLS = 2
 
 #: The running setup (None while tracing is off).
 current: Tracing | None = None
+
+#: The job the calling thread's step runs for (a `spans.Scope`; None outside a step or for a job without trace
+#: context): its calls' parent, and the `trace_id` and `span_id` of its log lines (`worker.runtime.logging`).
+scope: ContextVar[Any] = ContextVar("cekura_trace_scope", default=None)
 
 
 def active() -> Tracing:

@@ -9,9 +9,10 @@ wire format directly takes about 6 us a span, and the constant part of a batch (
 written once per process.
 
 `encode` gives exactly the SDK's bytes for every span it can write (`tests/tracing/test_otlp.py` holds the two
-equal over every shape the service records and a range of hostile values). A span it can't (an event, a value of
-a type OTLP has no field for, text that isn't valid UTF-8, an integer beyond 64 bits) makes the whole batch go
-through the SDK's encoder instead, so what is exported, dropped or logged is the SDK's doing, as before.
+equal over every shape the service records and a range of hostile values). A span it can't (an event, a nested
+value, a value of a type OTLP has no field for, text that isn't a str or isn't valid UTF-8, a number out of its
+field's range), or any failure at all, makes the whole batch go through the SDK's encoder instead, so what is
+exported, dropped or logged is then the SDK's doing, as before.
 
 Wire format: https://protobuf.dev/programming-guides/encoding/ and the OTLP `trace.proto`, `common.proto`,
 `resource.proto`; field numbers are named where they are written.
@@ -19,7 +20,6 @@ Wire format: https://protobuf.dev/programming-guides/encoding/ and the OTLP `tra
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -42,6 +42,12 @@ _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT32_END = 1 << 32
+
+#: The resources and scopes whose part of a request is written (`_scope_head`), by identity: equal ones may still be
+#: written differently (`{"x": 1} == {"x": True}`, key order), and each must be written as it is.
+_HEADS: dict[tuple[int, int], tuple[Resource, InstrumentationScope | None, tuple[bytes, bytes, bytes, bytes]]] = {}
+_MAX_HEADS = 64
 
 
 class Unencodable(ValueError):
@@ -72,10 +78,28 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
 
 
 def _utf8(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise Unencodable(f"a {type(text).__name__} where text belongs")
     try:
-        return text.encode("utf-8")
+        return str.encode(text, "utf-8")  # (str's own: a subclass may override `encode`)
     except UnicodeEncodeError as exc:  # a lone surrogate: protobuf refuses it
         raise Unencodable("text that is not valid UTF-8") from exc
+
+
+def _count(n: int) -> bytes:
+    """A uint32 field's varint (the dropped counts)."""
+    if not 0 <= n < _UINT32_END:
+        raise Unencodable("a count beyond uint32")
+    return _varint(n)
+
+
+def _time(tag: bytes, ns: int | None) -> bytes:
+    """A fixed64 time field, left out when 0 or None."""
+    if not ns:
+        return b""
+    if isinstance(ns, bool) or not isinstance(ns, int):
+        raise Unencodable("a time that is not an integer")
+    return tag + _FIXED64(ns)
 
 
 def _string(tag: bytes, text: str | None) -> bytes:
@@ -101,10 +125,8 @@ def _value(value: Any) -> bytes:
         return b"\x21" + _DOUBLE(value)  # double_value = 4
     if isinstance(value, bytes):
         return _delimited(b"\x3a", value)  # bytes_value = 7
-    if isinstance(value, Sequence):  # array_value = 5: ArrayValue { repeated AnyValue values = 1 }
-        return _delimited(b"\x2a", b"".join(_delimited(b"\x0a", _value(item)) for item in value))
-    if isinstance(value, Mapping):  # kvlist_value = 6: KeyValueList { repeated KeyValue values = 1 }
-        return _delimited(b"\x32", _key_values(b"\x0a", ((str(k), v) for k, v in value.items())))
+    # array_value = 5 and kvlist_value = 6: the service never records one, and the SDK's handling of deep nesting
+    # (a batch refused, or a key left out, by depth) is the SDK's to keep.
     raise Unencodable(f"a value of type {type(value).__name__}")
 
 
@@ -158,24 +180,22 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     parts.append(_string(b"\x2a", span.name))  # name = 5
     parts.append(b"\x30" + _varint(_KINDS[span.kind]))  # kind = 6 (never UNSPECIFIED: always written)
-    if span.start_time:  # start_time_unix_nano = 7, end_time_unix_nano = 8 (fixed64)
-        parts.append(b"\x39" + _FIXED64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _FIXED64(span.end_time))
+    parts.append(_time(b"\x39", span.start_time))  # start_time_unix_nano = 7 (fixed64)
+    parts.append(_time(b"\x41", span.end_time))  # end_time_unix_nano = 8
     parts.append(_attributes(b"\x4a", span.attributes))  # attributes = 9
     if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))  # dropped_attributes_count = 10
+        parts.append(b"\x50" + _count(span.dropped_attributes))  # dropped_attributes_count = 10
     if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))  # dropped_events_count = 12
+        parts.append(b"\x60" + _count(span.dropped_events))  # dropped_events_count = 12
     for link in span.links:  # links = 13: Link { trace_id = 1; span_id = 2; attributes = 4; dropped = 5; flags = 6 }
         linked = link.context
         body = b"\x0a\x10" + linked.trace_id.to_bytes(16, "big") + b"\x12\x08" + linked.span_id.to_bytes(8, "big")
         body += _attributes(b"\x22", link.attributes)
         if link.dropped_attributes:
-            body += b"\x28" + _varint(link.dropped_attributes)
+            body += b"\x28" + _count(link.dropped_attributes)
         parts.append(_delimited(b"\x6a", body + b"\x35" + _FIXED32(_flags(linked))))
     if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))  # dropped_links_count = 14
+        parts.append(b"\x70" + _count(span.dropped_links))  # dropped_links_count = 14
     status = span.status
     if status is not None:  # status = 15: Status { string message = 2; StatusCode code = 3; }
         code = status.status_code.value
@@ -185,10 +205,20 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=16)
 def _scope_head(resource: Resource, scope: InstrumentationScope | None) -> tuple[bytes, bytes, bytes, bytes]:
     """What a batch's `ResourceSpans` holds before its spans and after them: the resource, the scope, the schema
     URLs (the same for every batch a process exports)."""
+    known = _HEADS.get((id(resource), id(scope)))
+    if known is not None and known[0] is resource and known[1] is scope:
+        return known[2]
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.clear()
+    head = _write_head(resource, scope)
+    _HEADS[(id(resource), id(scope))] = (resource, scope, head)  # (holding both: their ids stay theirs)
+    return head
+
+
+def _write_head(resource: Resource, scope: InstrumentationScope | None) -> tuple[bytes, bytes, bytes, bytes]:
     resource_message = _attributes(b"\x0a", resource.attributes)  # Resource { attributes = 1 }
     if scope is None:
         scope_message = b""
@@ -211,7 +241,7 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     them."""
     try:
         return _encode(spans)
-    except Unencodable:
+    except Exception:  # Unencodable, or anything else (a RecursionError, an odd object): the SDK's way, whatever it is
         encoded: bytes = encode_spans(spans).SerializePartialToString()
         return encoded
 

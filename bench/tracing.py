@@ -168,11 +168,11 @@ STRIPPED: dict[str, tuple[tuple[str, str], ...]] = {
     "worker/broker/middleware.py": (
         ("from worker import tracing\n", ""),
         (
-            "        if tracing.enabled:  # the thread's next message may be about another job, or about none\n"
-            "            tracing.leave()\n",
+            "        tracing.leave()  # the thread's next message may be about another job, or about none (on or off:"
+            " see leave)\n",
             "",
         ),
-        ("        if tracing.enabled:\n            tracing.leave()\n", ""),
+        ("        tracing.leave()\n", ""),
     ),
 }
 

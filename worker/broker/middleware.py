@@ -35,13 +35,11 @@ class JobContext(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         structlog.contextvars.clear_contextvars()
-        if tracing.enabled:  # the thread's next message may be about another job, or about none
-            tracing.leave()
+        tracing.leave()  # the thread's next message may be about another job, or about none (on or off: see leave)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
-        if tracing.enabled:
-            tracing.leave()
+        tracing.leave()
 
 
 class ThreadRoster(Middleware):

@@ -91,7 +91,7 @@ def active() -> Tracing:
     return state.active()
 
 
-# The hooks, each called only behind `if tracing.enabled:` (so after `setup()`, which imported `_spans`).
+# The hooks, each called only behind `if tracing.enabled:` (so after `setup()`, which imported `_spans`), but `leave`.
 
 
 def enter(step: Step) -> None:
@@ -101,9 +101,10 @@ def enter(step: Step) -> None:
 
 
 def leave() -> None:
-    """A message is done: its thread's next calls belong to no job until a step `enter`s one."""
-    assert _spans is not None
-    _spans.leave()
+    """A message is done: its thread's next calls and log lines belong to no job until a step `enter`s one. Called
+    after every message, tracing on or off: a message that began while tracing was on may end after a `shutdown()`
+    (and a later `setup()`), and its job's ids must not stay on the thread's next lines."""
+    state.scope.set(None)
 
 
 def enter_job(store: JobStore, job_id: str, kind: str) -> None:

@@ -102,11 +102,6 @@ def _enter(job_id: str, kind: str, traceparent: str, tracestate: str, poll: int)
     _scope.set(Scope(job_id, kind, parent, sampled, poll, job.trace_id, job.span_id))  # (and so its log lines' ids)
 
 
-def leave() -> None:
-    """Forget the job the calling thread's last message was about (`worker.broker.middleware.JobContext`)."""
-    _scope.set(None)
-
-
 def enter(step: Step) -> None:
     """Start handling a claimed step of its job (`actors.step.make_step`)."""
     job = step.job
@@ -160,9 +155,14 @@ def ended(
     """Make the spans of a job this process just ended (`published_ns`: when its finish began, on this host);
     `bind_logs`: the caller handles a message, whose log lines (its `job_finished`) then name the job span."""
     parsed = _job(trace.traceparent, trace.tracestate, kind)  # the same parse every step of the job made
-    if parsed is None or not parsed[2]:
+    if parsed is None:
         return
-    job, parent, _ = parsed
+    job, parent, sampled = parsed
+    scope = _scope.get()
+    if bind_logs and (scope is None or scope.job_id != job_id):  # (a step of the job made them current already)
+        structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)
+    if not sampled:
+        return
     active = state.active()
     attributes: dict[str, Any] = {
         "cekura.job.id": job_id,
@@ -218,6 +218,3 @@ def ended(
         start_ns=published_ns,
         end_ns=time.time_ns(),
     )
-    scope = _scope.get()
-    if bind_logs and (scope is None or scope.job_id != job_id):  # (a step of the job bound them when it began)
-        structlog.contextvars.bind_contextvars(trace_id=job.trace_id, span_id=job.span_id)

@@ -9,7 +9,8 @@ its start and end from the Redis clock (`submitted_ms`, the finish's time), so n
 processes and a worker killed mid-job still leaves exactly one job span. Events carry the job span's `traceparent`.
 
 When off (the default), `enabled` is False, nothing of the SDK's tracing is imported, the Cekura client is the
-plain one, and every hook in the actors is behind `if tracing.enabled:`: the poll path does no tracing work at all.
+plain one, and every hook in the actors is behind `if tracing.enabled:`: the poll path does no tracing work at all
+(the middleware clears the thread's tracing scope after each message, on or off: `leave`).
 `setup()` turns it on from the settings (`Settings.tracing_on`); the pieces are `context.py` (W3C trace context,
 no OpenTelemetry import), `provider.py` (SDK, OTLP exporter, spans recorded whole), `calls.py` (Cekura call spans),
 `spans.py` (a step's context, the job span and its end) and `state.py` (the running setup).
@@ -91,7 +92,8 @@ def active() -> Tracing:
     return state.active()
 
 
-# The hooks, each called only behind `if tracing.enabled:` (so after `setup()`, which imported `_spans`), but `leave`.
+# The hooks, each called only behind `if tracing.enabled:` (so after `setup()`, which imported `_spans`), except
+# `leave`, which the Dramatiq middleware calls after every message.
 
 
 def enter(step: Step) -> None:

@@ -103,22 +103,34 @@ def _hold_start(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[threading
 # -- tracing shut down while a worker thread is mid-message (a break, fixed) -------------------------------------
 
 
+def _shut_down_mid_message(
+    rt: Runtime, client: Client, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dramatiq.Worker, threading.Event, tuple[str, str]]:
+    """A one-thread worker whose message for job `job_id` is inside its start call (its scope set) when this
+    process's tracing is shut down; then the job is let go and ends. The worker, the job's release, and its ids."""
+    entered, release = _hold_start(rt, monkeypatch)
+    w = _worker(rt)
+    try:
+        job = client.submit(KIND, PARAMS, job_id=job_id)
+        assert entered.wait(20)
+        tracing.shutdown()
+        release.set()
+        return w, release, _ids(client, job)
+    except BaseException:
+        release.set()
+        w.stop(timeout=10_000)
+        raise
+
+
 def test_tracing_shut_down_mid_message_leaves_no_ids_on_the_thread_s_later_lines(
     traced_rt: Runtime, traced_client: Client, lines: Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Job A's start step is in its Cekura call (scope set) when this process's tracing is shut down
-    (`tracing.shutdown()`, also the first thing `tracing.setup()` / `runtime.app.setup()` does). A's message ends
-    with `tracing.enabled` False, so `JobContext.after_process_message` skips `tracing.leave()`; the scope stays.
-    The same thread then runs job B (tracing off, no trace context): none of B's lines may carry A's ids (they all
-    did while `JobContext` cleared the scope only with tracing on)."""
-    entered, release = _hold_start(traced_rt, monkeypatch)
-    w = _worker(traced_rt)
+    (`tracing.shutdown()`, also the first thing `tracing.setup()` / `runtime.app.setup()` does), so A's message ends
+    with `tracing.enabled` False. The same thread then runs job B (tracing off, no trace context): none of B's lines
+    may carry A's ids (they all did while `JobContext` cleared the scope only with tracing on)."""
+    w, release, (a_trace, a_span) = _shut_down_mid_message(traced_rt, traced_client, "shut-a", monkeypatch)
     try:
-        a = traced_client.submit(KIND, PARAMS, job_id="shut-a")
-        assert entered.wait(20)
-        tracing.shutdown()
-        release.set()
-        a_trace, a_span = _ids(traced_client, a)
         b = traced_client.submit(KIND, PARAMS, job_id="shut-b")  # tracing off now: no trace context at all
         event_b = wait_job(traced_client, b)
         assert "traceparent" not in event_b
@@ -136,14 +148,8 @@ def test_tracing_set_up_again_after_a_shutdown_mid_message_leaves_no_stale_ids_b
 ) -> None:
     """As above, then tracing is set up again (on). The thread's next message is about a job id whose key holds
     something else (`job_record_unreadable`, no step, no `enter`): its error line must not name job A's trace."""
-    entered, release = _hold_start(traced_rt, monkeypatch)
-    w = _worker(traced_rt)
+    w, release, (a_trace, _) = _shut_down_mid_message(traced_rt, traced_client, "again-a", monkeypatch)
     try:
-        a = traced_client.submit(KIND, PARAMS, job_id="again-a")
-        assert entered.wait(20)
-        tracing.shutdown()
-        release.set()
-        a_trace, _ = _ids(traced_client, a)
         tracing.setup(traced_settings)
         assert tracing.enabled
         traced_rt.redis.set(traced_rt.store.job_key("again-x"), "not a job")
@@ -207,9 +213,9 @@ def test_dramatiqs_failure_and_retry_lines_carry_the_ids_and_the_next_job_never_
             assert "trace_id" not in line, line
 
 
-def test_an_unsampled_jobs_step_lines_still_carry_the_ids(
-    receiver: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def unsampled(receiver: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Runtime, Client, Lines]]:
+    """A traced runtime whose sampler records nothing (`always_off`), its client, and its log lines."""
     from tests.conftest import make_settings
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
@@ -218,15 +224,21 @@ def test_an_unsampled_jobs_step_lines_still_carry_the_ids(
     rt = next(gen)
     handler = Lines()
     logging.getLogger().addHandler(handler)
-    client = Client(settings, client=rt.redis, broker=rt.broker)
+    try:
+        yield rt, Client(settings, client=rt.redis, broker=rt.broker), handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+        next(gen, None)
+
+
+def test_an_unsampled_jobs_step_lines_still_carry_the_ids(unsampled: tuple[Runtime, Client, Lines]) -> None:
+    rt, client, handler = unsampled
     w = _worker(rt)
     try:
         a = client.submit(KIND, PARAMS, job_id="off-a")
         ids = _ids(client, a)
     finally:
         w.stop(timeout=10_000)
-        logging.getLogger().removeHandler(handler)
-        next(gen, None)
     about = [line_ for line_ in handler.lines if line_.get("job_id") == a and line_["_thread"] != "MainThread"]
     assert {"job_started", "job_finished"} <= {line_["event"] for line_ in about}
     for line in about:
@@ -236,32 +248,18 @@ def test_an_unsampled_jobs_step_lines_still_carry_the_ids(
 # -- an older gap, fixed: a traced job that times out before its step, unsampled --------------------------------
 
 
-def test_an_unsampled_job_that_times_out_before_its_step_logs_its_ids(
-    receiver: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_unsampled_job_that_times_out_before_its_step_logs_its_ids(unsampled: tuple[Runtime, Client, Lines]) -> None:
     """Its start message arrives past the deadline: `_proceed` -> `time_out` -> `publish` -> `tracing.ended`,
     and no `enter` ran: `spans.ended` makes the ids current for its `job_finished` line, sampled or not (it
     returned before doing so for an unsampled job)."""
-    from tests.conftest import make_settings
-
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    settings = make_settings(sim.url, otel_exporter_otlp_endpoint=receiver.url)
-    gen = traced_runtime(settings)
-    rt = next(gen)
-    handler = Lines()
-    logging.getLogger().addHandler(handler)
-    client = Client(settings, client=rt.redis, broker=rt.broker)
+    rt, client, handler = unsampled
+    a = client.submit(KIND, PARAMS, job_id="late-a", deadline_s=1.0)
+    time.sleep(1.5)  # past the job's deadline before any worker takes its start message
+    w = _worker(rt)
     try:
-        a = client.submit(KIND, PARAMS, job_id="late-a", deadline_s=1.0)
-        time.sleep(1.5)
-        w = _worker(rt)
-        try:
-            event = wait_job(client, a)
-        finally:
-            w.stop(timeout=10_000)
+        event = wait_job(client, a)
     finally:
-        logging.getLogger().removeHandler(handler)
-        next(gen, None)
+        w.stop(timeout=10_000)
     assert event["status"] == "timed_out" and event.get("traceparent"), event
     [finished] = [line_ for line_ in handler.lines if line_.get("event") == "job_finished" and line_.get("job_id") == a]
     carried = parse_traceparent(event["traceparent"])

@@ -1,12 +1,16 @@
 """`python -m bench --mode tracing`: what OpenTelemetry tracing costs cekura-worker, side by side in one run.
 
 Three variants of cekura-worker run the usual saturation and lateness phases in rounds (`--repeat`, 5 by default
-here), on the same workload and settings, and at the same time: each round's saturation phase runs the three at
-once (each with its own Redis and simulator), then its lateness phase does. This shared 2-core machine drifts by
-10-30 % between one minute and the next (other tenants, the hypervisor), far more than the effect measured; run
-at once, the variants share whatever the machine gives in that minute, and each round's ratio compares like with
-like. Once every variant's jobs are done, all wait together while the tracing variant's last spans are exported,
-then their CPU is read at the same moment:
+here), on the same workload and settings. In each round every variant runs each phase alone on the machine, one
+after another, the order turning by one every round (`_in_turn`); a round's ratios compare runs minutes apart at
+most, and the median over rounds steadies what this shared 2-core machine's drift (10-30 % from one minute to the
+next) leaves. `python -m bench.tracing --at-once` runs the three at the same time instead, each with its own Redis
+and simulator (`_at_once`): drift is then shared, but the variants compete for two cores, and what a variant's CPU
+per poll comes to depends on how that contest goes. `--calibrate-us N` checks the method: the third variant is
+tracing off with N microseconds of CPU added to every message (`bench/calibration`), a known cost, and the report
+says what that cost comes to per poll (README, "Benchmark", has what each way read). Once a variant's jobs are
+done it waits (with any running beside it) until the tracing variant's last spans are exported, then its CPU is
+read:
 
 - `cekura-baseline`: the service without the tracing code: by default this tree with the tracing hooks of the
   data path taken out (`STRIPPED`: the same code as the other two, less what tracing adds to every step even when
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -71,6 +76,9 @@ DRAIN_S = 2.5
 #: How long a variant waits for the others at the end of a phase (a phase that failed never comes).
 MEET_TIMEOUT_S = 300.0
 
+#: The directory whose `sitecustomize` gives the calibrating variant its known extra cost.
+CALIBRATION = Path(__file__).resolve().parent / "calibration"
+
 #: The packages a baseline tree needs (the workers import these; the harness and simulator run from this tree).
 SOURCE_PACKAGES = ("worker", "actors", "config", "simulator")
 
@@ -101,8 +109,10 @@ class TracingVariant(CekuraWorker):
     source: Path | None = None
     #: The OTLP receiver this variant exports to (None: it exports nothing).
     receiver_url: str | None = None
-    #: The variants of the phase running at the same time, met twice in `drain`.
+    #: The variants of the phase running at the same time, met twice in `drain` (None: it runs alone).
     together: threading.Barrier | None = None
+    #: Microseconds of CPU every message spends on top (`--calibrate-us`, `bench/calibration`); 0: none.
+    busy_us: float = 0.0
 
     def drain(self) -> None:
         """Once a phase's jobs are done, before its CPU is read: wait until every variant's jobs are done, then
@@ -127,6 +137,9 @@ class TracingVariant(CekuraWorker):
 
     def start_workers(self, processes: int, threads: int, env: dict[str, str], log_dir: Path, tag: str) -> list[Child]:
         env = {**env, **(self.extra_env or {})}
+        if self.busy_us:
+            env["PYTHONPATH"] = os.pathsep.join((str(CALIBRATION), env.get("PYTHONPATH", "")))
+            env["BENCH_BUSY_US"] = repr(self.busy_us)
         if self.source is not None:  # the tree's packages first on the path: they shadow the installed checkout's
             env["PYTHONPATH"] = str(self.source)
             argv = [sys.executable, "-c", "from worker.cli import main; main()", "run"]
@@ -235,8 +248,13 @@ def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return popen, f"http://127.0.0.1:{match.group(1)}"
 
 
-def run_tracing(options: Options, baseline: str = "stripped") -> int:
-    """Run the three variants in alternating rounds; print the table and the tracing ratios."""
+def run_tracing(
+    options: Options, baseline: str = "stripped", *, at_once: bool = False, calibrate_us: float = 0.0
+) -> int:
+    """Run the three variants in rounds; print the table and the tracing ratios. `at_once`: each phase of a round
+    runs the three at the same time instead of one after another; `calibrate_us`: the third variant is tracing off
+    with that many microseconds of CPU added to every message, instead of tracing on (what the ratio should read is
+    then known)."""
     repeat = options.repeat if options.repeat > 1 else DEFAULT_ROUNDS
     options = replace(options, pollers=list(VARIANTS), repeat=repeat)
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
@@ -248,28 +266,34 @@ def run_tracing(options: Options, baseline: str = "stripped") -> int:
             on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
             POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
             POLLERS[OFF] = TracingVariant(name=OFF)
-            POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env, receiver_url=url)
-            status = run_side_by_side(options)
+            if calibrate_us:
+                POLLERS[ON] = TracingVariant(name=ON, busy_us=calibrate_us)
+            else:
+                POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env, receiver_url=url)
+            status = run_side_by_side(options, at_once=at_once)
             stats = _receiver_stats(url)
         finally:
             kill_group(receiver, grace_s=1.0)
-    _report(options.out, stats)
+    _report(options.out, stats, at_once=at_once, calibrate_us=calibrate_us, polls=options.polls)
     return status
 
 
-def run_side_by_side(options: Options) -> int:
-    """Every round: the saturation phase of the three variants at once, then their lateness phase at once (each
-    offered half the tracing-off variant's saturation rate in that round); then the harness's table and files."""
+def run_side_by_side(options: Options, *, at_once: bool = False) -> int:
+    """Every round: the saturation phase of each variant, then their lateness phase (each offered half the
+    tracing-off variant's saturation rate in that round), one after another (`_in_turn`) or all at once
+    (`_at_once`); then the harness's table and files."""
     rounds: dict[str, list[PollerRun]] = {name: [] for name in VARIANTS}
     began = time.monotonic()
+    phase = _at_once if at_once else _in_turn
+    how = "at once" if at_once else "one after another"
     with cleanup_on_exit():
         for index in range(options.repeat):
-            print(f"== round {index + 1} of {options.repeat}: the three variants at once", flush=True)
-            saturation = _at_once(saturation_spec(options), options, index)
+            print(f"== round {index + 1} of {options.repeat}: the three variants {how}", flush=True)
+            saturation = phase(saturation_spec(options), options, index)
             runs = {name: PollerRun(saturation=record) for name, record in saturation.items()}
             rate = fig.polls_per_s(runs[OFF].saturation) if runs[OFF].saturation else None
             if rate:
-                for name, record in _at_once(lateness_spec(rate, options), options, index).items():
+                for name, record in phase(lateness_spec(rate, options), options, index).items():
                     runs[name].lateness = record
             for name in VARIANTS:
                 rounds[name].append(runs[name])
@@ -298,6 +322,25 @@ def _at_once(spec: PhaseSpec, options: Options, round_index: int) -> dict[str, P
         thread.start()
     for thread in threads:
         thread.join()
+    return _show(spec, options, round_index, records)
+
+
+def _in_turn(spec: PhaseSpec, options: Options, round_index: int) -> dict[str, PhaseRecord]:
+    """Run `spec` for each variant alone, one after another, the order turning by one each round (so no variant
+    always runs first, or right after the same one)."""
+    shift = round_index % len(VARIANTS)
+    records: dict[str, PhaseRecord] = {}
+    for name in VARIANTS[shift:] + VARIANTS[:shift]:
+        variant = POLLERS[name]
+        assert isinstance(variant, TracingVariant)
+        variant.together = None
+        records[name] = run_phase(variant, spec, options.out, options.simulator_module)
+    return _show(spec, options, round_index, records)
+
+
+def _show(
+    spec: PhaseSpec, options: Options, round_index: int, records: dict[str, PhaseRecord]
+) -> dict[str, PhaseRecord]:
     suffix = f"-round{round_index + 1}" if round_index else ""
     for name in VARIANTS:
         record = records[name]
@@ -339,11 +382,12 @@ def _paired(rounds: list[list[dict[str, Any]]], key: str) -> tuple[str, str]:
     )
 
 
-def _report(out: Path, stats: dict[str, int]) -> None:
+def _report(out: Path, stats: dict[str, int], *, at_once: bool, calibrate_us: float, polls: int) -> None:
     """The ratios the tracing work is judged by, on stdout and in `tracing.md`."""
     summary: dict[str, Any] = json.loads((out / "results.json").read_text())["summary"]
+    third = f"off + {calibrate_us:g} us/message" if calibrate_us else "tracing on"
     lines = ["", "Tracing cost (medians of the rounds; CPU of the worker processes, export included)", ""]
-    lines.append("| figure | baseline | tracing off | tracing on | off vs baseline | on vs off |")
+    lines.append(f"| figure | baseline | tracing off | {third} | off vs baseline | {third} vs off |")
     lines.append("|---|---:|---:|---:|---:|---:|")
     for key, label in (
         ("sat_cpu_ms_per_poll", "CPU per poll at saturation (ms)"),
@@ -356,19 +400,29 @@ def _report(out: Path, stats: dict[str, int]) -> None:
         shown = [f"{value:,.3f}" if isinstance(value, float) else "-" for value in (base, off, on)]
         lines.append(f"| {label} | {' | '.join(shown)} | {_change(off, base)} | {_change(on, off)} |")
     rounds = [summary.get(name, {}).get("rounds", [summary.get(name, {})]) for name in VARIANTS]
+    how = "at the same time" if at_once else "one after another"
     for key, label in (("sat_cpu_ms_per_poll", "at saturation"), ("lat_cpu_ms_per_poll", "at ~50% load")):
         off_base, on_off = _paired(rounds, key)
         lines.append(
-            f"\nCPU per poll {label}, each round's ratio (the variants ran at the same time in it), median over the"
-            f" rounds: tracing off vs baseline {off_base}, tracing on vs off {on_off}"
+            f"\nCPU per poll {label}, each round's ratio (the variants ran {how} in it), median over the"
+            f" rounds: tracing off vs baseline {off_base}, {third} vs off {on_off}"
         )
     for round_index, (base, off, on) in enumerate(zip(*rounds, strict=False)):
         cpu = [r.get("sat_cpu_ms_per_poll") for r in (base, off, on)]
         lines.append(
             f"\nround {round_index + 1}: CPU/poll at saturation {' / '.join(f'{c:.3f}' if c else '-' for c in cpu)} ms"
-            f" (off vs baseline {_change(cpu[1], cpu[0])}, on vs off {_change(cpu[2], cpu[1])})"
+            f" (off vs baseline {_change(cpu[1], cpu[0])}, {third} vs off {_change(cpu[2], cpu[1])})"
         )
-    lines.append(f"\nspans the receiver decoded: {stats.get('spans', 0):,} in {stats.get('requests', 0):,} exports")
+    off_cpu = summary.get(OFF, {}).get("sat_cpu_ms_per_poll")
+    if calibrate_us and off_cpu:
+        # A job is one start message and `polls` poll messages: each poll carries (polls + 1) / polls messages.
+        expected = calibrate_us / 1000 * (polls + 1) / polls / off_cpu
+        lines.append(
+            f"\ncalibration: {calibrate_us:g} us more CPU per message is {expected * 100:+.1f} % per poll at"
+            f" saturation against tracing off's median; the rounds above read what the benchmark makes of it"
+        )
+    else:
+        lines.append(f"\nspans the receiver decoded: {stats.get('spans', 0):,} in {stats.get('requests', 0):,} exports")
     text = "\n".join(lines)
     print(text)
     (out / "tracing.md").write_text(text.lstrip() + "\n")
@@ -383,10 +437,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the tree without tracing: 'stripped' (this tree, its hooks taken out; the default), a git revision or "
         "a directory",
     )
+    parser.add_argument(
+        "--at-once",
+        action="store_true",
+        help="run each phase of a round for the three variants at the same time instead of one after another",
+    )
+    parser.add_argument(
+        "--calibrate-us",
+        type=float,
+        default=0.0,
+        help="instead of tracing on, run tracing off with this many microseconds of CPU added to every message, to "
+        "see what the benchmark reads for a known cost",
+    )
     known, rest = parser.parse_known_args(argv)
     from bench.__main__ import parse_args
 
-    return run_tracing(parse_args(["--mode", "tracing", *rest]), known.baseline)
+    options = parse_args(["--mode", "tracing", *rest])
+    return run_tracing(options, known.baseline, at_once=known.at_once, calibrate_us=known.calibrate_us)
 
 
 if __name__ == "__main__":

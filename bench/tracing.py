@@ -72,14 +72,12 @@ def run_tracing(
         source = baseline_tree(baseline, Path(scratch))
         receiver, url = start_receiver(options.out / "logs" / "otlp-receiver")
         try:
-            # The workers' batching as shipped (`worker.tracing.provider`): `drain` waits out the last batch before
-            # the CPU is read.
-            on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
             POLLERS[BASELINE] = TracingVariant(name=BASELINE, source=source)
             POLLERS[OFF] = TracingVariant(name=OFF)
             if calibrate_us:
                 POLLERS[ON] = TracingVariant(name=ON, busy_us=calibrate_us)
-            else:
+            else:  # the workers' batching as shipped (`worker.tracing.provider`): `drain` waits out the last batch
+                on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
                 POLLERS[ON] = TracingVariant(name=ON, extra_env=on_env, receiver_url=url)
             status = run_side_by_side(options, at_once=at_once)
             stats = receiver_stats(url)

@@ -34,8 +34,9 @@ def _paired(rounds: list[list[dict[str, Any]]], key: str) -> tuple[str, str]:
     )
 
 
-def report(out: Path, stats: dict[str, int], *, at_once: bool, calibrate_us: float, polls: int) -> None:
-    """The ratios the tracing work is judged by, on stdout and in `tracing.md`."""
+def report(out: Path, stats: dict[str, float], *, at_once: bool, calibrate_us: float, polls: int, jobs: int) -> None:
+    """The ratios the tracing work is judged by, on stdout and in `tracing.md`; `jobs`: what tracing on ran, every
+    phase and round (the spans the receiver parsed are counted against them: none dropped on the way)."""
     summary: dict[str, Any] = json.loads((out / "results.json").read_text())["summary"]
     third = f"off + {calibrate_us:g} us/message" if calibrate_us else "tracing on"
     lines = ["", "Tracing cost (medians of the rounds; CPU of the worker processes, export included)", ""]
@@ -74,7 +75,13 @@ def report(out: Path, stats: dict[str, int], *, at_once: bool, calibrate_us: flo
             f" saturation against tracing off's median; the rounds above read what the benchmark makes of it"
         )
     else:
-        lines.append(f"\nspans the receiver decoded: {stats.get('spans', 0):,} in {stats.get('requests', 0):,} exports")
+        spans, cpu_s = stats.get("spans", 0), stats.get("cpu_s", 0.0)
+        lines.append(
+            f"\nspans the receiver parsed: {spans:,} in {stats.get('requests', 0):,} exports for {jobs:,} jobs"
+            f" ({spans / jobs if jobs else 0:.2f} a job), in {cpu_s:.1f} s of its CPU"
+            f" ({1e6 * cpu_s / spans if spans else 0:.1f} us a span: a process of its own on the same cores, in no"
+            " variant's figure)"
+        )
     text = "\n".join(lines)
     print(text)
     (out / "tracing.md").write_text(text.lstrip() + "\n")

@@ -36,17 +36,19 @@ CALIBRATION = Path(__file__).resolve().parent / "calibration"
 
 class _TracedProducer:
     """The usual submitter (the Python client), inside a span of a producer that traces (only its context: the
-    producer exports nothing)."""
+    producer exports nothing); it counts what it submits on its variant (`TracingVariant.submitted`)."""
 
-    def __init__(self, inner: Submitter) -> None:
+    def __init__(self, inner: Submitter, variant: TracingVariant) -> None:
         from opentelemetry.sdk.trace import TracerProvider
 
         self.inner = inner
+        self.variant = variant
         self.tracer = TracerProvider(shutdown_on_exit=False).get_tracer("bench-producer")
 
     def submit(self, count: int) -> None:
         with self.tracer.start_as_current_span("submit jobs"):
             self.inner.submit(count)
+        self.variant.submitted += count
 
     def close(self) -> None:
         self.inner.close()
@@ -64,6 +66,8 @@ class TracingVariant(CekuraWorker):
     together: threading.Barrier | None = None
     #: Microseconds of CPU every message spends on top (`--calibrate-us`, `bench/calibration`); 0: none.
     busy_us: float = 0.0
+    #: Jobs submitted to this variant so far, every phase and round.
+    submitted: int = 0
 
     def drain(self) -> None:
         """Once a phase's jobs are done, before its CPU is read: wait until every variant's jobs are done, then
@@ -99,7 +103,7 @@ class TracingVariant(CekuraWorker):
         return super().start_workers(processes, threads, env, log_dir, tag)
 
     def submitter(self, redis_url: str, env: dict[str, str]) -> Submitter:
-        return _TracedProducer(super().submitter(redis_url, env))
+        return _TracedProducer(super().submitter(redis_url, env), self)
 
 
 def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -119,7 +123,7 @@ def start_receiver(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return popen, f"http://127.0.0.1:{match.group(1)}"
 
 
-def receiver_stats(url: str) -> dict[str, int]:
-    """What the receiver has decoded so far (`spans`, `requests`)."""
-    stats: dict[str, int] = httpx.get(f"{url}/stats", timeout=10, trust_env=False).json()
+def receiver_stats(url: str) -> dict[str, float]:
+    """What the receiver has parsed so far (`spans`, `requests`, `bytes`) and the CPU it used (`cpu_s`)."""
+    stats: dict[str, float] = httpx.get(f"{url}/stats", timeout=10, trust_env=False).json()
     return stats

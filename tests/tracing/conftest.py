@@ -59,8 +59,8 @@ class Receiver:
     def clear(self) -> None:
         self.http.delete("/spans").raise_for_status()
 
-    def stats(self) -> dict[str, int]:
-        stats: dict[str, int] = self.http.get("/stats").json()
+    def stats(self) -> dict[str, float]:
+        stats: dict[str, float] = self.http.get("/stats").json()
         return stats
 
     def wait_for_span(self, trace_id: str, name: str, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ import dramatiq
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from tests.system.fake_cekura import FakeCekura
 from tests.tracing.conftest import Receiver, Reply, find_leaks, flush, json_reply, traced_runtime, wait_job
 from worker.client import Client
@@ -454,3 +454,28 @@ def test_an_uptrace_dsn_header_is_masked(cekura: Cekura, start: Callable[..., Se
     assert event["status"] == "completed", event
     leaks = find_leaks(_spans_of(service, event), {"token": token})
     assert leaks == [], "\n".join(map(str, leaks))
+
+
+def test_an_answer_too_big_to_read_names_its_status_and_an_unanswered_call_names_none(
+    cekura: Cekura, start: Callable[..., Service]
+) -> None:
+    """A call's span carries `http.response.status_code` whenever an answer came: an answer over
+    `CEKURA_MAX_RESPONSE_BYTES` came (its status line was read, its body refused), so its poll span says 200 beside
+    the failure; a start whose connection is refused got no answer, and its span names no status."""
+    cekura.on(r"/auto-fetch/$", json_reply(200, {"progress_id": "p-big"}))
+    cekura.on(r"/auto-fetch-progress/$", json_reply(200, {"status": "in_progress", "pad": "x" * 4096}))
+    service = start(cekura_max_response_bytes=1024)
+    event = wait_job(service.client, service.client.submit(TOOLS, _tools(8), job_id="answer-too-big"))
+    assert event["status"] == "failed" and "over the 1024-byte limit" in event["error"], event
+    (poll,) = [s for s in _spans_of(service, event) if s["name"].startswith("GET ")]
+    assert poll["status"] == "ERROR", poll
+    assert poll["attributes"]["http.response.status_code"] == 200
+    assert poll["attributes"]["error.type"] == "PermanentError"
+
+    closed = make_settings(f"http://127.0.0.1:{free_port()}", cekura_api_key=API_KEY)  # nothing listens there
+    refused = start(cekura_api_url=closed.cekura_api_url, cekura_max_consecutive_errors=1)
+    event = wait_job(refused.client, refused.client.submit(TOOLS, _tools(9), job_id="start-refused"), timeout=60)
+    (start_span,) = [s for s in _spans_of(refused, event) if s["name"].startswith("POST ")]
+    assert start_span["status"] == "ERROR", start_span
+    assert "http.response.status_code" not in start_span["attributes"]
+    assert start_span["attributes"]["error.type"] == "TransientError"

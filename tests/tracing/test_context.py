@@ -141,7 +141,8 @@ def test_a_tracing_setting_that_can_t_work_stops_start_up_naming_it(values: dict
 
 
 def test_the_cekura_client_methods_the_traced_client_relies_on_are_still_there() -> None:
-    """`worker.tracing.calls.TracedCekuraClient` overrides these two; a change of either must fail here first."""
+    """`worker.tracing.calls.TracedCekuraClient` overrides `_call` and `progress` and makes each call with these
+    halves of the client's own: a change of any must fail here first."""
     call = inspect.signature(CekuraClient._call)
     assert list(call.parameters) == [
         "self",
@@ -154,6 +155,16 @@ def test_the_cekura_client_methods_the_traced_client_relies_on_are_still_there()
         "allow_empty",
     ]
     assert all(call.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(call.parameters)[3:])
-    assert list(inspect.signature(CekuraClient._read).parameters) == ["self", "response", "path"]
+    exchange = ["self", "method", "path", "json_body", "query", "time_left_s"]
+    assert list(inspect.signature(CekuraClient._exchange).parameters) == exchange
+    answer = ["self", "method", "path", "response", "body", "secrets", "allow_empty"]
+    assert list(inspect.signature(CekuraClient._answer).parameters) == answer
+    assert list(inspect.signature(CekuraClient._progress_target).parameters) == ["kind", "params", "progress_id"]
+    # The plain client's calls are the same two halves, and its polls the same target and status word.
     source = inspect.getsource(CekuraClient._call)
-    assert "self._read(response, path)" in source  # every answer is read through `_read`, which sees its status
+    assert "self._exchange(method, path, json_body, query, time_left_s)" in source
+    assert "self._answer(method, path, response, body, secrets, allow_empty)" in source
+    progress = inspect.getsource(CekuraClient.progress)
+    assert (
+        "self._progress_target(kind, params, progress_id)" in progress and "status_word(kind, path, data)" in progress
+    )

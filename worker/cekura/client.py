@@ -166,14 +166,16 @@ class CekuraClient:
         self, kind: JobKind, params: Params, progress_id: str, *, time_left_s: float = math.inf
     ) -> tuple[str, dict[str, Any]]:
         """The status word (by the kind's rule) and the whole answer of one progress poll."""
+        path, query, secrets = self._progress_target(kind, params, progress_id)
+        data = self._call("GET", path, query=query, secrets=secrets, time_left_s=time_left_s)
+        return status_word(kind, path, data), data
+
+    @staticmethod
+    def _progress_target(kind: JobKind, params: Params, progress_id: str) -> tuple[str, bytes | None, tuple[str, ...]]:
+        """A progress call's path, query and the job's secrets."""
         _, path = kind.paths(params, progress_id)
         query = None if kind.polls_by_path else b"progress_id=" + quote(progress_id, safe="").encode()
-        secrets = kind.secret_values(kind.secrets(params))
-        data = self._call("GET", path, query=query, secrets=secrets, time_left_s=time_left_s)
-        status = kind.status_of(data)
-        if status is None:
-            raise PermanentError(f"invalid response from {path}: no status")
-        return status, data
+        return path, query, kind.secret_values(kind.secrets(params))
 
     def find(self, kind: JobKind, tag: str, *, time_left_s: float = math.inf) -> dict[str, Any]:
         """The kind's results list filtered by a job's tag (one page): see `worker.cekura.lookup`."""
@@ -236,6 +238,14 @@ class CekuraClient:
         `secrets` are the job's own (a provider key), masked in any error text the call produces, before any cut;
         every call names them (none: `()`), and a call that can't know them (`None`) quotes nothing of an error
         answer's body."""
+        response, body = self._exchange(method, path, json_body, query, time_left_s)
+        return self._answer(method, path, response, body, secrets, allow_empty)
+
+    def _exchange(
+        self, method: str, path: str, json_body: dict[str, Any] | None, query: bytes | None, time_left_s: float
+    ) -> tuple[httpcore.Response, bytes]:
+        """Send one request and read its answer whole: the answer (closed) and its body. A request that could not be
+        sent or answered raises `TransientError` or `PermanentError`, as does a body over the size limit."""
         origin = self._origin
         target = self._prefix + path.encode() + (b"?" + query if query else b"")
         url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
@@ -274,6 +284,18 @@ class CekuraClient:
             # too: name the type only. A request that could not be sent will not be sent by trying again.
             self._discard()
             raise PermanentError(f"{method} {path}: request could not be sent ({type(exc).__name__})") from None
+        return response, body
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        response: httpcore.Response,
+        body: bytes,
+        secrets: tuple[str, ...] | None,
+        allow_empty: bool,
+    ) -> dict[str, Any]:
+        """What an answer says: its JSON, or the `CekuraError` its status means."""
         status = response.status
         if status in _SUCCESS:
             if allow_empty and not body.strip():
@@ -327,6 +349,14 @@ class CekuraClient:
         if status == 403:
             return PermanentError(f"{where}: forbidden: {excerpt}", status_code=status, refused=True)
         return PermanentError(f"{where}: {excerpt}", status_code=status, refused=refused)
+
+
+def status_word(kind: JobKind, path: str, data: dict[str, Any]) -> str:
+    """A progress answer's status word, by its kind's rule (an answer without one is a `PermanentError`)."""
+    status = kind.status_of(data)
+    if status is None:
+        raise PermanentError(f"invalid response from {path}: no status")
+    return status
 
 
 def _relative_to_server_date(retry_after: str, date: str | None) -> str:

@@ -1,6 +1,6 @@
 """Cekura calls as HTTP client spans: the worker's `CekuraClient` when tracing is on (`Runtime.cekura`).
 
-Each call the client makes for a step becomes a span under the step's job span (`spans.current()`), named and
+Each call the client makes for a step becomes a span under the step's job span (the scope `spans.enter` set), named and
 described by OpenTelemetry's HTTP client conventions: `{method} {route}` (the path, its ids replaced), kind CLIENT,
 with `http.request.method`, `url.full`, `server.address`, `server.port`, `http.response.status_code` (whenever an
 answer came), and `error.type` plus an error status for a failure. Nothing of the request's headers
@@ -10,9 +10,10 @@ add the job's poll number and Cekura's status word; past the first `DEFAULT_TRAC
 ends the job, asks a question or fails gets a span (the job's end sums the others up).
 
 A subclass because the client's public methods don't expose what a span needs (the status code of a 2xx answer,
-the path a call was sent to). It relies on two of `CekuraClient`'s own methods, both pinned by
-`tests/tracing/test_calls.py`: `_call(method, path, *, json_body, query, secrets, time_left_s, allow_empty)`, which
-every call goes through, and `_read(response, path)`, which reads every answer.
+the path a call was sent to). It makes each call with `CekuraClient`'s own two halves, `_exchange` (send the request,
+read the answer whole) and `_answer` (what the answer says, or the error its status means), and a progress call
+with `_progress_target` and `status_word` as `CekuraClient.progress` does; `tests/tracing/test_context.py` pins them.
+A job whose spans are not recorded goes through the same halves with one `ContextVar` read more.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
@@ -35,12 +34,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.kinds import JobKind, Params
 from config.settings import Settings
-from worker.cekura.client import CekuraClient
+from worker.cekura.client import CekuraClient, status_word
 from worker.errors import CekuraError
 from worker.redact import redact
 from worker.tracing import state
 from worker.tracing.provider import UNSET
-from worker.tracing.spans import DEFAULT_DESCRIPTION_CHARS, Scope, current
+from worker.tracing.spans import DEFAULT_DESCRIPTION_CHARS, Scope
+
+_scope = state.scope
 
 #: A path segment that is an id (an agent, a result, a run): `{id}` in a span's name, as in a URL template.
 _ID_SEGMENT = re.compile(r"/-?[0-9]+(?=/|$)")
@@ -69,7 +70,7 @@ class _Call:
 
 
 class TracedCekuraClient(CekuraClient):
-    """`CekuraClient`, with a span for every call made for a job that has trace context."""
+    """`CekuraClient`, with a span for every call made for a job whose spans are recorded."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -79,13 +80,6 @@ class TracedCekuraClient(CekuraClient):
         self._server: dict[str, Any] = {SERVER_ADDRESS: parts.hostname or ""}
         if parts.port is not None and parts.port != (443 if parts.scheme == "https" else 80):
             self._server[SERVER_PORT] = parts.port
-        self._trace = threading.local()
-
-    def _read(self, response: httpcore.Response, path: str) -> bytes:
-        call: _Call | None = getattr(self._trace, "call", None)
-        if call is not None:
-            call.status = response.status
-        return super()._read(response, path)
 
     def _call(
         self,
@@ -98,54 +92,50 @@ class TracedCekuraClient(CekuraClient):
         time_left_s: float = math.inf,
         allow_empty: bool = False,
     ) -> dict[str, Any]:
-        scope = current()
+        scope = _scope.get()
         if scope is None or not scope.sampled or state.current is None:  # (tracing stopped: a test's teardown)
-            self._trace.call = None
-            return super()._call(
-                method, path, json_body=json_body, query=query, secrets=secrets, time_left_s=time_left_s,
-                allow_empty=allow_empty,
-            )  # fmt: skip
-        call = self._trace.call = _Call(method, path, query, secrets, time.time_ns())
+            response, body = self._exchange(method, path, json_body, query, time_left_s)
+            return self._answer(method, path, response, body, secrets, allow_empty)
+        call = _Call(method, path, query, secrets, time.time_ns())
         try:
-            return super()._call(
-                method, path, json_body=json_body, query=query, secrets=secrets, time_left_s=time_left_s,
-                allow_empty=allow_empty,
-            )  # fmt: skip
+            response, body = self._exchange(method, path, json_body, query, time_left_s)
+            call.status = response.status
+            return self._answer(method, path, response, body, secrets, allow_empty)
         except CekuraError as exc:
+            call.status = call.status or exc.status_code or 0  # (an answer too big to read: its status is the error's)
             call.error = exc
             raise
         finally:
             call.end_ns = time.time_ns()
-            if not getattr(self._trace, "deferred", False):
-                self._emit(scope, call)
+            self._emit(scope, call)
 
     def progress(
         self, kind: JobKind, params: Params, progress_id: str, *, time_left_s: float = math.inf
     ) -> tuple[str, dict[str, Any]]:
         """A progress call whose span waits for its answer: it carries the status word, and a poll past the traced
         ones that neither ends the job nor asks nor fails gets none."""
-        scope = current()
+        scope = _scope.get()
         if scope is None or not scope.sampled or state.current is None:
-            return super().progress(kind, params, progress_id, time_left_s=time_left_s)
-        self._trace.deferred = True
-        self._trace.call = None
+            return CekuraClient.progress(self, kind, params, progress_id, time_left_s=time_left_s)
+        path, query, secrets = self._progress_target(kind, params, progress_id)
+        call = _Call("GET", path, query, secrets, time.time_ns())
         try:
-            status, data = super().progress(kind, params, progress_id, time_left_s=time_left_s)
+            response, body = self._exchange("GET", path, None, query, time_left_s)
+            call.status = response.status
+            data = self._answer("GET", path, response, body, secrets, False)
+            status = status_word(kind, path, data)
         except CekuraError as exc:
-            self._emit_progress(scope, error=exc)
+            call.status = call.status or exc.status_code or 0
+            call.error = exc
+            call.end_ns = time.time_ns()
+            self._emit_progress(scope, call)
             raise
-        finally:
-            self._trace.deferred = False
+        call.end_ns = time.time_ns()
         if scope.poll <= state.DEFAULT_TRACED_POLLS or kind.outcome(status) is not None or status in kind.waiting:
-            self._emit_progress(scope, status=status)
+            self._emit_progress(scope, call, status)
         return status, data
 
-    def _emit_progress(self, scope: Scope, *, status: str = "", error: CekuraError | None = None) -> None:
-        call: _Call | None = self._trace.call
-        if call is None:
-            return
-        if error is not None and call.error is None:  # the answer came but could not be used (no status, say)
-            call.error = error
+    def _emit_progress(self, scope: Scope, call: _Call, status: str = "") -> None:
         extra: dict[str, Any] = {"cekura.poll.number": scope.poll}
         if status:
             extra["cekura.status"] = redact(status, call.secrets or ())[:DEFAULT_DESCRIPTION_CHARS]

@@ -1,7 +1,7 @@
 """A job's spans: the scope a step's spans hang from, and the spans made when the job ends.
 
 Every hook here runs only with tracing on (`worker.tracing.enabled`). A step `enter`s its job: the job span's
-context becomes the parent of the calls it makes (`calls.py` reads it from `current()`), and its `trace_id` and
+context becomes the parent of the calls it makes (`calls.py` reads it from `state.scope`), and its `trace_id` and
 `span_id` are bound to every log line the step writes (the Dramatiq middleware clears them after the message). A
 job submitted without trace context gets a new trace here, at its first step (`JobStore.adopt_trace`).
 
@@ -57,12 +57,6 @@ class Scope(NamedTuple):
 
 
 _scope = state.scope
-
-
-def current() -> Scope | None:
-    """The job the calling step runs for (None outside a step, or for a job without trace context)."""
-    scope: Scope | None = _scope.get()
-    return scope
 
 
 def span_context(context: TraceContext, *, remote: bool = True) -> SpanContext:

@@ -9,14 +9,17 @@ HTTP, and the tests read back what it decoded. A producer's spans come from a pr
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dramatiq
 import httpx
@@ -30,6 +33,7 @@ from config.settings import Settings
 from simulator import SimulatorHandle
 from tests.conftest import make_settings
 from tests.support import kill_group, wait_for, wait_for_line, without_service_env
+from tests.system.fake_cekura import FakeCekura
 from worker import tracing
 from worker.client import Client
 from worker.runtime.app import Runtime, bind_actors, setup
@@ -207,3 +211,110 @@ def find_leaks(spans: list[dict[str, Any]], spellings: dict[str, str]) -> list[t
                 if spelling.lower() in value.lower():
                     found.append((name, span["name"][:80], where))
     return found
+
+
+# -- a scripted Cekura and a traced worker against it (the attacks on what spans carry) --------------------------
+
+#: The secrets the attacks look for in every span: the Cekura API key, a job's provider key, an OTLP credential.
+API_KEY = "cekura-api-key-7Qz9"
+PROVIDER_KEY = "provider-key-4e1f-Xb"
+OTLP_TEAM = "otlp-team-5e8a-Lm"
+
+
+@dataclass
+class Route:
+    """Answers to the requests whose path matches `pattern` (the last answer repeats)."""
+
+    pattern: str
+    replies: list[Reply]
+    seen: int = 0
+
+
+@dataclass
+class Cekura:
+    """A `FakeCekura` answering each path by the first route whose pattern matches it (404 when none does)."""
+
+    fake: FakeCekura = field(default_factory=FakeCekura)
+    routes: list[Route] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.fake.script = self._answer
+
+    @property
+    def url(self) -> str:
+        return self.fake.url
+
+    def on(self, pattern: str, *replies: Reply) -> None:
+        self.routes.append(Route(pattern, list(replies)))
+
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self.lock:
+            for route in self.routes:
+                if re.search(route.pattern, urlsplit(path).path):
+                    status, content_type, out = route.replies[min(route.seen, len(route.replies) - 1)]
+                    route.seen += 1
+                    return status, [("Content-Type", content_type)], out
+        return 404, [("Content-Type", "application/json")], b'{"detail": "Not found."}'
+
+
+class _Records(logging.Handler):
+    """Warnings and errors of the OpenTelemetry SDK and exporter (an attribute it can't encode, a failed export)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Service:
+    client: Client
+    receiver: Receiver
+    otel_logs: _Records
+
+
+@pytest.fixture
+def cekura() -> Iterator[Cekura]:
+    server = Cekura()
+    yield server
+    server.fake.stop()
+
+
+@pytest.fixture
+def start(cekura: Cekura, receiver: Receiver, redis_client: Any) -> Iterator[Callable[..., Service]]:
+    """Start the traced worker against `cekura` and the receiver; keyword arguments override settings."""
+    stops: list[Callable[[], None]] = []
+    records = _Records()
+    otel = logging.getLogger("opentelemetry")
+    otel.addHandler(records)
+
+    def run(**overrides: Any) -> Service:
+        receiver.clear()
+        settings = make_settings(
+            cekura.url,
+            cekura_api_key=API_KEY,
+            otel_exporter_otlp_endpoint=receiver.url,
+            otel_service_name="attack-record-bounds",
+            **({"otel_exporter_otlp_headers": f"x-honeycomb-team={OTLP_TEAM}"} | overrides),
+        )
+        runtime = traced_runtime(settings)
+        rt = next(runtime)
+        worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=100)
+        worker.start()
+
+        def stop() -> None:
+            worker.stop(timeout=10_000)
+            next(runtime, None)
+
+        stops.append(stop)
+        return Service(Client(settings, client=rt.redis, broker=rt.broker), receiver, records)
+
+    yield run
+    for stop in stops:
+        stop()
+    otel.removeHandler(records)

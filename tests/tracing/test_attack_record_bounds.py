@@ -13,133 +13,35 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import re
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import dramatiq
 import pytest
 
 from tests.conftest import make_settings
 from tests.support import free_port, wait_for
-from tests.system.fake_cekura import FakeCekura
-from tests.tracing.conftest import Receiver, Reply, find_leaks, flush, json_reply, traced_runtime, wait_job
-from worker.client import Client
+from tests.tracing.conftest import (
+    API_KEY,
+    OTLP_TEAM,
+    PROVIDER_KEY,
+    Cekura,
+    Reply,
+    Service,
+    find_leaks,
+    flush,
+    json_reply,
+    wait_job,
+)
 from worker.errors import ConfigError
 from worker.tracing import parse_traceparent
 
-API_KEY = "cekura-api-key-7Qz9"
-PROVIDER_KEY = "provider-key-4e1f-Xb"
-OTLP_TEAM = "otlp-team-5e8a-Lm"
 #: Every string a span exports stays within this (the brief's "256 characters or so").
 BOUND = 256
 
 TOOLS = "agent.tools_auto_fetch"
 EVALUATOR = "evaluator.run"
 GENERATE = "scenario.generate"
-
-
-@dataclass
-class Route:
-    """Answers to the requests whose path matches `pattern` (the last answer repeats)."""
-
-    pattern: str
-    replies: list[Reply]
-    seen: int = 0
-
-
-@dataclass
-class Cekura:
-    """A `FakeCekura` answering each path by the first route whose pattern matches it (404 when none does)."""
-
-    fake: FakeCekura = field(default_factory=FakeCekura)
-    routes: list[Route] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.fake.script = self._answer
-
-    @property
-    def url(self) -> str:
-        return self.fake.url
-
-    def on(self, pattern: str, *replies: Reply) -> None:
-        self.routes.append(Route(pattern, list(replies)))
-
-    def _answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        with self.lock:
-            for route in self.routes:
-                if re.search(route.pattern, urlsplit(path).path):
-                    status, content_type, out = route.replies[min(route.seen, len(route.replies) - 1)]
-                    route.seen += 1
-                    return status, [("Content-Type", content_type)], out
-        return 404, [("Content-Type", "application/json")], b'{"detail": "Not found."}'
-
-
-class _Records(logging.Handler):
-    """Warnings and errors of the OpenTelemetry SDK and exporter (an attribute it can't encode, a failed export)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@dataclass
-class Service:
-    client: Client
-    receiver: Receiver
-    otel_logs: _Records
-
-
-@pytest.fixture
-def cekura() -> Iterator[Cekura]:
-    server = Cekura()
-    yield server
-    server.fake.stop()
-
-
-@pytest.fixture
-def start(cekura: Cekura, receiver: Receiver, redis_client: Any) -> Iterator[Callable[..., Service]]:
-    """Start the traced worker against `cekura` and the receiver; keyword arguments override settings."""
-    stops: list[Callable[[], None]] = []
-    records = _Records()
-    otel = logging.getLogger("opentelemetry")
-    otel.addHandler(records)
-
-    def run(**overrides: Any) -> Service:
-        receiver.clear()
-        settings = make_settings(
-            cekura.url,
-            cekura_api_key=API_KEY,
-            otel_exporter_otlp_endpoint=receiver.url,
-            otel_service_name="attack-record-bounds",
-            **({"otel_exporter_otlp_headers": f"x-honeycomb-team={OTLP_TEAM}"} | overrides),
-        )
-        runtime = traced_runtime(settings)
-        rt = next(runtime)
-        worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=100)
-        worker.start()
-
-        def stop() -> None:
-            worker.stop(timeout=10_000)
-            next(runtime, None)
-
-        stops.append(stop)
-        return Service(Client(settings, client=rt.redis, broker=rt.broker), receiver, records)
-
-    yield run
-    for stop in stops:
-        stop()
-    otel.removeHandler(records)
 
 
 def _tools(agent: int, **extra: Any) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def test_the_cekura_client_methods_the_traced_client_relies_on_are_still_there()
         "allow_empty",
     ]
     assert all(call.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(call.parameters)[3:])
-    exchange = ["self", "method", "path", "json_body", "query", "time_left_s"]
+    exchange = ["self", "method", "path", "json_body", "query", "time_left_s", "answered"]
     assert list(inspect.signature(CekuraClient._exchange).parameters) == exchange
     answer = ["self", "method", "path", "response", "body", "secrets", "allow_empty"]
     assert list(inspect.signature(CekuraClient._answer).parameters) == answer

@@ -51,7 +51,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return min(float(value), DEFAULT_MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # (a year past datetime's: OverflowError)
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpcore
@@ -58,6 +58,13 @@ DEFAULT_RETRY_AFTER_S = 5.0
 DEFAULT_KEEPALIVE_EXPIRY_S = 30.0
 
 _SUCCESS = frozenset({200, 201, 202})
+
+
+class Answered(Protocol):
+    """What takes the status of a call's answer as soon as its head is read (`_exchange`): the traced client's call
+    span names it even when the body then fails."""
+
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +249,17 @@ class CekuraClient:
         return self._answer(method, path, response, body, secrets, allow_empty)
 
     def _exchange(
-        self, method: str, path: str, json_body: dict[str, Any] | None, query: bytes | None, time_left_s: float
+        self,
+        method: str,
+        path: str,
+        json_body: dict[str, Any] | None,
+        query: bytes | None,
+        time_left_s: float,
+        answered: Answered | None = None,
     ) -> tuple[httpcore.Response, bytes]:
         """Send one request and read its answer whole: the answer (closed) and its body. A request that could not be
-        sent or answered raises `TransientError` or `PermanentError`, as does a body over the size limit."""
+        sent or answered raises `TransientError` or `PermanentError`, as does a body over the size limit.
+        `answered` gets the answer's status as soon as its head is read, before its body (whose read may fail)."""
         origin = self._origin
         target = self._prefix + path.encode() + (b"?" + query if query else b"")
         url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target)
@@ -260,6 +274,8 @@ class CekuraClient:
         self._deadline.at = time.monotonic() + min(self._call_limit_s, max(0.0, time_left_s))
         try:
             response = self._connection().handle_request(request)
+            if answered is not None:
+                answered.status = response.status
             try:
                 body = self._read(response, path)
             finally:
@@ -364,7 +380,7 @@ def _relative_to_server_date(retry_after: str, date: str | None) -> str:
     clock that disagrees with Cekura's changes nothing (RFC 9110, 10.2.3); unchanged when there is no usable Date."""
     try:
         server_now = parsedate_to_datetime(date) if date else None
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # (a year past datetime's: OverflowError)
         server_now = None
     if server_now is None:
         return retry_after

@@ -10,10 +10,11 @@ add the job's poll number and Cekura's status word; past the first `DEFAULT_TRAC
 ends the job, asks a question or fails gets a span (the job's end sums the others up).
 
 A subclass because the client's public methods don't expose what a span needs (the status code of a 2xx answer,
-the path a call was sent to). It makes each call with `CekuraClient`'s own two halves, `_exchange` (send the request,
-read the answer whole) and `_answer` (what the answer says, or the error its status means), and a progress call
-with `_progress_target` and `status_word` as `CekuraClient.progress` does; `tests/tracing/test_context.py` pins them.
-A job whose spans are not recorded goes through the same halves with one `ContextVar` read more.
+the path a call was sent to). It makes each call with `CekuraClient`'s own two halves: `_exchange` sends the request
+and reads the answer whole (handing the call's `_Call` the status as soon as the head is read, so an answer whose body
+then fails still names it), and `_answer` says what the answer means; a progress call takes `_progress_target` and
+`status_word` as `CekuraClient.progress` does. `tests/tracing/test_context.py` pins them. A job whose spans are not
+recorded goes through the same halves with one `ContextVar` read more.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class _Call:
     start_ns: int
     end_ns: int = 0
     status: int = 0
-    error: CekuraError | None = None
+    error: Exception | None = None
 
 
 class TracedCekuraClient(CekuraClient):
@@ -98,11 +99,9 @@ class TracedCekuraClient(CekuraClient):
             return self._answer(method, path, response, body, secrets, allow_empty)
         call = _Call(method, path, query, secrets, time.time_ns())
         try:
-            response, body = self._exchange(method, path, json_body, query, time_left_s)
-            call.status = response.status
+            response, body = self._exchange(method, path, json_body, query, time_left_s, call)
             return self._answer(method, path, response, body, secrets, allow_empty)
-        except CekuraError as exc:
-            call.status = call.status or exc.status_code or 0  # (an answer too big to read: its status is the error's)
+        except Exception as exc:  # (anything but a CekuraError is a bug of the client's: the span says which)
             call.error = exc
             raise
         finally:
@@ -120,12 +119,10 @@ class TracedCekuraClient(CekuraClient):
         path, query, secrets = self._progress_target(kind, params, progress_id)
         call = _Call("GET", path, query, secrets, time.time_ns())
         try:
-            response, body = self._exchange("GET", path, None, query, time_left_s)
-            call.status = response.status
+            response, body = self._exchange("GET", path, None, query, time_left_s, call)
             data = self._answer("GET", path, response, body, secrets, False)
             status = status_word(kind, path, data)
-        except CekuraError as exc:
-            call.status = call.status or exc.status_code or 0
+        except Exception as exc:
             call.error = exc
             call.end_ns = time.time_ns()
             self._emit_progress(scope, call)
@@ -158,12 +155,14 @@ class TracedCekuraClient(CekuraClient):
         if call.status:
             attributes[HTTP_RESPONSE_STATUS_CODE] = call.status
         error = call.error
-        if error is not None:
+        status = UNSET
+        if isinstance(error, CekuraError):
             code = error.status_code  # an HTTP error's status, else the kind of failure (a 2xx that can't be used)
             attributes[ERROR_TYPE] = str(code) if code and code >= 400 else type(error).__name__
-        status = UNSET
-        if error is not None:
             status = Status(StatusCode.ERROR, redact(str(error), call.secrets or ())[:DEFAULT_DESCRIPTION_CHARS])
+        elif error is not None:  # not one of the client's own errors, whose texts are masked: its type alone
+            attributes[ERROR_TYPE] = type(error).__qualname__
+            status = Status(StatusCode.ERROR, type(error).__qualname__)
         tracing.record(
             f"{call.method} {_template(call.path)}",
             tracing.child(scope.parent),
